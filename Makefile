@@ -1,0 +1,38 @@
+# One entry point for set-up, tests and the demo. Everything built or downloaded lands in $(DATAMOVER_CACHE)
+# (outside git) or .venv, and is rebuilt only when its pins change.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export DATAMOVER_CACHE ?= $(HOME)/.cache/datamover
+PYTEST_ARGS ?=
+
+.PHONY: venv binaries ground test unit lint demo clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+# Pinned Go-built test binaries (kube-apiserver, kube-controller-manager, etcd, minio, rclone, ...).
+binaries:
+	bash tools/build.sh
+
+ground: venv binaries
+
+# The whole suite on the real ground: unit, engine-vs-MinIO integration, control-plane tests.
+test: ground
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Fast tier only (moto, pure functions): no binaries needed.
+unit: venv
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

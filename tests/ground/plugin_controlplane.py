@@ -1,0 +1,1 @@
+"""pytest fixtures for the controlplane part of the test ground."""

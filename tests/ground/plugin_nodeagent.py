@@ -1,0 +1,1 @@
+"""pytest fixtures for the nodeagent part of the test ground."""

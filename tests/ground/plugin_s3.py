@@ -1,0 +1,1 @@
+"""pytest fixtures for the s3 part of the test ground."""
