@@ -1,0 +1,349 @@
+"""Every S3-compatible store (AWS, MinIO, Ceph RGW, GCS interop, OBS, COS, OSS) behind `ObjectStore`, through boto3.
+
+Retries of whole requests are botocore's (standard mode: exponential backoff with jitter on 5xx, throttling,
+connection errors and timeouts, bounded by `max_attempts`); this module only classifies what is left once botocore
+gives up, so the engine can tell "retry later / fail this object" from "the configuration is wrong, stop".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import urllib3.exceptions
+
+from datamover.backends.base import (
+    ByteStream,
+    ErrorKind,
+    ListPage,
+    MultipartUploadRef,
+    ObjectAttributes,
+    ObjectHead,
+    ObjectStore,
+    ObjectSummary,
+    StoreError,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger("datamover.backends.s3")
+
+AddressingStyle = Literal["auto", "path", "virtual"]
+
+# Error codes that no retry and no other object can fix: the worker should stop and say what is misconfigured.
+# "403" is what a HEAD request reports for AccessDenied (HEAD responses carry no error body).
+PERMANENT_CODES = frozenset({
+    "AccessDenied", "403", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidBucketName",
+    "AllAccessDisabled", "AccountProblem", "InvalidToken", "ExpiredToken", "AuthorizationHeaderMalformed",
+    "PermanentRedirect", "InvalidRequest", "MissingSecurityHeader", "NotImplemented", "XMinioAdminNoSuchUser",
+})
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchUpload"})
+PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
+TRANSIENT_CODES = frozenset({
+    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling", "ThrottlingException",
+    "RequestLimitExceeded", "TooManyRequests", "500", "502", "503", "504", "XMinioServerNotInitialized",
+})
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """Where one side of a migration lives. Secrets are excluded from repr so the config can be logged."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint: str | None = None  # None means AWS S3 (endpoint chosen by region)
+    region: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    insecure_skip_tls_verify: bool = False
+    addressing_style: AddressingStyle = "auto"
+    # Total attempts per request, first one included (botocore's standard retry mode).
+    max_attempts: int = 5
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    # Connection pool size; must cover the engine's objects in flight plus parts in flight.
+    max_pool_connections: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.bucket:
+            raise ValueError("bucket must not be empty")
+        if self.addressing_style not in ("auto", "path", "virtual"):
+            raise ValueError(f"addressing_style must be auto, path or virtual, not {self.addressing_style!r}")
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+
+
+def _strip_etag(etag: str | None) -> str:
+    return (etag or "").strip('"')
+
+
+class _S3Stream(ByteStream):
+    """A GetObject body whose wire errors become StoreError(TRANSIENT), so the engine can re-request the range."""
+
+    def __init__(self, body: Any, where: str) -> None:
+        self._body = body
+        self._where = where
+
+    def read(self, size: int) -> bytes:
+        try:
+            data: bytes = self._body.read(size)
+        except (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, OSError) as error:
+            raise StoreError(ErrorKind.TRANSIENT, f"download interrupted on {self._where}: {error}") from error
+        return data
+
+    def close(self) -> None:
+        self._body.close()
+
+
+class S3Store(ObjectStore):
+    """One bucket of an S3-compatible service."""
+
+    def __init__(self, config: S3Config, client: S3Client | None = None) -> None:
+        self.config = config
+        self.bucket = config.bucket
+        self.prefix = config.prefix
+        self.client: S3Client = client if client is not None else self._make_client(config)
+
+    @staticmethod
+    def _make_client(config: S3Config) -> S3Client:
+        if config.insecure_skip_tls_verify:
+            # Explicit opt-in for self-signed lab endpoints; said out loud because it disables server authentication.
+            log.warning("event=tls_verification_disabled endpoint=%s bucket=%s", config.endpoint, config.bucket)
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        botocore_config = botocore.config.Config(
+            region_name=config.region,
+            retries={"mode": "standard", "max_attempts": config.max_attempts},
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            max_pool_connections=config.max_pool_connections,
+            s3={"addressing_style": config.addressing_style},
+            # Only send/verify flexible checksums when an operation demands them: several S3-compatible stores
+            # (older MinIO, Ceph, OBS, OSS) reject the trailing CRC headers newer botocore adds by default.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        session = boto3.session.Session(
+            aws_access_key_id=config.access_key_id,
+            aws_secret_access_key=config.secret_access_key,
+            aws_session_token=config.session_token,
+            region_name=config.region,
+        )
+        return session.client(
+            "s3", endpoint_url=config.endpoint, verify=not config.insecure_skip_tls_verify, config=botocore_config,
+        )
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+
+    def describe(self, key: str | None = None) -> str:
+        endpoint = self.config.endpoint or f"AWS S3 ({self.config.region or 'default region'})"
+        text = f"endpoint {endpoint} bucket {self.bucket}"
+        return f"{text} key {key!r}" if key is not None else text
+
+    def _error(self, operation: str, key: str | None, error: Exception) -> StoreError:
+        where = self.describe(key)
+        if isinstance(error, botocore.exceptions.ClientError):
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            message = str(error.response.get("Error", {}).get("Message", "")) or code
+            if code in PERMANENT_CODES:
+                kind = ErrorKind.PERMANENT
+            elif code in NOT_FOUND_CODES:
+                kind = ErrorKind.NOT_FOUND
+            elif code in PRECONDITION_CODES:
+                kind = ErrorKind.PRECONDITION
+            elif code in TRANSIENT_CODES:
+                kind = ErrorKind.TRANSIENT
+            else:
+                kind = ErrorKind.OTHER
+            return StoreError(kind, f"{operation} failed on {where}: {code}: {message}", code)
+        if isinstance(error, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+            message = f"{operation} failed on {where}: no usable credentials"
+            return StoreError(ErrorKind.PERMANENT, message, "Credentials")
+        if isinstance(error, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError):
+            message = f"{operation} failed on {where}: endpoint unreachable after retries"
+            return StoreError(ErrorKind.TRANSIENT, message, "Unreachable")
+        return StoreError(ErrorKind.TRANSIENT, f"{operation} failed on {where}: {type(error).__name__}: {error}")
+
+    # -- ObjectStore --------------------------------------------------------------------------------------------
+
+    def check_access(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except botocore.exceptions.ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket"):
+                message = f"bucket does not exist: {self.describe()}"
+                raise StoreError(ErrorKind.PERMANENT, message, "NoSuchBucket") from error
+            if code in ("403", "AccessDenied"):
+                raise StoreError(
+                    ErrorKind.PERMANENT, f"access denied (wrong credentials or no permission): {self.describe()}", code,
+                ) from error
+            raise self._error("HeadBucket", None, error) from error
+        except (botocore.exceptions.BotoCoreError, OSError) as error:
+            raise self._error("HeadBucket", None, error) from error
+
+    def list_page(self, prefix: str, token: str | None) -> ListPage:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": 1000}
+        if token:
+            kwargs["ContinuationToken"] = token
+        try:
+            response = self.client.list_objects_v2(**kwargs)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            raise self._error("ListObjectsV2", prefix, error) from error
+        objects = [
+            ObjectSummary(key=item["Key"], size=int(item.get("Size", 0)), etag=_strip_etag(item.get("ETag")))
+            for item in response.get("Contents", [])
+        ]
+        next_token = response.get("NextContinuationToken") if response.get("IsTruncated") else None
+        return ListPage(objects=objects, next_token=next_token)
+
+    def head(self, key: str) -> ObjectHead | None:
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=key)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            store_error = self._error("HeadObject", key, error)
+            if store_error.kind is ErrorKind.NOT_FOUND:
+                return None
+            raise store_error from error
+        attributes = ObjectAttributes(
+            content_type=response.get("ContentType"),
+            content_encoding=response.get("ContentEncoding"),
+            cache_control=response.get("CacheControl"),
+            content_disposition=response.get("ContentDisposition"),
+            user_metadata=dict(response.get("Metadata", {})),
+        )
+        return ObjectHead(
+            key=key, size=int(response.get("ContentLength", 0)), etag=_strip_etag(response.get("ETag")),
+            attributes=attributes,
+        )
+
+    def open_read(self, key: str, start: int | None, end: int | None, if_match: str | None) -> ByteStream:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if start is not None and end is not None:
+            kwargs["Range"] = f"bytes={start}-{end}"
+        if if_match:
+            kwargs["IfMatch"] = f'"{if_match}"'
+        try:
+            response = self.client.get_object(**kwargs)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            raise self._error("GetObject", key, error) from error
+        return _S3Stream(response["Body"], self.describe(key))
+
+    @staticmethod
+    def _attribute_args(attributes: ObjectAttributes) -> dict[str, Any]:
+        args: dict[str, Any] = {"Metadata": dict(attributes.user_metadata)}
+        if attributes.content_type:
+            args["ContentType"] = attributes.content_type
+        if attributes.content_encoding:
+            args["ContentEncoding"] = attributes.content_encoding
+        if attributes.cache_control:
+            args["CacheControl"] = attributes.cache_control
+        if attributes.content_disposition:
+            args["ContentDisposition"] = attributes.content_disposition
+        return args
+
+    def put(self, key: str, body: bytes, attributes: ObjectAttributes, content_md5: str) -> str:
+        try:
+            response = self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ContentMD5=content_md5, **self._attribute_args(attributes),
+            )
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            raise self._error("PutObject", key, error) from error
+        return _strip_etag(response.get("ETag"))
+
+    def create_multipart(self, key: str, attributes: ObjectAttributes) -> str:
+        try:
+            response = self.client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, **self._attribute_args(attributes),
+            )
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            raise self._error("CreateMultipartUpload", key, error) from error
+        return response["UploadId"]
+
+    def upload_part(self, key: str, upload_id: str, part_number: int, body: bytes, content_md5: str) -> str:
+        try:
+            response = self.client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part_number, Body=body,
+                ContentMD5=content_md5,
+            )
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            raise self._error(f"UploadPart {part_number}", key, error) from error
+        return _strip_etag(response.get("ETag"))
+
+    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> str:
+        try:
+            response = self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": [{"PartNumber": number, "ETag": f'"{etag}"'} for number, etag in parts]},
+            )
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            raise self._error("CompleteMultipartUpload", key, error) from error
+        return _strip_etag(response.get("ETag"))
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            raise self._error("AbortMultipartUpload", key, error) from error
+
+    def list_multipart_uploads(self, prefix: str) -> Iterator[MultipartUploadRef]:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            try:
+                response = self.client.list_multipart_uploads(**kwargs)
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+                raise self._error("ListMultipartUploads", prefix, error) from error
+            for upload in response.get("Uploads", []):
+                yield MultipartUploadRef(key=upload["Key"], upload_id=upload["UploadId"])
+            if not response.get("IsTruncated"):
+                return
+            kwargs["KeyMarker"] = response.get("NextKeyMarker", "")
+            kwargs["UploadIdMarker"] = response.get("NextUploadIdMarker", "")
+
+    def can_copy_server_side_from(self, source: ObjectStore) -> bool:
+        if not isinstance(source, S3Store):
+            return False
+        mine, theirs = self.config, source.config
+        return (
+            mine.endpoint == theirs.endpoint
+            and mine.region == theirs.region
+            and mine.access_key_id == theirs.access_key_id
+            and mine.secret_access_key == theirs.secret_access_key
+            and mine.session_token == theirs.session_token
+        )
+
+    def copy_object(self, source: ObjectStore, source_key: str, key: str, if_match: str) -> str:
+        try:
+            response = self.client.copy_object(
+                Bucket=self.bucket, Key=key, CopySource={"Bucket": source.bucket, "Key": source_key},
+                CopySourceIfMatch=f'"{if_match}"', MetadataDirective="COPY",
+            )
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            raise self._error(f"CopyObject from {source.bucket}/{source_key!r}", key, error) from error
+        return _strip_etag(response.get("CopyObjectResult", {}).get("ETag"))
+
+    def upload_part_copy(
+        self, source: ObjectStore, source_key: str, key: str, upload_id: str, part_number: int, start: int, end: int,
+        if_match: str,
+    ) -> str:
+        try:
+            response = self.client.upload_part_copy(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part_number,
+                CopySource={"Bucket": source.bucket, "Key": source_key}, CopySourceRange=f"bytes={start}-{end}",
+                CopySourceIfMatch=f'"{if_match}"',
+            )
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            raise self._error(f"UploadPartCopy {part_number}", key, error) from error
+        return _strip_etag(response.get("CopyPartResult", {}).get("ETag"))
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            raise self._error("DeleteObject", key, error) from error
