@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Builds the pinned test-ground binaries into $DATAMOVER_CACHE/bin (outside git).
+#
+# Each binary family has its own Go module under tools/<family>/ (go.mod + go.sum are the pins).
+# A binary is rebuilt only when its stamp changes; the stamp hashes the module's go.mod and go.sum,
+# `go version` and the binary's line in BINARIES below, so changing a pin, the toolchain or the
+# build flags rebuilds exactly the binaries concerned.
+#
+# Usage: bash tools/build.sh [name ...]     (no names: every binary)
+set -euo pipefail
+
+TOOLS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="${DATAMOVER_CACHE:-$HOME/.cache/datamover}"
+BIN_DIR="$CACHE/bin"
+STAMP_DIR="$CACHE/stamps"
+LOG_DIR="$CACHE/build-logs"
+
+KUBE_VERSION_LDFLAGS="-X k8s.io/component-base/version.gitVersion=v1.33.13 \
+-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=33 \
+-X k8s.io/component-base/version.gitTreeState=clean"
+
+# One entry per binary: name | module directory under tools/ | package | extra -ldflags.
+# To add a binary (helm, kubeconform, ...), add a module under tools/ and one line here.
+BINARIES=(
+  "etcd|etcd|go.etcd.io/etcd/server/v3|"
+  "minio|minio|github.com/minio/minio|"
+  "rclone|rclone|github.com/rclone/rclone|"
+  "kube-apiserver|kube|k8s.io/kubernetes/cmd/kube-apiserver|$KUBE_VERSION_LDFLAGS"
+  "kube-controller-manager|kube|k8s.io/kubernetes/cmd/kube-controller-manager|$KUBE_VERSION_LDFLAGS"
+)
+
+command -v go >/dev/null || { echo "build.sh: the go command is not on PATH" >&2; exit 1; }
+mkdir -p "$BIN_DIR" "$STAMP_DIR" "$LOG_DIR"
+GO_VERSION="$(go version)"
+
+wanted() {  # $1 = name, then the names asked for on the command line (none: all)
+  local name="$1" w; shift
+  [[ $# -eq 0 ]] && return 0
+  for w in "$@"; do [[ "$w" == "$name" ]] && return 0; done
+  return 1
+}
+
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+secs_since() { local d=$(( $(now_ms) - $1 )); printf '%d.%01ds' $(( d / 1000 )) $(( d % 1000 / 100 )); }
+
+stamp_of() {  # $1 = entry line, $2 = module dir
+  { cat "$2/go.mod" "$2/go.sum"; echo "$GO_VERSION"; echo "$1"; } | sha256sum | cut -d' ' -f1
+}
+
+failed=0
+total_start=$(now_ms)
+for entry in "${BINARIES[@]}"; do
+  IFS='|' read -r name module pkg ldflags <<<"$entry"
+  wanted "$name" "$@" || continue
+  mod_dir="$TOOLS_DIR/$module"
+  out="$BIN_DIR/$name"
+  stamp_file="$STAMP_DIR/$name"
+  stamp="$(stamp_of "$entry" "$mod_dir")"
+  if [[ -x "$out" && -f "$stamp_file" && "$(cat "$stamp_file")" == "$stamp" ]]; then
+    echo "up to date: $name"
+    continue
+  fi
+  echo "building: $name ($pkg, module tools/$module)"
+  log="$LOG_DIR/$name.log"
+  start=$(now_ms)
+  if (cd "$mod_dir" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w $ldflags" \
+        -o "$out.tmp" "$pkg") >"$log" 2>&1; then
+    mv -f "$out.tmp" "$out"
+    echo "$stamp" >"$stamp_file"
+    echo "built: $name in $(secs_since "$start")"
+  else
+    rm -f "$out.tmp" "$stamp_file"
+    echo "FAILED: $name after $(secs_since "$start"); last lines of $log:" >&2
+    tail -n 30 "$log" >&2
+    failed=1
+  fi
+done
+echo "build.sh: done in $(secs_since "$total_start"); binaries in $BIN_DIR"
+exit "$failed"
