@@ -1,0 +1,131 @@
+"""`datamover-worker`: runs the engine on this pod's shard and reports into status.workers[<index>].
+
+Abort reaches the engine three ways, all turned into one AbortSignal: spec.abort (watched, so it is seen within a
+second), the MigrationJob being deleted, and SIGTERM (the kubelet's notice, e.g. when the operator suspends the Job).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+from kubernetes import client, watch
+
+from datamover.api import (
+    ENV_INDEX,
+    ENV_NAME,
+    ENV_NAMESPACE,
+    ENV_POD,
+    EXIT_PERMANENT_FAILURE,
+    GROUP,
+    PLURAL,
+    SECRET_KEYS_OPTIONAL,
+    SECRET_KEYS_REQUIRED,
+    VERSION,
+    MigrationSpec,
+    WorkerState,
+    credential_env,
+    worker_reports,
+)
+from datamover.backends import open_store
+from datamover.engine import AbortSignal, MigrationOptions, OpenUpload, Outcome, abort_uploads, migrate
+from datamover.locations import s3_config
+from datamover.worker.reporting import StatusReporter
+
+log = logging.getLogger("datamover.worker")
+
+
+def _credentials(side: str, env: Mapping[str, str]) -> dict[str, str]:
+    keys = SECRET_KEYS_REQUIRED + SECRET_KEYS_OPTIONAL
+    return {key: env[credential_env(side, key)] for key in keys if env.get(credential_env(side, key))}
+
+
+def _abort_reason(obj: Mapping[str, Any]) -> str | None:
+    if obj.get("metadata", {}).get("deletionTimestamp"):
+        return "MigrationJob deleted"
+    if (obj.get("spec") or {}).get("abort"):
+        return "spec.abort"
+    return None
+
+
+def _watch_abort(api: client.CustomObjectsApi, namespace: str, name: str, abort: AbortSignal) -> None:
+    """Follow this one MigrationJob until abort is requested; the Role allows nothing wider."""
+    while not abort.requested:
+        try:
+            for event in watch.Watch().stream(
+                api.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
+                field_selector=f"metadata.name={name}", timeout_seconds=60,
+            ):
+                reason = "MigrationJob deleted" if event["type"] == "DELETED" else _abort_reason(event["object"])
+                if reason:
+                    abort.request(reason)
+                    return
+        except Exception as error:  # a dropped watch must not end the worker: re-watch after a pause
+            log.warning("event=watch-error job=%s/%s error=%r", namespace, name, error)
+            threading.Event().wait(1)
+
+
+def run(env: Mapping[str, str] = os.environ) -> int:
+    namespace, name, index = env[ENV_NAMESPACE], env[ENV_NAME], int(env.get(ENV_INDEX, "0"))
+    kubernetes.config.load_config()
+    api = client.CustomObjectsApi()
+    body = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    spec = MigrationSpec.from_spec(body["spec"])
+    reporter = StatusReporter(api, namespace, name, index, env.get(ENV_POD, ""))
+
+    abort = AbortSignal()
+    signal.signal(signal.SIGTERM, lambda *_: abort.request("SIGTERM"))
+    if reason := _abort_reason(body):
+        abort.request(reason)
+    threading.Thread(target=_watch_abort, args=(api, namespace, name, abort), daemon=True).start()
+
+    source = open_store(s3_config(spec.source, _credentials("source", env)))
+    destination = open_store(s3_config(spec.destination, _credentials("destination", env)))
+
+    # A previous attempt of this index (a killed pod) may have left uploads open: close them before resuming.
+    previous = worker_reports(body.get("status") or {}).get(index)
+    if previous and previous.open_uploads:
+        leftovers = [OpenUpload(spec.destination.bucket, u.key, u.upload_id) for u in previous.open_uploads]
+        remaining = abort_uploads(destination, leftovers)
+        log.info("event=leftover-uploads job=%s/%s index=%d aborted=%d remaining=%d", namespace, name, index,
+                 len(leftovers) - len(remaining), len(remaining))
+
+    options = MigrationOptions(
+        remain_source=spec.remain_source,
+        concurrency=spec.concurrency,
+        part_size=spec.part_size,
+        shard_index=index,
+        shard_count=spec.parallelism,
+    )
+    reporter.start(aborting=abort.requested)
+    result = migrate(source, destination, options, abort, reporter)
+    final = {
+        Outcome.SUCCEEDED: WorkerState.SUCCEEDED,
+        Outcome.ABORTED: WorkerState.ABORTED,
+        Outcome.FAILED: WorkerState.FAILED,
+    }[result.outcome]
+    if final is WorkerState.SUCCEEDED and result.progress.objects_failed:
+        final = WorkerState.FAILED
+    message = result.error or (f"{result.progress.objects_failed} object(s) failed" if final is WorkerState.FAILED
+                               else abort.reason or "")
+    reporter.finish(final, result.progress, message)
+    log.info("event=finished job=%s/%s index=%d state=%s message=%r", namespace, name, index, final.value, message)
+    if final is not WorkerState.FAILED:
+        return 0
+    # Nothing migrated and an error: the configuration is wrong (bucket, credentials, endpoint); retrying won't help.
+    return EXIT_PERMANENT_FAILURE if result.error and not result.progress.objects_failed else 1
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()
