@@ -282,10 +282,8 @@ def progress_status(reports: Mapping[int, WorkerReport]) -> dict[str, Any]:
     bytes_total = sum(r.bytes_total for r in reports.values())
     bytes_migrated = sum(r.bytes_migrated for r in reports.values())
     done = migrated + skipped
-    if bytes_total:
-        percent = 100 * bytes_migrated // bytes_total
-    else:
-        percent = 100 * done // total if total else 0
+    # Objects, not bytes: skipped (already identical) objects carry no migrated bytes but are done all the same.
+    percent = 100 * done // total if total else 0
     return {
         "objectsTotal": total,
         "objectsMigrated": migrated,

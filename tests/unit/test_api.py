@@ -1,0 +1,64 @@
+"""Spec parsing, quantities and the status shapes of the MigrationJob contract."""
+
+from __future__ import annotations
+
+import pytest
+
+from datamover.api import (
+    MigrationSpec,
+    SpecError,
+    UploadRecord,
+    WorkerReport,
+    WorkerState,
+    credential_env,
+    parse_quantity,
+    progress_status,
+    worker_reports,
+)
+
+SPEC = {"source": {"bucket": "a", "credentialsSecretRef": {"name": "s"}}, "destination": {"bucket": "b"}}
+
+
+def test_defaults_follow_the_schema() -> None:
+    spec = MigrationSpec.from_spec(SPEC)
+    assert spec.remain_source and not spec.abort and spec.parallelism == 1 and spec.part_size == 16 * 1024**2
+    assert spec.source.secret_name == "s" and spec.destination.secret_name is None
+    assert spec.abort_grace_period_seconds == 60
+
+
+@pytest.mark.parametrize(("text", "size"), [("5Mi", 5 * 1024**2), ("1Gi", 1024**3), ("64M", 64 * 10**6),
+                                            (6000000, 6000000)])
+def test_quantities(text: str | int, size: int) -> None:
+    assert parse_quantity(text, "spec.partSize") == size
+
+
+def test_small_part_size_is_refused_naming_the_field() -> None:
+    with pytest.raises(SpecError, match="spec.partSize"):
+        MigrationSpec.from_spec({**SPEC, "partSize": "1Mi"})
+
+
+def test_missing_destination_is_refused() -> None:
+    with pytest.raises(SpecError, match=r"spec\.destination"):
+        MigrationSpec.from_spec({"source": {"bucket": "a"}})
+
+
+def test_credential_env_names() -> None:
+    assert credential_env("source", "accessKeyId") == "DATAMOVER_SOURCE_ACCESS_KEY_ID"
+    assert credential_env("destination", "sessionToken") == "DATAMOVER_DESTINATION_SESSION_TOKEN"
+
+
+def test_worker_report_round_trips_through_status() -> None:
+    report = WorkerReport(WorkerState.RUNNING, objects_total=3, open_uploads=(UploadRecord("k", "u1"),))
+    assert worker_reports({"workers": {"2": report.to_status()}}) == {2: report}
+
+
+def test_progress_sums_workers_and_renders_columns() -> None:
+    reports = {
+        0: WorkerReport(WorkerState.SUCCEEDED, objects_total=2, objects_migrated=2, bytes_total=2048,
+                        bytes_migrated=2048),
+        1: WorkerReport(WorkerState.RUNNING, objects_total=2, objects_skipped=1, bytes_total=2048),
+    }
+    progress = progress_status(reports)
+    assert progress["objects"] == "3/4" and progress["objectsTotal"] == 4
+    assert progress["bytes"] == "2.0KiB/4.0KiB"
+    assert progress["percent"] == "75%"

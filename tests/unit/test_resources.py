@@ -1,0 +1,50 @@
+"""The objects the operator creates per MigrationJob: owned, least-privilege, restricted-pod-security workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from datamover.api import EXIT_PERMANENT_FAILURE, MigrationSpec
+from datamover.controller import resources
+
+OWNER: dict[str, Any] = {"metadata": {"name": "copy-photos", "namespace": "team-a", "uid": "u-1"}}
+SPEC = MigrationSpec.from_spec({
+    "source": {"bucket": "a", "credentialsSecretRef": {"name": "src"}},
+    "destination": {"bucket": "b", "credentialsSecretRef": {"name": "dst"}},
+    "parallelism": 3,
+    "abortGracePeriodSeconds": 7,
+})
+
+
+def test_everything_is_owned_by_the_migrationjob() -> None:
+    for manifest in (resources.service_account(OWNER), resources.role(OWNER), resources.role_binding(OWNER),
+                     resources.job(OWNER, SPEC, resources.WorkerSettings())):
+        (ref,) = manifest["metadata"]["ownerReferences"]
+        assert ref["uid"] == "u-1" and ref["controller"] is True and ref["kind"] == "MigrationJob"
+
+
+def test_worker_role_reaches_only_its_own_migrationjob() -> None:
+    rules = resources.role(OWNER)["rules"]
+    assert all(rule["resourceNames"] == ["copy-photos"] for rule in rules)
+    assert {r for rule in rules for r in rule["resources"]} == {"migrationjobs", "migrationjobs/status"}
+    assert {v for rule in rules for v in rule["verbs"]} == {"get", "list", "watch", "patch"}
+
+
+def test_job_is_indexed_with_one_pod_per_shard_and_secrets_as_env() -> None:
+    job = resources.job(OWNER, SPEC, resources.WorkerSettings(image="example/dm:1"))
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == 3
+    assert spec["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [EXIT_PERMANENT_FAILURE]
+    pod = spec["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 7 and pod["restartPolicy"] == "Never"
+    (container,) = pod["containers"]
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    assert refs == {"src", "dst"}
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_child_names_stay_valid_label_values() -> None:
+    name = resources.child_name("x" * 250)
+    assert len(name) <= 52 and name.startswith("datamover-")
+    assert resources.child_name("x" * 250) != resources.child_name("x" * 249)
