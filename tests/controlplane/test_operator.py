@@ -1,0 +1,342 @@
+"""datamover driven like a user drives it: kubectl against the real API server, workers run by the node agent,
+objects moved between two real MinIO servers and checked by rclone."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.controlplane.conftest import Cluster, OperatorProcess, migration_job
+from tests.ground.s3 import rclone_check
+
+MiB = 1024 * 1024
+
+
+def new_bucket(server: Any) -> str:
+    name = f"b-{uuid.uuid4().hex[:10]}"
+    server.client().create_bucket(Bucket=name)
+    return name
+
+
+def fill(server: Any, bucket: str, *, small: int, large: int, large_size: int = 32 * MiB) -> dict[str, str]:
+    """Objects named so that listing order interleaves sizes; returns key -> md5 of the content."""
+    s3 = server.client()
+    contents: dict[str, str] = {}
+    for i in range(small):
+        body = f"object {i} ".encode() * (1 + i % 50)
+        key = f"data/small/{i:04d} é.txt"
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="text/plain")
+        contents[key] = hashlib.md5(body).hexdigest()
+    for i in range(large):
+        body = os.urandom(large_size)
+        key = f"data/large/{i:02d}.bin"
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+        contents[key] = hashlib.md5(body).hexdigest()
+    return contents
+
+
+def digest(server: Any, bucket: str, key: str) -> str | None:
+    s3 = server.client()
+    try:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    except s3.exceptions.NoSuchKey:
+        return None
+    md5 = hashlib.md5()
+    for chunk in iter(lambda: body.read(MiB), b""):
+        md5.update(chunk)
+    return md5.hexdigest()
+
+
+def open_uploads(server: Any, bucket: str) -> list[dict[str, Any]]:
+    return list(server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+
+
+def assert_invariant(source: Any, src_bucket: str, destination: Any, dst_bucket: str,
+                     contents: dict[str, str], *, remain_source: bool) -> int:
+    """Each object is untouched (only in the source) or migrated whole; returns how many were migrated."""
+    migrated = 0
+    for key, md5 in contents.items():
+        at_destination = digest(destination, dst_bucket, key)
+        at_source = digest(source, src_bucket, key)
+        if at_destination is None:
+            assert at_source == md5, f"{key}: not migrated, so it must still be in the source unchanged"
+            continue
+        assert at_destination == md5, f"{key}: destination copy differs from the original"
+        migrated += 1
+        if remain_source:
+            assert at_source == md5, f"{key}: copy mode must leave the source alone"
+        else:
+            assert at_source is None, f"{key}: moved object must be gone from the source"
+    return migrated
+
+
+def phase_of(obj: dict[str, Any]) -> str | None:
+    return (obj.get("status") or {}).get("phase")
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    for c in (obj.get("status") or {}).get("conditions", []):
+        if c["type"] == kind:
+            return dict(c)
+    raise AssertionError(f"no {kind} condition in {obj.get('status')}")
+
+
+# 1. happy path ---------------------------------------------------------------------------------------------------
+
+def test_migration_succeeds_and_rclone_agrees(cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:
+    src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
+    contents = fill(cloud_a, src, small=197, large=3)
+    cluster.apply(migration_job("happy", cloud_a, src, cloud_b, dst, parallelism=3, concurrency=4,
+                                partSize="8Mi"))
+
+    done = cluster.wait_phase("happy", {"succeeded", "failed"}, timeout=300)
+    assert phase_of(done) == "succeeded", done["status"]
+    progress = done["status"]["progress"]
+    assert progress["percent"] == "100%" and progress["objectsTotal"] == 200
+    assert progress["objectsMigrated"] + progress["objectsSkipped"] == 200
+    assert condition(done, "Ready")["status"] == "True" and condition(done, "Complete")["status"] == "True"
+    assert done["status"]["startTime"] and done["status"]["completionTime"]
+    assert sorted(done["status"]["workers"]) == ["0", "1", "2"]
+
+    check = rclone_check(cloud_a, src, cloud_b, dst)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert open_uploads(cloud_b, dst) == []
+
+    table = cluster.kubectl("get", "mj", "-n", cluster.namespace).stdout
+    header = table.splitlines()[0].split()
+    assert header == ["NAME", "PHASE", "PROGRESS", "OBJECTS", "BYTES", "AGE"], table
+    assert "succeeded" in table and "100%" in table and "200/200" in table
+    assert any("Succeeded" in e for e in cluster.events("happy"))
+    assert len(cluster.jobs()) == 1
+
+
+# 2. abort mid-migration -----------------------------------------------------------------------------------------
+
+def test_abort_mid_migration_stops_cleanly_and_moves_only_verified_objects(
+        cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:
+    src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
+    contents = fill(cloud_a, src, small=40, large=12)
+    cluster.apply(migration_job("stopme", cloud_a, src, cloud_b, dst, parallelism=2, concurrency=2,
+                                partSize="5Mi", remainSource=False, abortGracePeriodSeconds=30))
+    cluster.wait("stopme", lambda o: any(w.get("openUploads") for w in (o.get("status") or {})
+                                         .get("workers", {}).values()), "an open multipart upload")
+
+    patched_at = time.monotonic()
+    cluster.kubectl("patch", "mj", "stopme", "-n", cluster.namespace, "--type", "merge",
+                    "-p", '{"spec":{"abort":true}}')
+    aborting = cluster.wait("stopme", lambda o: phase_of(o) in ("aborting", "aborted"), "aborting", timeout=10)
+    to_aborting = time.monotonic() - patched_at
+    assert aborting["status"]["abortRequestedTime"]
+    final = cluster.wait_phase("stopme", {"aborted", "succeeded", "failed"}, timeout=60)
+    assert phase_of(final) == "aborted", final["status"]
+    assert to_aborting < 1.5, f"aborting took {to_aborting:.2f}s"
+    assert condition(final, "AbortRequested")["status"] == "True"
+    assert final["status"]["completionTime"]
+
+    assert open_uploads(cloud_b, dst) == []
+    migrated = assert_invariant(cloud_a, src, cloud_b, dst, contents, remain_source=False)
+    assert migrated < len(contents), "the abort came too late to stop anything"
+    assert all(not w.get("openUploads") for w in final["status"]["workers"].values())
+    events = cluster.events("stopme")
+    assert any("AbortRequested" in e for e in events) and any("Aborted" in e for e in events)
+
+
+# 3. abort before start / after the end ---------------------------------------------------------------------------
+
+def test_abort_before_start_cancels_and_starts_no_worker(cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:
+    src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
+    fill(cloud_a, src, small=3, large=0)
+    cluster.apply(migration_job("never", cloud_a, src, cloud_b, dst, abort=True))
+    final = cluster.wait_phase("never", {"cancelled", "running", "aborted", "succeeded"}, timeout=30)
+    assert phase_of(final) == "cancelled"
+    time.sleep(2)
+    assert cluster.jobs() == [] and cluster.pods() == []
+    assert cloud_b.client().list_objects_v2(Bucket=dst).get("KeyCount") == 0
+
+
+def test_abort_of_a_finished_job_is_refused_by_the_api_server(cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:
+    src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
+    fill(cloud_a, src, small=3, large=0)
+    cluster.apply(migration_job("finished", cloud_a, src, cloud_b, dst))
+    before = cluster.wait_phase("finished", {"succeeded"}, timeout=120)
+    result = cluster.kubectl("patch", "mj", "finished", "-n", cluster.namespace, "--type", "merge",
+                             "-p", '{"spec":{"abort":true}}', check=False)
+    assert result.returncode != 0
+    assert "already ended (phase: succeeded)" in result.stderr, result.stderr
+    after = cluster.get("finished")
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert after["spec"]["abort"] is False
+
+
+# 4. a worker killed mid-multipart ---------------------------------------------------------------------------------
+
+def _kill_pod_process(pod: str) -> int:
+    """SIGKILL the local process that runs a pod (found by the pod name in its environment)."""
+    needle = f"DATAMOVER_POD={pod}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if needle in environ:
+            os.kill(int(proc.name), signal.SIGKILL)
+            return int(proc.name)
+    raise AssertionError(f"no process runs pod {pod}")
+
+
+def test_worker_killed_mid_multipart_is_retried_and_the_job_still_succeeds(
+        cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:
+    src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
+    fill(cloud_a, src, small=10, large=4)
+    cluster.apply(migration_job("crash", cloud_a, src, cloud_b, dst, concurrency=1, partSize="5Mi"))
+    mid = cluster.wait("crash", lambda o: bool((o.get("status") or {}).get("workers", {}).get("0", {})
+                                                .get("openUploads")), "an open multipart upload")
+    _kill_pod_process(mid["status"]["workers"]["0"]["pod"])
+
+    final = cluster.wait_phase("crash", {"succeeded", "failed", "aborted"}, timeout=300)
+    assert phase_of(final) == "succeeded", final["status"]
+    check = rclone_check(cloud_a, src, cloud_b, dst)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert open_uploads(cloud_b, dst) == []
+    job = cluster.jobs()[0]
+    assert job.status.failed == 1 and job.status.succeeded == 1
+
+
+# 5. the operator killed and restarted mid-job --------------------------------------------------------------------
+
+def test_operator_restart_mid_job_converges_with_one_job(
+        cluster: Cluster, operator: OperatorProcess, cloud_a: Any, cloud_b: Any) -> None:
+    src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
+    fill(cloud_a, src, small=20, large=6)
+    cluster.apply(migration_job("restart", cloud_a, src, cloud_b, dst, parallelism=2, concurrency=1,
+                                partSize="5Mi"))
+    cluster.wait_phase("restart", {"running"}, timeout=30)
+    operator.kill()
+    try:
+        time.sleep(2)
+    finally:
+        operator.start()
+    final = cluster.wait_phase("restart", {"succeeded", "failed"}, timeout=300)
+    assert phase_of(final) == "succeeded", final["status"]
+    assert len(cluster.jobs()) == 1
+    assert rclone_check(cloud_a, src, cloud_b, dst).returncode == 0
+
+
+# 6. bad input --------------------------------------------------------------------------------------------------
+
+def test_missing_secret_fails_naming_it_and_starts_nothing(cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:
+    src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
+    contents = fill(cloud_a, src, small=3, large=0)
+    job = migration_job("nosecret", cloud_a, src, cloud_b, dst, remainSource=False)
+    job["spec"]["destination"]["credentialsSecretRef"]["name"] = "does-not-exist"
+    cluster.apply(job)
+    final = cluster.wait_phase("nosecret", {"failed", "running", "succeeded"}, timeout=30)
+    assert phase_of(final) == "failed"
+    failed = condition(final, "Failed")
+    assert failed["status"] == "True" and "does-not-exist" in failed["message"]
+    assert any("does-not-exist" in e and e.startswith("Warning") for e in cluster.events("nosecret"))
+    assert cluster.jobs() == []
+    assert assert_invariant(cloud_a, src, cloud_b, dst, contents, remain_source=False) == 0
+
+
+@pytest.mark.parametrize("breakage", ["wrong-credentials", "missing-bucket"])
+def test_bad_credentials_or_bucket_fail_fast_naming_what_is_wrong(
+        cluster: Cluster, cloud_a: Any, cloud_b: Any, breakage: str) -> None:
+    src = new_bucket(cloud_a)
+    contents = fill(cloud_a, src, small=3, large=0)
+    dst = new_bucket(cloud_b) if breakage == "wrong-credentials" else "no-such-bucket"
+    job = migration_job("bad", cloud_a, src, cloud_b, dst, remainSource=False)
+    if breakage == "wrong-credentials":
+        cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "wrong"},
+                       "stringData": {"accessKeyId": "nobody", "secretAccessKey": "not-the-secret"}})
+        job["spec"]["destination"]["credentialsSecretRef"]["name"] = "wrong"
+    cluster.apply(job)
+    final = cluster.wait_phase("bad", {"failed", "succeeded"}, timeout=120)
+    assert phase_of(final) == "failed"
+    message = condition(final, "Failed")["message"]
+    assert cloud_b.endpoint in message and dst in message, message
+    assert "not-the-secret" not in message
+    assert any(e.startswith("Warning") and dst in e for e in cluster.events("bad"))
+    assert all(digest(cloud_a, src, key) == md5 for key, md5 in contents.items())
+
+
+INVALID = {
+    "no-source": ({"source": None}, "spec.source: Required value"),
+    "no-destination-bucket": ({"destination": {"endpoint": "http://x:1"}}, "spec.destination.bucket: Required value"),
+    "part-size-too-small": ({"partSize": "1Mi"}, "at least 5Mi"),
+    "parallelism-zero": ({"parallelism": 0}, "spec.parallelism: Invalid value"),
+    "parallelism-too-big": ({"parallelism": 65}, "spec.parallelism: Invalid value"),
+    "endpoint-not-a-url": ({"source": {"bucket": "x", "endpoint": "minio:9000"}}, "spec.source.endpoint"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+def test_invalid_migrationjobs_are_rejected_by_the_api_server(cluster: Cluster, cloud_a: Any, cloud_b: Any,
+                                                               case: str) -> None:
+    change, message = INVALID[case]
+    job = migration_job(f"invalid-{case}", cloud_a, "a", cloud_b, "b")
+    for key, value in change.items():
+        if value is None:
+            del job["spec"][key]
+        else:
+            job["spec"][key] = value
+    result = cluster.apply(job, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_abort_cannot_be_taken_back_and_the_rest_of_spec_is_immutable(
+        cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:
+    cluster.apply(migration_job("fixed", cloud_a, "no-such-source", cloud_b, "b", abort=True))
+    cluster.wait_phase("fixed", {"cancelled"}, timeout=30)
+    back = cluster.kubectl("patch", "mj", "fixed", "-n", cluster.namespace, "--type", "merge",
+                           "-p", '{"spec":{"abort":false}}', check=False)
+    assert back.returncode != 0 and "cannot be set back to false" in back.stderr, back.stderr
+    moved = cluster.kubectl("patch", "mj", "fixed", "-n", cluster.namespace, "--type", "merge",
+                            "-p", '{"spec":{"parallelism":4}}', check=False)
+    assert moved.returncode != 0 and "create a new MigrationJob" in moved.stderr, moved.stderr
+
+
+# 7. RBAC -------------------------------------------------------------------------------------------------------
+
+def test_worker_token_reaches_only_its_own_migrationjob(cluster: Cluster, control_plane: Any, cloud_a: Any,
+                                                       cloud_b: Any, tmp_path: Path) -> None:
+    src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
+    fill(cloud_a, src, small=2, large=0)
+    cluster.apply(migration_job("mine", cloud_a, src, cloud_b, dst))
+    cluster.apply(migration_job("theirs", cloud_a, src, cloud_b, dst, abort=True))
+    cluster.wait_phase("mine", {"succeeded"}, timeout=120)
+    kubeconfig = control_plane.service_account_kubeconfig(cluster.namespace, "datamover-mine",
+                                                          tmp_path / "worker.kubeconfig")
+
+    def as_worker(*args: str) -> Any:
+        return cluster.kubectl(*args, "-n", cluster.namespace, kubeconfig=kubeconfig, check=False)
+
+    assert as_worker("get", "mj", "mine").returncode == 0
+    other = as_worker("get", "mj", "theirs")
+    assert other.returncode != 0 and "Forbidden" in other.stderr, other.stderr
+    secrets = as_worker("get", "secret", "cloud-a")
+    assert secrets.returncode != 0 and "Forbidden" in secrets.stderr, secrets.stderr
+    spec_patch = as_worker("patch", "mj", "mine", "--type", "merge", "-p", '{"spec":{"abort":true}}')
+    assert spec_patch.returncode != 0 and "Forbidden" in spec_patch.stderr
+
+
+def test_operator_runs_without_cluster_admin(operator: OperatorProcess, cluster: Cluster) -> None:
+    auth = client.AuthorizationV1Api(cluster.api)
+    review = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
+        user="system:serviceaccount:datamover-system:datamover-operator",
+        resource_attributes=client.V1ResourceAttributes(verb="delete", resource="secrets",
+                                                        namespace=cluster.namespace)))
+    assert not auth.create_subject_access_review(review).status.allowed
+    kubeconfig = operator.kubeconfig.read_text()
+    assert "token:" in kubeconfig and "client-key" not in kubeconfig
