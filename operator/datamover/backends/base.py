@@ -37,6 +37,14 @@ class ObjectAttributes:
     user_metadata: Mapping[str, str] = field(default_factory=dict)
 
 
+class EtagKind(enum.Enum):
+    """What an ETag says about the bytes, so verification compares only what is comparable."""
+
+    MD5 = "md5"  # hex MD5 of the content (single-part upload, no KMS / customer-key encryption)
+    MULTIPART_MD5 = "multipart_md5"  # hex MD5 of the concatenated part MD5s, then "-<part count>"
+    OPAQUE = "opaque"  # anything else (encrypted objects, stores with their own ETag scheme)
+
+
 @dataclass(frozen=True)
 class ObjectHead:
     """What HEAD tells about one object: identity (size, ETag) and the attributes to carry over."""
@@ -45,6 +53,7 @@ class ObjectHead:
     size: int
     etag: str
     attributes: ObjectAttributes
+    etag_kind: EtagKind = EtagKind.OPAQUE
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ gives up, so the engine can tell "retry later / fail this object" from "the conf
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,6 +21,7 @@ import urllib3.exceptions
 from datamover.backends.base import (
     ByteStream,
     ErrorKind,
+    EtagKind,
     ListPage,
     MultipartUploadRef,
     ObjectAttributes,
@@ -82,6 +84,21 @@ class S3Config:
 
 def _strip_etag(etag: str | None) -> str:
     return (etag or "").strip('"')
+
+
+_MD5 = re.compile(r"[0-9a-f]{32}")
+_MULTIPART_MD5 = re.compile(r"[0-9a-f]{32}-[0-9]+")
+
+
+def etag_kind(etag: str, encryption: str | None, customer_key: bool) -> EtagKind:
+    """Classify an S3 ETag: with SSE-KMS or SSE-C the ETag is not an MD5 of the content even when it looks like one."""
+    if customer_key or (encryption or "").startswith("aws:kms"):
+        return EtagKind.OPAQUE
+    if _MD5.fullmatch(etag):
+        return EtagKind.MD5
+    if _MULTIPART_MD5.fullmatch(etag):
+        return EtagKind.MULTIPART_MD5
+    return EtagKind.OPAQUE
 
 
 class _S3Stream(ByteStream):
@@ -218,9 +235,10 @@ class S3Store(ObjectStore):
             content_disposition=response.get("ContentDisposition"),
             user_metadata=dict(response.get("Metadata", {})),
         )
+        etag = _strip_etag(response.get("ETag"))
+        kind = etag_kind(etag, response.get("ServerSideEncryption"), bool(response.get("SSECustomerAlgorithm")))
         return ObjectHead(
-            key=key, size=int(response.get("ContentLength", 0)), etag=_strip_etag(response.get("ETag")),
-            attributes=attributes,
+            key=key, size=int(response.get("ContentLength", 0)), etag=etag, attributes=attributes, etag_kind=kind,
         )
 
     def open_read(self, key: str, start: int | None, end: int | None, if_match: str | None) -> ByteStream:

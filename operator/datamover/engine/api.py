@@ -1,0 +1,190 @@
+"""The engine's public vocabulary: options, the abort signal, progress snapshots, the sink protocol and results.
+
+These are the types the worker (and the operator's janitor) import; they hold no logic beyond validation and the
+thread-safe abort flag, so they can be read as the contract.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+# S3's limits: parts of at least 5 MiB (except the last), at most 10,000 parts, single PUT/copy of at most 5 GiB.
+MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 * GiB
+MAX_PARTS = 10_000
+MAX_SINGLE_REQUEST = 5 * GiB
+
+# Places where the engine asks "was abort requested?". Tests inject an abort at each by name.
+CHECKPOINTS: tuple[str, ...] = (
+    "before_list_page",  # before requesting the next page of the source listing
+    "before_object",  # before starting work on one object
+    "between_parts",  # before starting the next part of a multipart copy
+    "between_chunks",  # before reading the next chunk of a download, so abort never waits for a whole object
+    "before_delete_source",  # before deleting a verified source object (remain_source=False)
+)
+
+CheckpointHook = Callable[[str, "str | None"], None]
+
+
+class AbortSignal:
+    """A thread-safe "please stop" flag, set once from any thread (watch thread, SIGTERM handler, test hook).
+
+    `on_checkpoint(name, key)` is called every time the engine passes a checkpoint, before the flag is read; a test
+    can call `request()` from it to stop exactly there.
+    """
+
+    def __init__(self, on_checkpoint: CheckpointHook | None = None) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._reason: str | None = None
+        self._on_checkpoint = on_checkpoint
+
+    def request(self, reason: str) -> None:
+        with self._lock:
+            if self._reason is None:
+                self._reason = reason
+        self._event.set()
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    @property
+    def reason(self) -> str | None:
+        return self._reason
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to `timeout` seconds, waking early on abort; returns whether abort was requested."""
+        return self._event.wait(timeout)
+
+    def checkpoint(self, name: str, key: str | None = None) -> bool:
+        """Called by the engine at a named checkpoint; returns True if work should stop here."""
+        if name not in CHECKPOINTS:
+            raise ValueError(f"unknown checkpoint {name!r}")
+        if self._on_checkpoint is not None:
+            self._on_checkpoint(name, key)
+        return self.requested
+
+    @classmethod
+    def at_checkpoint(cls, name: str, after: int = 0) -> AbortSignal:
+        """A signal that requests abort the (after+1)-th time the engine reaches checkpoint `name` (for tests)."""
+        if name not in CHECKPOINTS:
+            raise ValueError(f"unknown checkpoint {name!r}")
+        hits = 0
+        lock = threading.Lock()
+
+        def hook(checkpoint: str, key: str | None) -> None:
+            nonlocal hits
+            if checkpoint != name:
+                return
+            with lock:
+                hits += 1
+                fire = hits == after + 1
+            if fire:
+                signal.request(f"test: abort at {name} #{after + 1} (key={key!r})")
+
+        signal = cls(on_checkpoint=hook)
+        return signal
+
+
+@dataclass(frozen=True)
+class MigrationOptions:
+    """How to move: concurrency, part sizes, sharding and move-vs-copy."""
+
+    remain_source: bool = True  # False means move: delete each source object once its copy is verified
+    concurrency: int = 4  # objects in flight per worker
+    part_size: int = 16 * MiB  # grown automatically so no object needs more than 10,000 parts
+    multipart_threshold: int = 16 * MiB  # objects larger than this use multipart (or UploadPartCopy)
+    part_concurrency: int = 4  # parts in flight per worker, shared by all objects
+    shard_index: int = 0  # this worker takes keys whose stable hash mod shard_count equals shard_index
+    shard_count: int = 1
+    chunk_size: int = 1 * MiB  # download read size: abort is checked between chunks
+    progress_interval: float = 1.0  # seconds between throttled progress snapshots
+    part_read_attempts: int = 3  # re-requests of a part whose download broke mid-body (botocore cannot retry that)
+
+    def __post_init__(self) -> None:
+        if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
+            raise ValueError(f"part_size must be between 5 MiB and 5 GiB, not {self.part_size}")
+        if not 0 <= self.multipart_threshold <= MAX_SINGLE_REQUEST:
+            raise ValueError("multipart_threshold must be between 0 and 5 GiB")
+        if self.concurrency < 1 or self.part_concurrency < 1:
+            raise ValueError("concurrency and part_concurrency must be at least 1")
+        if self.shard_count < 1 or not 0 <= self.shard_index < self.shard_count:
+            raise ValueError(f"shard_index must be in [0, {self.shard_count}), not {self.shard_index}")
+        if self.chunk_size < 4096:
+            raise ValueError("chunk_size must be at least 4 KiB")
+        if self.part_read_attempts < 1:
+            raise ValueError("part_read_attempts must be at least 1")
+
+
+@dataclass(frozen=True)
+class OpenUpload:
+    """A multipart upload at the destination: announced when created and when closed, so a crash can be cleaned."""
+
+    bucket: str
+    key: str
+    upload_id: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One snapshot of a worker's progress; totals grow as listing discovers keys of this shard."""
+
+    state: str
+    objects_total: int = 0
+    objects_migrated: int = 0
+    objects_skipped: int = 0
+    objects_failed: int = 0
+    bytes_total: int = 0
+    bytes_migrated: int = 0
+    in_flight: tuple[str, ...] = ()
+    listing_done: bool = False
+    objects_aborted: int = 0  # stopped by abort before anything reached the destination
+    objects_retained: int = 0  # verified at the destination, source kept because abort came before deleting it
+    bytes_skipped: int = 0
+
+
+class ProgressSink(Protocol):
+    """Where progress goes. Called from engine threads: implementations must be thread-safe and quick."""
+
+    def on_progress(self, progress: Progress) -> None: ...
+
+    def on_upload_opened(self, upload: OpenUpload) -> None: ...
+
+    def on_upload_closed(self, upload: OpenUpload) -> None: ...
+
+
+class NullSink:
+    """A sink that drops everything (handy in scripts)."""
+
+    def on_progress(self, progress: Progress) -> None:
+        pass
+
+    def on_upload_opened(self, upload: OpenUpload) -> None:
+        pass
+
+    def on_upload_closed(self, upload: OpenUpload) -> None:
+        pass
+
+
+class Outcome(enum.Enum):
+    SUCCEEDED = "succeeded"
+    ABORTED = "aborted"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    """How a migrate() call ended; `error` names endpoint, bucket and key, never a secret."""
+
+    outcome: Outcome
+    progress: Progress
+    error: str | None = None
+    failed_keys: tuple[str, ...] = field(default=())

@@ -1,0 +1,102 @@
+"""Counts what a worker has done and hands throttled snapshots to the sink, from whichever thread changed them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from datamover.engine.api import Progress, ProgressSink
+from datamover.engine.fsm import ObjectState
+
+log = logging.getLogger("datamover.engine.progress")
+
+
+class ProgressTracker:
+    """Thread-safe counters plus the throttle: at most one snapshot per interval, and a forced final one."""
+
+    def __init__(self, sink: ProgressSink, interval: float, state: str) -> None:
+        self._sink = sink
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._last_emit = 0.0
+        self._state = state
+        self._objects_total = 0
+        self._bytes_total = 0
+        self._counts: dict[ObjectState, int] = {}
+        self._bytes_migrated = 0
+        self._bytes_skipped = 0
+        self._in_flight: dict[str, None] = {}  # insertion-ordered set of keys being worked on
+        self._listing_done = False
+
+    def snapshot(self) -> Progress:
+        with self._lock:
+            return self._snapshot_locked()
+
+    def _snapshot_locked(self) -> Progress:
+        return Progress(
+            state=self._state,
+            objects_total=self._objects_total,
+            objects_migrated=self._counts.get(ObjectState.MIGRATED, 0),
+            objects_skipped=self._counts.get(ObjectState.SKIPPED, 0),
+            objects_failed=self._counts.get(ObjectState.FAILED, 0),
+            bytes_total=self._bytes_total,
+            bytes_migrated=self._bytes_migrated,
+            in_flight=tuple(self._in_flight),
+            listing_done=self._listing_done,
+            objects_aborted=self._counts.get(ObjectState.ABORTED, 0),
+            objects_retained=self._counts.get(ObjectState.RETAINED, 0),
+            bytes_skipped=self._bytes_skipped,
+        )
+
+    def _changed(self, force: bool = False) -> None:
+        # Called with the lock held; the sink is called outside it so a slow sink never blocks counting.
+        now = time.monotonic()
+        if not force and now - self._last_emit < self._interval:
+            return
+        self._last_emit = now
+        snapshot = self._snapshot_locked()
+        self._lock.release()
+        try:
+            self._sink.on_progress(snapshot)
+        except Exception:
+            # A sink that fails to forward progress must not stop a migration; the final snapshot is retried.
+            log.exception("event=progress_sink_failed")
+        finally:
+            self._lock.acquire()
+
+    def set_state(self, state: str) -> None:
+        with self._lock:
+            self._state = state
+            self._changed(force=True)
+
+    def discovered(self, size: int) -> None:
+        with self._lock:
+            self._objects_total += 1
+            self._bytes_total += size
+            self._changed()
+
+    def listing_done(self) -> None:
+        with self._lock:
+            self._listing_done = True
+            self._changed()
+
+    def started(self, key: str) -> None:
+        with self._lock:
+            self._in_flight[key] = None
+            self._changed()
+
+    def finished(self, key: str, state: ObjectState, size: int) -> None:
+        with self._lock:
+            self._in_flight.pop(key, None)
+            self._counts[state] = self._counts.get(state, 0) + 1
+            if state is ObjectState.MIGRATED:
+                self._bytes_migrated += size
+            elif state is ObjectState.SKIPPED:
+                self._bytes_skipped += size
+            self._changed()
+
+    def final(self) -> Progress:
+        with self._lock:
+            self._changed(force=True)
+            return self._snapshot_locked()
