@@ -100,7 +100,7 @@ def test_migration_succeeds_and_rclone_agrees(cluster: Cluster, cloud_a: Any, cl
     done = cluster.wait_phase("happy", {"succeeded", "failed"}, timeout=300)
     assert phase_of(done) == "succeeded", done["status"]
     progress = done["status"]["progress"]
-    assert progress["percent"] == "100%" and progress["objectsTotal"] == 200
+    assert progress["percent"] == "100%" and progress["objectsTotal"] == len(contents) == 200
     assert progress["objectsMigrated"] + progress["objectsSkipped"] == 200
     assert condition(done, "Ready")["status"] == "True" and condition(done, "Complete")["status"] == "True"
     assert done["status"]["startTime"] and done["status"]["completionTime"]

@@ -33,7 +33,7 @@ def test_quantities(text: str | int, size: int) -> None:
 
 
 def test_small_part_size_is_refused_naming_the_field() -> None:
-    with pytest.raises(SpecError, match="spec.partSize"):
+    with pytest.raises(SpecError, match=r"spec\.partSize"):
         MigrationSpec.from_spec({**SPEC, "partSize": "1Mi"})
 
 

@@ -38,7 +38,8 @@ def test_job_is_indexed_with_one_pod_per_shard_and_secrets_as_env() -> None:
     pod = spec["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == 7 and pod["restartPolicy"] == "Never"
     (container,) = pod["containers"]
-    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})}
     assert refs == {"src", "dst"}
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert pod["securityContext"]["runAsNonRoot"] is True

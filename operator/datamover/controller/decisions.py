@@ -74,7 +74,8 @@ def decide(obs: Observation) -> Decision:
     if obs.phase in (None, Phase.PENDING, Phase.RUNNING):
         # A Job that exists while the phase still says pending means an operator restart between the two writes.
         if obs.abort_requested:
-            return Decision(Phase.ABORTING, "AbortRequested", "stopping workers at their next checkpoint", stop_job=True)
+            return Decision(Phase.ABORTING, "AbortRequested", "stopping workers at their next checkpoint",
+                            stop_job=True)
         if obs.job_failed_message is not None:
             message = _worker_failure(obs.workers) or obs.job_failed_message
             return Decision(Phase.FAILED, "MigrationFailed", message, run_janitor=True)

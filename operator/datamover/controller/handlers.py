@@ -12,7 +12,7 @@ import datetime as dt
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes import client
@@ -63,7 +63,7 @@ class _View:
 
 
 def _not_found(error: ApiException) -> bool:
-    return error.status == 404
+    return bool(error.status == 404)
 
 
 def _read_secret(namespace: str, name: str) -> dict[str, str]:
@@ -131,18 +131,19 @@ def _observe(body: Mapping[str, Any], spec: MigrationSpec, *, deleting: bool) ->
     )
 
 
-def _create(manifest: Mapping[str, Any]) -> None:
+def _create(manifest: dict[str, Any]) -> None:
     """Create one owned object; an existing one (an earlier attempt, or a restart) is fine."""
     namespace, kind = manifest["metadata"]["namespace"], manifest["kind"]
     try:
         if kind == "ServiceAccount":
-            client.CoreV1Api().create_namespaced_service_account(namespace, manifest)
+            client.CoreV1Api().create_namespaced_service_account(namespace, manifest)  # type: ignore[arg-type]
         elif kind == "Role":
-            client.RbacAuthorizationV1Api().create_namespaced_role(namespace, manifest)
+            client.RbacAuthorizationV1Api().create_namespaced_role(namespace, manifest)  # type: ignore[arg-type]
         elif kind == "RoleBinding":
-            client.RbacAuthorizationV1Api().create_namespaced_role_binding(namespace, manifest)
+            client.RbacAuthorizationV1Api().create_namespaced_role_binding(
+                namespace, manifest)  # type: ignore[arg-type]
         else:
-            client.BatchV1Api().create_namespaced_job(namespace, manifest)
+            client.BatchV1Api().create_namespaced_job(namespace, manifest)  # type: ignore[arg-type]
     except ApiException as error:
         if error.status != 409:
             raise
@@ -170,7 +171,8 @@ def _stop_workers(namespace: str, name: str, *, kill: bool) -> None:
         core = client.CoreV1Api()
         for pod in core.list_namespaced_pod(namespace, label_selector=f"{LABEL_JOB}={name}").items:
             try:
-                core.delete_namespaced_pod(pod.metadata.name, namespace, grace_period_seconds=0)
+                core.delete_namespaced_pod(str(pod.metadata.name if pod.metadata else ""), namespace,
+                                           grace_period_seconds=0)
             except ApiException as error:
                 if not _not_found(error):
                     raise
@@ -228,10 +230,14 @@ def _conditions(current: list[dict[str, Any]], phase: Phase, reason: str, messag
 
 
 def _patch_status(namespace: str, name: str, status: Mapping[str, Any]) -> Mapping[str, Any]:
-    result: Mapping[str, Any] = client.CustomObjectsApi().patch_namespaced_custom_object_status(
+    result = client.CustomObjectsApi().patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE_PATCH
     )
-    return result
+    return cast(Mapping[str, Any], result)
+
+
+def _event(body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
+    kopf.event(cast(kopf.Body, body), type=type, reason=reason, message=message)
 
 
 def _status_for(body: Mapping[str, Any], decision: Decision) -> dict[str, Any]:
@@ -266,13 +272,12 @@ def reconcile(body: Mapping[str, Any], *, deleting: bool = False) -> tuple[Decis
     try:
         spec = MigrationSpec.from_spec(body.get("spec") or {})
     except SpecError as error:
-        decision = Decision(Phase.FAILED, "InvalidSpec", str(error))
-        status = body.get("status") or {}
-        if status.get("phase") in {p.value for p in Phase if p.terminal}:
+        invalid = Decision(Phase.FAILED, "InvalidSpec", str(error))
+        if (body.get("status") or {}).get("phase") in {p.value for p in Phase if p.terminal}:
             return Decision(), None
-        written = _patch_status(namespace, name, _status_for(body, decision))
-        kopf.event(dict(body), type="Warning", reason=decision.reason, message=decision.message)
-        return decision, written
+        written = _patch_status(namespace, name, _status_for(body, invalid))
+        _event(body, type="Warning", reason=invalid.reason, message=invalid.message)
+        return invalid, written
 
     decision = decide(_observe(body, spec, deleting=deleting))
     if decision.create_job:
@@ -290,7 +295,7 @@ def reconcile(body: Mapping[str, Any], *, deleting: bool = False) -> tuple[Decis
     if decision.phase is not None:
         log.info("event=phase job=%s/%s phase=%s reason=%s", namespace, name, decision.phase.value, decision.reason)
         event_type = "Warning" if decision.phase is Phase.FAILED else "Normal"
-        kopf.event(dict(body), type=event_type, reason=decision.reason, message=decision.message)
+        _event(body, type=event_type, reason=decision.reason, message=decision.message)
     return decision, written
 
 
@@ -305,12 +310,12 @@ def supervise(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
         phase = (current.get("status") or {}).get("phase")
         if phase and Phase(phase).terminal:
             return
+        written: Mapping[str, Any] | None = None
         try:
-            _, written = reconcile(current)
+            written = reconcile(current)[1]
         except ApiException as error:
             log.warning("event=reconcile-error job=%s/%s status=%s reason=%s", body.metadata.namespace,
                         body.metadata.name, error.status, error.reason)
-            written = None
         if written is not None:
             view.last_written = written
         stopped.wait(TICK_SECONDS)
@@ -325,6 +330,6 @@ def finalize(body: kopf.Body, **_: Any) -> None:
         if _janitor(body, spec):
             log.info("event=janitor-on-delete job=%s/%s", body.metadata.namespace, body.metadata.name)
         return
-    decision, _ = reconcile(body, deleting=True)
+    decision = reconcile(body, deleting=True)[0]
     if decision.phase is None or not decision.phase.terminal:
         raise kopf.TemporaryError("waiting for the workers to stop", delay=1)

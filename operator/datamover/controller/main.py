@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
-    kubernetes.config.load_config()
+    kubernetes.config.load_config()  # type: ignore[no-untyped-call]  # KUBECONFIG, else in-cluster
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,

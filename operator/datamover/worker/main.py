@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kubernetes
 from kubernetes import client, watch
@@ -58,7 +58,7 @@ def _watch_abort(api: client.CustomObjectsApi, namespace: str, name: str, abort:
     """Follow this one MigrationJob until abort is requested; the Role allows nothing wider."""
     while not abort.requested:
         try:
-            for event in watch.Watch().stream(
+            for event in watch.Watch().stream(  # type: ignore[no-untyped-call]
                 api.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
                 field_selector=f"metadata.name={name}", timeout_seconds=60,
             ):
@@ -73,9 +73,9 @@ def _watch_abort(api: client.CustomObjectsApi, namespace: str, name: str, abort:
 
 def run(env: Mapping[str, str] = os.environ) -> int:
     namespace, name, index = env[ENV_NAMESPACE], env[ENV_NAME], int(env.get(ENV_INDEX, "0"))
-    kubernetes.config.load_config()
+    kubernetes.config.load_config()  # type: ignore[no-untyped-call]  # KUBECONFIG, else in-cluster
     api = client.CustomObjectsApi()
-    body = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    body = cast(Mapping[str, Any], api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
     spec = MigrationSpec.from_spec(body["spec"])
     reporter = StatusReporter(api, namespace, name, index, env.get(ENV_POD, ""))
 
