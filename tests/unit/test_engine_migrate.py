@@ -1,0 +1,284 @@
+"""The engine against moto: strategies, metadata, skip-identical, move semantics, sharding, progress, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from datamover.backends.base import ObjectAttributes
+from datamover.backends.s3 import S3Store
+from datamover.engine import (
+    AbortSignal,
+    MigrationOptions,
+    OpenUpload,
+    Outcome,
+    abort_uploads,
+    migrate,
+    shard_of,
+)
+from datamover.engine.copy import choose_part_size, composite_etag, part_ranges
+from tests.unit import RecordingSink, moto_s3, store
+
+MiB = 1024 * 1024
+SMALL = MigrationOptions(part_size=5 * MiB, multipart_threshold=5 * MiB, chunk_size=256 * 1024, progress_interval=0)
+
+AWKWARD_KEYS = ["plain.txt", "with space.txt", "ünïcødé/файл.bin", "runs//of///slashes", "dir/", "empty"]
+
+
+@pytest.fixture
+def moto() -> Iterator[None]:
+    with moto_s3():
+        yield
+
+
+def put(target: S3Store, key: str, body: bytes, **extra: object) -> None:
+    target.client.put_object(Bucket=target.bucket, Key=key, Body=body, **extra)  # type: ignore[arg-type]
+
+
+def read(target: S3Store, key: str) -> bytes | None:
+    try:
+        return target.client.get_object(Bucket=target.bucket, Key=key)["Body"].read()
+    except target.client.exceptions.NoSuchKey:
+        return None
+
+
+def keys(target: S3Store) -> set[str]:
+    pages = target.client.get_paginator("list_objects_v2").paginate(Bucket=target.bucket)
+    return {item["Key"] for page in pages for item in page.get("Contents", [])}
+
+
+def test_copies_awkward_keys_zero_byte_and_multipart_with_prefixes(moto: None) -> None:
+    source, destination = store("src", "in/", "a"), store("dst", "out/x/", "b")
+    bodies = {f"in/{key}": (os.urandom(1000) if key not in ("empty", "dir/") else b"") for key in AWKWARD_KEYS}
+    bodies["in/big.bin"] = os.urandom(11 * MiB + 7)
+    for key, body in bodies.items():
+        put(source, key, body)
+    put(source, "elsewhere/not-mine", b"outside the prefix")
+
+    sink = RecordingSink()
+    result = migrate(source, destination, SMALL, AbortSignal(), sink)
+
+    assert result.outcome is Outcome.SUCCEEDED, result.error
+    assert keys(destination) == {"out/x/" + key.removeprefix("in/") for key in bodies}
+    for key, body in bodies.items():
+        assert read(destination, "out/x/" + key.removeprefix("in/")) == body
+    assert result.progress.objects_migrated == len(bodies)
+    assert result.progress.bytes_migrated == sum(map(len, bodies.values()))
+    assert result.progress.listing_done and result.progress.state == "succeeded"
+    assert sink.opened and not sink.still_open  # the multipart upload was announced and closed
+    assert sink.progress[-1] == result.progress
+
+
+def test_metadata_is_preserved_on_every_strategy(moto: None) -> None:
+    headers = {
+        "ContentType": "text/csv", "ContentEncoding": "gzip", "CacheControl": "max-age=60",
+        "ContentDisposition": 'attachment; filename="r.csv"', "Metadata": {"owner": "ops", "k-2": "v 2"},
+    }
+    source = store("src", "", "a")
+    put(source, "small", b"x" * 100, **headers)
+    put(source, "large", os.urandom(6 * MiB), **headers)
+    for destination in (store("streamed", "", "b"), store("server-side", "", "a")):
+        result = migrate(source, destination, SMALL, AbortSignal(), RecordingSink())
+        assert result.outcome is Outcome.SUCCEEDED, result.error
+        for key in ("small", "large"):
+            head = destination.client.head_object(Bucket=destination.bucket, Key=key)
+            assert head["ContentType"] == "text/csv"
+            assert head["ContentEncoding"] == "gzip"
+            assert head["CacheControl"] == "max-age=60"
+            assert head["ContentDisposition"] == 'attachment; filename="r.csv"'
+            metadata = {k: v for k, v in head["Metadata"].items() if k != "datamover-source-etag"}
+            assert metadata == {"owner": "ops", "k-2": "v 2"}
+
+
+def test_rerun_skips_identical_objects_and_recopies_changed_ones(moto: None) -> None:
+    source, destination = store("src", "", "a"), store("dst", "", "b")
+    put(source, "same", b"1" * 10)
+    put(source, "big", os.urandom(11 * MiB))
+    put(source, "changes", b"old")
+    assert migrate(source, destination, SMALL, AbortSignal(), RecordingSink()).outcome is Outcome.SUCCEEDED
+    put(source, "changes", b"new content")
+
+    result = migrate(source, destination, SMALL, AbortSignal(), RecordingSink())
+
+    assert result.outcome is Outcome.SUCCEEDED
+    assert (result.progress.objects_skipped, result.progress.objects_migrated) == (2, 1)
+    assert read(destination, "changes") == b"new content"
+
+
+def test_move_deletes_source_only_after_verification(moto: None) -> None:
+    source, destination = store("src", "", "a"), store("dst", "", "b")
+    bodies = {"a": b"alpha", "b": os.urandom(11 * MiB)}
+    for key, body in bodies.items():
+        put(source, key, body)
+    order: list[tuple[str, str | None]] = []
+
+    def hook(checkpoint: str, key: str | None) -> None:
+        if checkpoint == "before_delete_source":
+            assert key is not None
+            order.append((key, hashlib.md5(read(destination, key) or b"").hexdigest()))
+
+    result = migrate(source, destination, MigrationOptions(**{**SMALL.__dict__, "remain_source": False}),
+                     AbortSignal(on_checkpoint=hook), RecordingSink())
+
+    assert result.outcome is Outcome.SUCCEEDED, result.error
+    assert keys(source) == set()
+    # At the moment each source was about to be deleted, its destination copy was already complete.
+    assert sorted(order) == sorted((key, hashlib.md5(body).hexdigest()) for key, body in bodies.items())
+
+
+def test_move_of_an_already_identical_object_deletes_the_source(moto: None) -> None:
+    source, destination = store("src", "", "a"), store("dst", "", "b")
+    put(source, "k", b"same")
+    put(destination, "k", b"same")
+    options = MigrationOptions(**{**SMALL.__dict__, "remain_source": False})
+    result = migrate(source, destination, options, AbortSignal(), RecordingSink())
+    assert result.outcome is Outcome.SUCCEEDED
+    assert keys(source) == set() and read(destination, "k") == b"same"
+
+
+def test_server_side_copy_is_used_when_endpoint_and_credentials_match(moto: None) -> None:
+    source, destination = store("src", "", "a"), store("dst", "", "a")
+    put(source, "small", b"s" * 10)
+    put(source, "large", os.urandom(11 * MiB))
+    calls: list[str] = []
+    for client in (source.client, destination.client):
+        client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
+
+    result = migrate(source, destination, SMALL, AbortSignal(), RecordingSink())
+
+    assert result.outcome is Outcome.SUCCEEDED
+    assert "CopyObject" in calls and "UploadPartCopy" in calls
+    assert not {"GetObject", "PutObject", "UploadPart"} & set(calls)
+    assert read(destination, "large") == read(source, "large")
+
+
+def test_sharding_is_stable_disjoint_and_covers_every_key(moto: None) -> None:
+    all_keys = [f"k/{i:04d}" for i in range(300)] + AWKWARD_KEYS
+    owners = [shard_of(key, 3) for key in all_keys]
+    assert owners == [shard_of(key, 3) for key in all_keys]  # stable (no salted hash())
+    assert shard_of("k/0001", 3) == 1 and shard_of("ünïcødé", 7) == 2  # pinned: must never change
+    assert {owner for owner in owners} == {0, 1, 2}
+
+    source, destination = store("src", "", "a"), store("dst", "", "b")
+    for key in all_keys[:60]:
+        put(source, key, key.encode())
+    done: list[set[str]] = []
+    for index in range(3):
+        sink = RecordingSink()
+        options = MigrationOptions(**{**SMALL.__dict__, "shard_index": index, "shard_count": 3})
+        before = keys(destination)
+        result = migrate(source, destination, options, AbortSignal(), sink)
+        assert result.outcome is Outcome.SUCCEEDED
+        done.append(keys(destination) - before)
+        assert result.progress.objects_total == len(done[-1])
+    assert sum(map(len, done)) == 60 and set().union(*done) == set(all_keys[:60])
+
+
+def test_progress_is_reported_while_running_and_throttled(moto: None) -> None:
+    source, destination = store("src", "", "a"), store("dst", "", "b")
+    for index in range(20):
+        put(source, f"k{index}", b"x")
+    fast, slow = RecordingSink(), RecordingSink()
+    migrate(source, destination, SMALL, AbortSignal(), fast)
+    throttled = MigrationOptions(**{**SMALL.__dict__, "progress_interval": 3600})
+    migrate(source, store("dst2", "", "b"), throttled, AbortSignal(), slow)
+    assert len(fast.progress) > 20
+    assert any(p.in_flight for p in fast.progress)
+    # Throttled: only state changes and the final snapshot get through.
+    assert len(slow.progress) <= 4 and slow.progress[-1].objects_migrated == 20
+
+
+def test_empty_prefix_is_a_success_with_zero_objects(moto: None) -> None:
+    source = store("src", "nothing-here/", "a")
+    put(source, "other/key", b"x")
+    result = migrate(source, store("dst", "", "b"), SMALL, AbortSignal(), RecordingSink())
+    assert result.outcome is Outcome.SUCCEEDED and result.error is None
+    assert result.progress.objects_total == 0 and result.progress.listing_done
+
+
+@pytest.mark.parametrize("missing", ["source", "destination"])
+def test_missing_bucket_fails_with_endpoint_and_bucket_named(moto: None, missing: str) -> None:
+    source = store("src", "", "a", create=missing != "source")
+    destination = store("dst", "", "b", create=missing != "destination")
+    if missing != "source":
+        put(source, "k", b"x")
+    result = migrate(source, destination, SMALL, AbortSignal(), RecordingSink())
+    assert result.outcome is Outcome.FAILED
+    assert result.error is not None
+    assert "bucket does not exist" in result.error
+    assert f"bucket {'src' if missing == 'source' else 'dst'}" in result.error
+    assert "endpoint AWS S3" in result.error
+
+
+def test_abort_before_start_touches_nothing(moto: None) -> None:
+    source, destination = store("src", "", "a"), store("dst", "", "b")
+    put(source, "k", b"x")
+    abort = AbortSignal()
+    abort.request("user asked")
+    result = migrate(source, destination, SMALL, abort, RecordingSink())
+    assert result.outcome is Outcome.ABORTED and keys(destination) == set()
+
+
+def test_source_changed_during_copy_fails_that_object_only(moto: None) -> None:
+    source, destination = store("src", "", "a"), store("dst", "", "b")
+    put(source, "stable", b"s")
+    put(source, "moving", os.urandom(11 * MiB))
+    swapped = False
+
+    def hook(checkpoint: str, key: str | None) -> None:
+        nonlocal swapped
+        if checkpoint == "between_parts" and key == "moving" and not swapped:
+            swapped = True
+            put(source, "moving", os.urandom(11 * MiB))
+
+    sink = RecordingSink()
+    result = migrate(source, destination, SMALL, AbortSignal(on_checkpoint=hook), sink)
+    assert result.outcome is Outcome.FAILED
+    assert result.failed_keys == ("moving",)
+    assert result.error is not None and "PreconditionFailed" in result.error and "'moving'" in result.error
+    assert read(destination, "stable") == b"s" and read(destination, "moving") is None
+    assert not list(destination.list_multipart_uploads("")) and not sink.still_open
+
+
+def test_abort_uploads_closes_recorded_uploads_and_tolerates_gone_ones(moto: None) -> None:
+    destination = store("dst", "", "b")
+    upload_id = destination.create_multipart("k", ObjectAttributes())
+    recorded = [OpenUpload("dst", "k", upload_id), OpenUpload("dst", "gone", "no-such-upload-id")]
+    closed = abort_uploads(destination, recorded)
+    assert recorded[0] in closed
+    assert not list(destination.list_multipart_uploads(""))
+
+
+def test_part_size_grows_so_no_object_needs_more_than_10000_parts() -> None:
+    assert choose_part_size(100 * MiB, 16 * MiB) == 16 * MiB
+    grown = choose_part_size(5 * 1024**4, 16 * MiB)  # 5 TiB
+    assert grown % MiB == 0 and -(-5 * 1024**4 // grown) <= 10_000
+    ranges = part_ranges(11 * MiB + 1, 5 * MiB)
+    assert ranges == [(1, 0, 5 * MiB - 1), (2, 5 * MiB, 10 * MiB - 1), (3, 10 * MiB, 11 * MiB)]
+    assert composite_etag([hashlib.md5(b"a").digest()]).endswith("-1")
+
+
+def test_options_reject_parts_below_s3_minimum() -> None:
+    with pytest.raises(ValueError, match="5 MiB"):
+        MigrationOptions(part_size=1 * MiB)
+    with pytest.raises(ValueError, match="shard_index"):
+        MigrationOptions(shard_index=2, shard_count=2)
+
+
+def test_every_transition_is_one_log_line_naming_shard_and_key(moto: None, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="datamover")
+    source, destination = store("src", "", "a"), store("dst", "", "b")
+    put(source, "with space", b"x")
+    migrate(source, destination, SMALL, AbortSignal(), RecordingSink())
+    lines = [r.getMessage() for r in caplog.records if "event=transition machine=object" in r.getMessage()]
+    assert lines == [
+        f'event=transition machine=object shard=0/1 key="with space" from={a} to={b} on={e}' + s
+        for a, b, e, s in [("pending", "checking", "start", ""), ("checking", "copying", "differs", ""),
+                           ("copying", "verifying", "copied", " strategy=single"),
+                           ("verifying", "migrated", "verified", " strategy=single")]
+    ]
+    assert not any("secret-" in r.getMessage() for r in caplog.records)
