@@ -1,0 +1,1 @@
+"""Integration tier: tests against two real MinIO servers, verified by rclone."""
