@@ -3,101 +3,29 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
 from kubernetes import client, config
 
-from tests.ground.procs import free_port
-
-REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "crds" / "datamover.io_migrationjobs.yaml"
-RBAC = REPO / "manifests" / "rbac.yaml"
-OPERATOR_NAMESPACE = "datamover-system"
-OPERATOR_ACCOUNT = "datamover-operator"
+from tests.ground.controlplane import ControlPlane
+from tests.ground.stack import OperatorProcess, install_datamover, run_operator
 
 Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
-class OperatorProcess:
-    """datamover-operator as a local process holding only its ServiceAccount's token (the chart's RBAC)."""
-
-    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
-        self.kubeconfig, self.log_path = kubeconfig, log_path
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    def start(self) -> None:
-        self.port = free_port()
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "DATAMOVER_WORKER_IMAGE": "datamover:test",
-            "DATAMOVER_LIVENESS_ENDPOINT": f"http://127.0.0.1:{self.port}/healthz",
-        }
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "datamover-operator")], env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"datamover-operator exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"datamover-operator did not become healthy in 60 s:\n{self.log_tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL: no chance to clean up, as when a node dies."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_tail(self, lines: int = 60) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
 @pytest.fixture(scope="session")
-def datamover_installed(control_plane: Any, kubectl: Kubectl) -> None:
-    kubectl("apply", "-f", str(CRD))
-    kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/migrationjobs.datamover.io")
-    kubectl("apply", "-f", str(RBAC))
-
-
-@pytest.fixture(scope="session")
-def operator(control_plane: Any, datamover_installed: None, node_agent: Any,
+def operator(control_plane: ControlPlane, node_agent: Any,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    workdir = tmp_path_factory.mktemp("operator")
-    kubeconfig = control_plane.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT,
-                                                          workdir / "kubeconfig")
-    proc = OperatorProcess(kubeconfig, workdir / "operator.log")
-    proc.start()
-    yield proc
-    proc.stop()
+    install_datamover(control_plane)
+    with run_operator(control_plane, tmp_path_factory.mktemp("operator")) as proc:
+        yield proc
 
 
 @pytest.fixture(autouse=True)
@@ -119,7 +47,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.fixture(scope="session")
 def admin_api(control_plane: Any) -> client.ApiClient:
-    return config.new_client_from_config(str(control_plane.admin_kubeconfig))
+    return cast(client.ApiClient, config.new_client_from_config(  # type: ignore[no-untyped-call]
+        str(control_plane.admin_kubeconfig)))
 
 
 @dataclass
@@ -134,9 +63,8 @@ class Cluster:
         return self.kubectl("apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump(manifest), check=check)
 
     def get(self, name: str) -> dict[str, Any]:
-        obj: dict[str, Any] = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
-            "datamover.io", "v1alpha1", self.namespace, "migrationjobs", name)
-        return obj
+        return cast(dict[str, Any], client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+            "datamover.io", "v1alpha1", self.namespace, "migrationjobs", name))
 
     def wait_phase(self, name: str, phases: set[str], timeout: float = 180) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.controlplane.conftest import Cluster, OperatorProcess, migration_job
+from tests.controlplane.conftest import Cluster, migration_job
 from tests.ground.s3 import rclone_check
+from tests.ground.stack import OperatorProcess
 
 MiB = 1024 * 1024
 
@@ -270,7 +271,7 @@ def test_bad_credentials_or_bucket_fail_fast_naming_what_is_wrong(
     assert all(digest(cloud_a, src, key) == md5 for key, md5 in contents.items())
 
 
-INVALID = {
+INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "no-source": ({"source": None}, "spec.source: Required value"),
     "no-destination-bucket": ({"destination": {"endpoint": "http://x:1"}}, "spec.destination.bucket: Required value"),
     "part-size-too-small": ({"partSize": "1Mi"}, "at least 5Mi"),
@@ -337,6 +338,7 @@ def test_operator_runs_without_cluster_admin(operator: OperatorProcess, cluster:
         user="system:serviceaccount:datamover-system:datamover-operator",
         resource_attributes=client.V1ResourceAttributes(verb="delete", resource="secrets",
                                                         namespace=cluster.namespace)))
-    assert not auth.create_subject_access_review(review).status.allowed
+    verdict = auth.create_subject_access_review(review).status
+    assert verdict is not None and not verdict.allowed
     kubeconfig = operator.kubeconfig.read_text()
     assert "token:" in kubeconfig and "client-key" not in kubeconfig

@@ -1,0 +1,124 @@
+"""datamover installed on the local ground and its operator running as its own ServiceAccount.
+
+Shared by the control-plane tests (as fixtures), `make demo` and bench/abort_latency.py, so all three run the
+product the same way: CRD and RBAC applied from the repository's manifests, the operator holding only the token of
+the `datamover-operator` ServiceAccount, worker pods run by the node agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.ground.controlplane import ControlPlane, start_control_plane
+from tests.ground.nodeagent import NodeAgent, start_node_agent
+from tests.ground.procs import GroundError, free_port, log_tail
+from tests.ground.s3 import S3Server, start_minio
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "datamover.io_migrationjobs.yaml"
+RBAC = REPO / "manifests" / "rbac.yaml"
+OPERATOR_NAMESPACE = "datamover-system"
+OPERATOR_ACCOUNT = "datamover-operator"
+READY_TIMEOUT = 60.0
+
+
+class OperatorProcess:
+    """datamover-operator as a local process holding only its ServiceAccount's token (the shipped RBAC)."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
+        self.kubeconfig, self.log_path = kubeconfig, log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        port = free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "DATAMOVER_WORKER_IMAGE": "datamover:local",
+            "DATAMOVER_LIVENESS_ENDPOINT": f"http://127.0.0.1:{port}/healthz",
+        }
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(Path(sys.executable).parent / "datamover-operator")],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise GroundError(f"datamover-operator exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise GroundError(f"datamover-operator not healthy after {READY_TIMEOUT:.0f}s:\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up, as when its node dies."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 60) -> str:
+        return log_tail(self.log_path, lines)
+
+
+def install_datamover(control_plane: ControlPlane) -> None:
+    """The CRD and the operator's Namespace, ServiceAccount and RBAC, applied with kubectl as a user would."""
+    control_plane.kubectl("apply", "-f", str(CRD))
+    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/migrationjobs.datamover.io")
+    control_plane.kubectl("apply", "-f", str(RBAC))
+
+
+@contextlib.contextmanager
+def run_operator(control_plane: ControlPlane, workdir: Path) -> Iterator[OperatorProcess]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    kubeconfig = control_plane.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT,
+                                                          workdir / "operator.kubeconfig")
+    operator = OperatorProcess(kubeconfig, workdir / "operator.log")
+    try:
+        operator.start()
+        yield operator
+    finally:
+        operator.stop()
+
+
+@dataclass
+class Stack:
+    """Everything `make demo` and the abort bench need, up and ready."""
+
+    control_plane: ControlPlane
+    node_agent: NodeAgent
+    cloud_a: S3Server
+    cloud_b: S3Server
+    operator: OperatorProcess
+
+
+@contextlib.contextmanager
+def local_stack(workdir: Path) -> Iterator[Stack]:
+    with contextlib.ExitStack() as stack:
+        control_plane = stack.enter_context(start_control_plane(workdir / "controlplane"))
+        agent = stack.enter_context(start_node_agent(control_plane, workdir / "node-agent",
+                                                     python_bin_dir=Path(sys.executable).parent))
+        cloud_a = stack.enter_context(start_minio(workdir, "cloud-a", "cloud-a-admin", "cloud-a-secret-key"))
+        cloud_b = stack.enter_context(start_minio(workdir, "cloud-b", "cloud-b-admin", "cloud-b-secret-key"))
+        install_datamover(control_plane)
+        operator = stack.enter_context(run_operator(control_plane, workdir / "operator"))
+        yield Stack(control_plane, agent, cloud_a, cloud_b, operator)
