@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export DATAMOVER_CACHE ?= $(HOME)/.cache/datamover
 PYTEST_ARGS ?=
 
-.PHONY: venv binaries ground test unit lint demo clean
+.PHONY: venv binaries ground test unit lint demo e2e clean
 
 venv: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ unit: venv
 lint: venv
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/mypy
+
+# Everything end to end on the local ground, one migration watched live and a second one aborted.
+demo: ground
+	$(BIN)/python -m tests.ground.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
