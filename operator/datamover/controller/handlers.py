@@ -189,7 +189,8 @@ def _janitor(body: Mapping[str, Any], spec: MigrationSpec) -> dict[str, Any]:
     credentials = _read_secret(namespace, destination.secret_name) if destination.secret_name else {}
     store = open_store(s3_config(destination, credentials))
     uploads = [OpenUpload(destination.bucket, u.key, u.upload_id) for ups in leftovers.values() for u in ups]
-    remaining = {(u.key, u.upload_id) for u in abort_uploads(store, uploads)}
+    closed = {(u.key, u.upload_id) for u in abort_uploads(store, uploads)}
+    remaining = {(u.key, u.upload_id) for u in uploads} - closed
     log.info("event=janitor job=%s/%s aborted=%d remaining=%d", namespace, body["metadata"]["name"],
              len(uploads) - len(remaining), len(remaining))
     return {

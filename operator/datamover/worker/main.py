@@ -92,9 +92,9 @@ def run(env: Mapping[str, str] = os.environ) -> int:
     previous = worker_reports(body.get("status") or {}).get(index)
     if previous and previous.open_uploads:
         leftovers = [OpenUpload(spec.destination.bucket, u.key, u.upload_id) for u in previous.open_uploads]
-        remaining = abort_uploads(destination, leftovers)
-        log.info("event=leftover-uploads job=%s/%s index=%d aborted=%d remaining=%d", namespace, name, index,
-                 len(leftovers) - len(remaining), len(remaining))
+        closed = abort_uploads(destination, leftovers)
+        log.info("event=leftover-uploads job=%s/%s index=%d closed=%d open=%d", namespace, name, index,
+                 len(closed), len(leftovers) - len(closed))
 
     options = MigrationOptions(
         remain_source=spec.remain_source,
