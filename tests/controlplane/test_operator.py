@@ -150,6 +150,23 @@ def test_abort_mid_migration_stops_cleanly_and_moves_only_verified_objects(
     assert any("AbortRequested" in e for e in events) and any("Aborted" in e for e in events)
 
 
+def test_deleting_a_running_job_aborts_it_first(cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:
+    src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
+    contents = fill(cloud_a, src, small=10, large=8)
+    cluster.apply(migration_job("gone", cloud_a, src, cloud_b, dst, concurrency=2, partSize="5Mi",
+                                remainSource=False))
+    cluster.wait("gone", lambda o: any(w.get("openUploads") for w in (o.get("status") or {})
+                                       .get("workers", {}).values()), "an open multipart upload")
+    assert "datamover.io/cleanup" in cluster.get("gone")["metadata"]["finalizers"]
+    cluster.kubectl("delete", "mj", "gone", "-n", cluster.namespace, "--timeout=90s")
+    deadline = time.monotonic() + 60
+    while any(p.metadata.labels.get("datamover.io/migrationjob") == "gone" for p in cluster.pods()):
+        assert time.monotonic() < deadline, "worker pods outlived their MigrationJob"
+        time.sleep(0.5)
+    assert open_uploads(cloud_b, dst) == []
+    assert_invariant(cloud_a, src, cloud_b, dst, contents, remain_source=False)
+
+
 # 3. abort before start / after the end ---------------------------------------------------------------------------
 
 def test_abort_before_start_cancels_and_starts_no_worker(cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:
