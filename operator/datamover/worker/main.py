@@ -29,6 +29,7 @@ from datamover.api import (
     SECRET_KEYS_REQUIRED,
     VERSION,
     MigrationSpec,
+    UploadRecord,
     WorkerState,
     credential_env,
     worker_reports,
@@ -77,7 +78,6 @@ def run(env: Mapping[str, str] = os.environ) -> int:
     api = client.CustomObjectsApi()
     body = cast(Mapping[str, Any], api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
     spec = MigrationSpec.from_spec(body["spec"])
-    reporter = StatusReporter(api, namespace, name, index, env.get(ENV_POD, ""))
 
     abort = AbortSignal()
     signal.signal(signal.SIGTERM, lambda *_: abort.request("SIGTERM"))
@@ -90,11 +90,14 @@ def run(env: Mapping[str, str] = os.environ) -> int:
 
     # A previous attempt of this index (a killed pod) may have left uploads open: close them before resuming.
     previous = worker_reports(body.get("status") or {}).get(index)
+    still_open: list[UploadRecord] = []
     if previous and previous.open_uploads:
         leftovers = [OpenUpload(spec.destination.bucket, u.key, u.upload_id) for u in previous.open_uploads]
-        closed = abort_uploads(destination, leftovers)
+        closed = {(u.key, u.upload_id) for u in abort_uploads(destination, leftovers)}
+        still_open = [u for u in previous.open_uploads if (u.key, u.upload_id) not in closed]
         log.info("event=leftover-uploads job=%s/%s index=%d closed=%d open=%d", namespace, name, index,
-                 len(closed), len(leftovers) - len(closed))
+                 len(closed), len(still_open))
+    reporter = StatusReporter(api, namespace, name, index, env.get(ENV_POD, ""), still_open)
 
     options = MigrationOptions(
         remain_source=spec.remain_source,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -25,12 +26,14 @@ MERGE_PATCH = "application/merge-patch+json"
 class StatusReporter:
     """The engine's ProgressSink for one worker; thread-safe (engine threads call it concurrently)."""
 
-    def __init__(self, api: client.CustomObjectsApi, namespace: str, name: str, index: int, pod: str) -> None:
+    def __init__(self, api: client.CustomObjectsApi, namespace: str, name: str, index: int, pod: str,
+                 still_open: Iterable[UploadRecord] = ()) -> None:
         self._api, self._namespace, self._name, self._index, self._pod = api, namespace, name, index, pod
         self._lock = threading.Lock()
         self._state = WorkerState.STARTING
         self._progress: Progress | None = None
-        self._uploads: dict[tuple[str, str], UploadRecord] = {}
+        # Uploads an earlier attempt left that could not be aborted yet stay recorded for the operator's janitor.
+        self._uploads: dict[tuple[str, str], UploadRecord] = {(u.key, u.upload_id): u for u in still_open}
         self._sent_at = 0.0
         self._message = ""
 
