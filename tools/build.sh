@@ -27,8 +27,8 @@ BINARIES=(
   "rclone|rclone|github.com/rclone/rclone|"
   "kube-apiserver|kube|k8s.io/kubernetes/cmd/kube-apiserver|$KUBE_VERSION_LDFLAGS"
   "kube-controller-manager|kube|k8s.io/kubernetes/cmd/kube-controller-manager|$KUBE_VERSION_LDFLAGS"
-  "helm|helm|helm.sh/helm/v3/cmd/helm|-X helm.sh/helm/v3/internal/version.version=v3.22.0"
-  "kubeconform|kubeconform|github.com/yannh/kubeconform/cmd/kubeconform|"
+  "helm|helm|helm.sh/helm/v3/cmd/helm|-X helm.sh/helm/v3/internal/version.version=v3.22.0 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37"
+  "kubeconform|kubeconform|github.com/yannh/kubeconform/cmd/kubeconform|-X main.version=v0.8.0"
 )
 
 command -v go >/dev/null || { echo "build.sh: the go command is not on PATH" >&2; exit 1; }
