@@ -72,6 +72,8 @@ class S3Config:
     read_timeout: float = 60.0
     # Connection pool size; must cover the engine's objects in flight plus parts in flight.
     max_pool_connections: int = 32
+    # Keys per ListObjectsV2 page (S3 caps it at 1000); smaller pages mean more abort checkpoints while listing.
+    list_page_size: int = 1000
 
     def __post_init__(self) -> None:
         if not self.bucket:
@@ -136,7 +138,7 @@ class S3Store(ObjectStore):
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         botocore_config = botocore.config.Config(
             region_name=config.region,
-            retries={"mode": "standard", "max_attempts": config.max_attempts},
+            retries={"mode": "standard", "total_max_attempts": config.max_attempts},
             connect_timeout=config.connect_timeout,
             read_timeout=config.read_timeout,
             max_pool_connections=config.max_pool_connections,
@@ -206,7 +208,7 @@ class S3Store(ObjectStore):
             raise self._error("HeadBucket", None, error) from error
 
     def list_page(self, prefix: str, token: str | None) -> ListPage:
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": 1000}
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": self.config.list_page_size}
         if token:
             kwargs["ContinuationToken"] = token
         try:

@@ -1,0 +1,161 @@
+"""The S3 backend: secrets stay out of repr and messages, transient errors are retried, permanent ones fail fast."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from botocore.awsrequest import AWSResponse
+
+from datamover.backends import open_store
+from datamover.backends.base import ErrorKind, EtagKind, StoreError
+from datamover.backends.s3 import S3Config, S3Store, etag_kind
+from datamover.engine import AbortSignal, MigrationOptions, Outcome, migrate
+from tests.unit import RecordingSink, moto_s3, store
+
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRETKEY"
+
+
+@pytest.fixture
+def moto() -> Iterator[None]:
+    with moto_s3():
+        yield
+
+
+class _Raw:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._body
+
+
+def fail_first(target: S3Store, operation: str, times: int, status: int, code: str) -> list[str]:
+    """Make the next `times` calls of `operation` answer an S3 error; returns a log of every attempt."""
+    attempts: list[str] = []
+
+    def handler(request: Any, **_: Any) -> AWSResponse | None:
+        attempts.append(operation)
+        if len(attempts) > times:
+            return None  # fall through to moto
+        body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
+        return AWSResponse(request.url, status, {"Content-Type": "application/xml"}, _Raw(body))  # type: ignore[arg-type]
+
+    target.client.meta.events.register_first(f"before-send.s3.{operation}", handler)
+    return attempts
+
+
+def test_repr_and_messages_never_show_secrets(moto: None) -> None:
+    config = S3Config(bucket="b", endpoint="http://minio:9000", access_key_id="AKIAX", secret_access_key=SECRET,
+                      session_token="token-value")
+    assert SECRET not in repr(config) and "token-value" not in repr(config)
+    assert "http://minio:9000" in repr(config)
+    source = store("src", "", "a")
+    attempts = fail_first(source, "HeadObject", 1, 403, "AccessDenied")
+    with pytest.raises(StoreError) as raised:
+        source.head("k")
+    assert attempts == ["HeadObject"]
+    assert raised.value.kind is ErrorKind.PERMANENT
+    assert "secret-a" not in raised.value.message
+    assert "bucket src" in raised.value.message and "key 'k'" in raised.value.message
+
+
+@pytest.mark.parametrize(("status", "code"), [(503, "SlowDown"), (500, "InternalError"), (503, "ServiceUnavailable")])
+def test_transient_errors_are_retried_by_botocore(moto: None, status: int, code: str) -> None:
+    target = store("bkt", "", "a", max_attempts=4)
+    target.client.put_object(Bucket="bkt", Key="k", Body=b"x")
+    attempts = fail_first(target, "HeadObject", 2, status, code)
+    head = target.head("k")
+    assert head is not None and head.size == 1
+    assert len(attempts) == 3
+
+
+def test_transient_errors_give_up_after_max_attempts(moto: None) -> None:
+    target = store("bkt", "", "a", max_attempts=2)
+    attempts = fail_first(target, "ListObjectsV2", 10, 503, "SlowDown")
+    with pytest.raises(StoreError) as raised:
+        target.list_page("", None)
+    assert len(attempts) == 2 and raised.value.kind is ErrorKind.TRANSIENT
+
+
+@pytest.mark.parametrize("code", ["AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket"])
+def test_permanent_errors_fail_fast_and_stop_the_worker(moto: None, code: str) -> None:
+    source, destination = store("src", "", "a", max_attempts=5), store("dst", "", "b")
+    for index in range(3):
+        source.client.put_object(Bucket="src", Key=f"k{index}", Body=b"x")
+    attempts = fail_first(destination, "PutObject", 100, 403 if code != "NoSuchBucket" else 404, code)
+    result = migrate(source, destination, MigrationOptions(concurrency=1), AbortSignal(), RecordingSink())
+    assert result.outcome is Outcome.FAILED
+    assert len(attempts) == 1, "a permanent error was retried or the worker went on to other objects"
+    assert result.error is not None and code in result.error and "bucket dst" in result.error
+    assert "secret-b" not in result.error
+
+
+def test_unreachable_endpoint_fails_naming_endpoint_and_bucket() -> None:
+    config = S3Config(bucket="b", endpoint="http://127.0.0.1:9", region="us-east-1", access_key_id="a",
+                      secret_access_key=SECRET, max_attempts=2, connect_timeout=1)
+    source = open_store(config)
+    result = migrate(source, source, MigrationOptions(), AbortSignal(), RecordingSink())
+    assert result.outcome is Outcome.FAILED
+    assert result.error is not None
+    assert "http://127.0.0.1:9" in result.error and "bucket b" in result.error and "unreachable" in result.error
+    assert SECRET not in result.error
+
+
+def test_addressing_style_and_tls_opt_out_reach_the_client(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    path = S3Store(S3Config(bucket="b", endpoint="https://lab:9000", addressing_style="path",
+                            insecure_skip_tls_verify=True, access_key_id="a", secret_access_key=SECRET))
+    assert path.client.meta.config.s3 == {"addressing_style": "path"}
+    assert path.client._endpoint.http_session._verify is False
+    assert "event=tls_verification_disabled endpoint=https://lab:9000 bucket=b" in caplog.text
+    virtual = S3Store(S3Config(bucket="b", addressing_style="virtual", region="eu-west-1"))
+    assert virtual.client.meta.config.s3 == {"addressing_style": "virtual"}
+    with pytest.raises(ValueError):
+        S3Config(bucket="b", addressing_style="sideways")  # type: ignore[arg-type]
+
+
+def test_server_side_copy_needs_same_endpoint_and_credentials() -> None:
+    def make(**overrides: Any) -> S3Store:
+        fields: dict[str, Any] = {"bucket": "b", "endpoint": "http://a:9000", "access_key_id": "k",
+                                  "secret_access_key": "s", **overrides}
+        return S3Store(S3Config(**fields))
+
+    assert make().can_copy_server_side_from(make(bucket="other"))
+    assert not make().can_copy_server_side_from(make(endpoint="http://b:9000"))
+    assert not make().can_copy_server_side_from(make(secret_access_key="other"))
+
+
+def test_etag_kinds() -> None:
+    assert etag_kind("5d41402abc4b2a76b9719d911017c592", None, False) is EtagKind.MD5
+    assert etag_kind("5d41402abc4b2a76b9719d911017c592-3", None, False) is EtagKind.MULTIPART_MD5
+    assert etag_kind("5d41402abc4b2a76b9719d911017c592", "aws:kms", False) is EtagKind.OPAQUE
+    assert etag_kind("5d41402abc4b2a76b9719d911017c592", "AES256", True) is EtagKind.OPAQUE
+    assert etag_kind("W/opaque", None, False) is EtagKind.OPAQUE
+
+
+def test_a_download_that_breaks_mid_body_is_requested_again(moto: None) -> None:
+    source, destination = store("src", "", "a"), store("dst", "", "b")
+    source.client.put_object(Bucket="src", Key="k", Body=b"y" * 5000)
+    breaks = {"left": 1}
+    original_open = source.open_read
+
+    class Broken:
+        def read(self, size: int) -> bytes:
+            raise StoreError(ErrorKind.TRANSIENT, "download interrupted: connection reset by peer")
+
+        def close(self) -> None:
+            pass
+
+    def open_read(key: str, start: int | None, end: int | None, if_match: str | None) -> Any:
+        if breaks["left"]:
+            breaks["left"] -= 1
+            return Broken()
+        return original_open(key, start, end, if_match)
+
+    source.open_read = open_read  # type: ignore[method-assign]
+    result = migrate(source, destination, MigrationOptions(), AbortSignal(), RecordingSink())
+    assert result.outcome is Outcome.SUCCEEDED, result.error
+    assert destination.client.get_object(Bucket="dst", Key="k")["Body"].read() == b"y" * 5000
