@@ -1,0 +1,343 @@
+"""The engine against two real MinIO servers: abort at every checkpoint, full migration, server-side copy, SIGKILL.
+
+rclone (which shares no code with ours) checks the results; the invariant is also checked object by object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from datamover.backends import open_store
+from datamover.backends.base import ObjectStore
+from datamover.backends.s3 import S3Config, S3Store
+from datamover.engine import CHECKPOINTS, AbortSignal, MigrationOptions, OpenUpload, Outcome, abort_uploads, migrate
+from tests.ground.procs import free_port
+from tests.ground.s3 import S3Server, empty_and_delete_bucket, rclone_check
+from tests.unit import RecordingSink, assert_invariant
+
+MiB = 1024 * 1024
+BIG = 64 * MiB
+OPTIONS = {"part_size": 5 * MiB, "multipart_threshold": 5 * MiB, "concurrency": 4, "part_concurrency": 4,
+           "progress_interval": 0.2}
+PREFIX = "data/"
+
+BucketFactory = Callable[[S3Server], str]
+
+
+def config(server: S3Server, bucket: str, prefix: str = "", **overrides: object) -> S3Config:
+    fields: dict[str, object] = {
+        "bucket": bucket, "prefix": prefix, "endpoint": server.endpoint, "region": server.region,
+        "access_key_id": server.access_key, "secret_access_key": server.secret_key, "addressing_style": "path",
+        "max_attempts": 3, **overrides,
+    }
+    return S3Config(**fields)  # type: ignore[arg-type]
+
+
+def open_(server: S3Server, bucket: str, prefix: str = "", **overrides: object) -> ObjectStore:
+    return open_store(config(server, bucket, prefix, **overrides))
+
+
+@dataclass
+class Workload:
+    """A source bucket on cloud_a holding small objects and 64 MiB multipart-sized objects, with their MD5s."""
+
+    bucket: str
+    originals: dict[str, str]
+
+    @property
+    def big_keys(self) -> list[str]:
+        return [key for key in self.originals if "/big-" in key]
+
+
+def _fill(server: S3Server, bucket: str) -> dict[str, str]:
+    client = server.client()
+    originals: dict[str, str] = {}
+    # Big objects sort first so they are in flight early; keys include spaces, unicode and slash runs.
+    for index in range(2):
+        body = os.urandom(BIG + index * 12345)
+        key = f"{PREFIX}big-{index}.bin"
+        client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/x-test",
+                          Metadata={"origin": "cloud-a"})
+        originals[key] = hashlib.md5(body).hexdigest()
+    # MinIO refuses "//" runs in keys (XMinioInvalidObjectName); the moto unit tests cover them.
+    names = ["small 0.txt", "smäll-1.txt", "small/2/deep", "small-3/", "small-4-empty"]
+    names += [f"small-{i}.txt" for i in range(5, 14)]
+    for index, name in enumerate(names):
+        body = b"" if name.endswith(("/", "empty")) else os.urandom(4096 * (index + 1))
+        client.put_object(Bucket=bucket, Key=PREFIX + name, Body=body)
+        originals[PREFIX + name] = hashlib.md5(body).hexdigest()
+    client.put_object(Bucket=bucket, Key="outside-the-prefix", Body=b"not ours")
+    return originals
+
+
+@pytest.fixture(scope="module")
+def workload(cloud_a: S3Server) -> Iterator[Workload]:
+    bucket = f"engine-src-{os.getpid()}"
+    cloud_a.client().create_bucket(Bucket=bucket)
+    try:
+        yield Workload(bucket, _fill(cloud_a, bucket))
+    finally:
+        empty_and_delete_bucket(cloud_a, bucket)
+
+
+def _server_side_clone(server: S3Server, workload: Workload, bucket: str) -> None:
+    client = server.client()
+    for key in workload.originals:
+        client.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": workload.bucket, "Key": key})
+
+
+def _rclone_clean(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, f"rclone check found differences:\n{result.stderr[-3000:]}"
+
+
+def _abort_hook(checkpoint: str, after: int, big_only: bool) -> AbortSignal:
+    """Abort at the (after+1)-th hit of `checkpoint` (counting only big objects if big_only)."""
+    hits = 0
+    lock = threading.Lock()
+
+    def hook(name: str, key: str | None) -> None:
+        nonlocal hits
+        if name != checkpoint or (big_only and (key is None or "/big-" not in key)):
+            return
+        with lock:
+            hits += 1
+            fire = hits == after + 1
+        if fire:
+            signal_.request(f"test: abort at {name} #{after + 1} key={key!r}")
+
+    signal_ = AbortSignal(on_checkpoint=hook)
+    return signal_
+
+
+# (checkpoint, hit to abort at, count big objects only, remain_source)
+ABORTS = {
+    "before_list_page": (2, False, True),
+    "before_object": (5, False, True),
+    "between_parts": (3, True, True),
+    "between_chunks": (20, True, True),
+    "before_delete_source": (4, False, False),
+}
+
+
+def test_every_checkpoint_is_covered() -> None:
+    assert set(ABORTS) == set(CHECKPOINTS)
+
+
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+def test_abort_at_checkpoint_during_a_mixed_workload(
+    cloud_a: S3Server, cloud_b: S3Server, workload: Workload, bucket_factory: BucketFactory, checkpoint: str,
+) -> None:
+    after, big_only, remain_source = ABORTS[checkpoint]
+    source_bucket = workload.bucket
+    if not remain_source:  # a move deletes sources: work on a private clone of the workload
+        source_bucket = bucket_factory(cloud_a)
+        _server_side_clone(cloud_a, workload, source_bucket)
+    destination_bucket = bucket_factory(cloud_b)
+    source = open_(cloud_a, source_bucket, PREFIX, list_page_size=3)
+    destination = open_(cloud_b, destination_bucket, "moved/")
+    abort = _abort_hook(checkpoint, after, big_only)
+    sink = RecordingSink()
+
+    result = migrate(source, destination, MigrationOptions(remain_source=remain_source, **OPTIONS), abort, sink)  # type: ignore[arg-type]
+
+    assert abort.requested, f"{checkpoint} was never reached"
+    assert result.outcome is Outcome.ABORTED, result.error
+    counts = assert_invariant(source, destination, workload.originals, remain_source)
+    assert counts["untouched"] > 0
+    assert not sink.still_open
+    assert cloud_b.client().list_multipart_uploads(Bucket=destination_bucket).get("Uploads", []) == []
+    if checkpoint in ("between_parts", "between_chunks"):
+        assert sink.opened and len(sink.closed) == len(sink.opened)
+    if remain_source:
+        # Every object that reached the destination matches its source (rclone, one-way from the destination).
+        _rclone_clean(rclone_check(cloud_b, f"{destination_bucket}/moved", cloud_a, f"{source_bucket}/data",
+                                   "--one-way"))
+
+
+def test_full_migration_then_rerun_skips_everything(
+    cloud_a: S3Server, cloud_b: S3Server, workload: Workload, bucket_factory: BucketFactory,
+) -> None:
+    destination_bucket = bucket_factory(cloud_b)
+    source = open_(cloud_a, workload.bucket, PREFIX)
+    destination = open_(cloud_b, destination_bucket, "copy/")
+    sink = RecordingSink()
+
+    result = migrate(source, destination, MigrationOptions(**OPTIONS), AbortSignal(), sink)  # type: ignore[arg-type]
+
+    assert result.outcome is Outcome.SUCCEEDED, result.error
+    assert result.progress.objects_migrated == len(workload.originals)
+    _rclone_clean(rclone_check(cloud_a, f"{workload.bucket}/data", cloud_b, f"{destination_bucket}/copy",
+                               "--download"))
+    head = cloud_b.client().head_object(Bucket=destination_bucket, Key="copy/big-0.bin")
+    assert head["ContentType"] == "application/x-test" and head["Metadata"]["origin"] == "cloud-a"
+
+    again = migrate(source, destination, MigrationOptions(**OPTIONS), AbortSignal(), RecordingSink())  # type: ignore[arg-type]
+    assert again.outcome is Outcome.SUCCEEDED
+    assert again.progress.objects_skipped == len(workload.originals) and again.progress.bytes_migrated == 0
+
+
+def test_two_shards_split_the_work_without_overlap(
+    cloud_a: S3Server, cloud_b: S3Server, workload: Workload, bucket_factory: BucketFactory,
+) -> None:
+    destination_bucket = bucket_factory(cloud_b)
+    results = []
+    threads = []
+    for index in range(2):
+        options = MigrationOptions(shard_index=index, shard_count=2, **OPTIONS)  # type: ignore[arg-type]
+        source, destination = open_(cloud_a, workload.bucket, PREFIX), open_(cloud_b, destination_bucket, PREFIX)
+
+        def run(s: ObjectStore = source, d: ObjectStore = destination, o: MigrationOptions = options) -> None:
+            results.append(migrate(s, d, o, AbortSignal(), RecordingSink()))
+
+        threads.append(threading.Thread(target=run))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert [r.outcome for r in results] == [Outcome.SUCCEEDED] * 2
+    assert sum(r.progress.objects_migrated for r in results) == len(workload.originals)
+    assert all(r.progress.objects_skipped == 0 for r in results)
+    _rclone_clean(rclone_check(cloud_a, f"{workload.bucket}/data", cloud_b, f"{destination_bucket}/data"))
+
+
+def test_same_endpoint_uses_server_side_copy(
+    cloud_a: S3Server, workload: Workload, bucket_factory: BucketFactory,
+) -> None:
+    destination_bucket = bucket_factory(cloud_a)
+    source, destination = open_(cloud_a, workload.bucket, PREFIX), open_(cloud_a, destination_bucket, PREFIX)
+    assert isinstance(source, S3Store) and isinstance(destination, S3Store)
+    calls: dict[str, int] = {}
+
+    def count(model: object, **_: object) -> None:
+        name = str(getattr(model, "name", ""))
+        calls[name] = calls.get(name, 0) + 1
+
+    for store in (source, destination):
+        store.client.meta.events.register("before-call.s3.*", count)
+
+    result = migrate(source, destination, MigrationOptions(**OPTIONS), AbortSignal(), RecordingSink())  # type: ignore[arg-type]
+
+    assert result.outcome is Outcome.SUCCEEDED, result.error
+    big, small = len(workload.big_keys), len(workload.originals) - len(workload.big_keys)
+    assert calls.get("CopyObject") == small
+    assert calls.get("UploadPartCopy") == big * 13  # 64 MiB in 5 MiB parts
+    assert not {"GetObject", "PutObject", "UploadPart"} & set(calls), calls
+    _rclone_clean(rclone_check(cloud_a, f"{workload.bucket}/data", cloud_a, f"{destination_bucket}/data"))
+
+
+KILLED_CHILD = r"""
+import os, sys, time
+from datamover.backends import open_store
+from datamover.backends.s3 import S3Config
+from datamover.engine import AbortSignal, MigrationOptions, migrate
+
+def cfg(side):
+    env = lambda name: os.environ[f"DM_{side}_{name}"]
+    return S3Config(bucket=env("BUCKET"), prefix=env("PREFIX"), endpoint=env("ENDPOINT"), region="us-east-1",
+                    access_key_id=env("KEY"), secret_access_key=env("SECRET"), addressing_style="path")
+
+class PrintingSink:
+    def on_progress(self, progress): pass
+    def on_upload_opened(self, u): print(f"UPLOAD_OPENED {u.bucket} {u.key} {u.upload_id}", flush=True)
+    def on_upload_closed(self, u): print(f"UPLOAD_CLOSED {u.bucket} {u.key} {u.upload_id}", flush=True)
+
+def slow(name, key):
+    if name == "between_chunks":
+        time.sleep(0.05)  # keep the copy in the middle of its parts long enough to be killed there
+
+options = MigrationOptions(part_size=5 * 1024 * 1024, multipart_threshold=5 * 1024 * 1024, concurrency=1,
+                           part_concurrency=2)
+migrate(open_store(cfg("SRC")), open_store(cfg("DST")), options, AbortSignal(on_checkpoint=slow), PrintingSink())
+print("FINISHED", flush=True)
+"""
+
+
+def test_sigkill_mid_multipart_leaves_an_upload_the_recorded_id_can_abort(
+    cloud_a: S3Server, cloud_b: S3Server, workload: Workload, bucket_factory: BucketFactory,
+) -> None:
+    destination_bucket = bucket_factory(cloud_b)
+    env = dict(os.environ)
+    for side, server, bucket, prefix in (("SRC", cloud_a, workload.bucket, f"{PREFIX}big-0"),
+                                         ("DST", cloud_b, destination_bucket, "")):
+        env.update({f"DM_{side}_BUCKET": bucket, f"DM_{side}_PREFIX": prefix, f"DM_{side}_ENDPOINT": server.endpoint,
+                    f"DM_{side}_KEY": server.access_key, f"DM_{side}_SECRET": server.secret_key})
+    # Credentials go through the environment, never argv (visible in ps).
+    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line.startswith("UPLOAD_OPENED"), line
+        _, bucket, key, upload_id = line.split()
+        destination = cloud_b.client()
+        deadline = time.monotonic() + 30
+        while not destination.list_parts(Bucket=bucket, Key=key, UploadId=upload_id).get("Parts"):
+            assert time.monotonic() < deadline, "no part was uploaded"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+    recorded = OpenUpload(bucket=bucket, key=key, upload_id=upload_id)
+    open_ids = [u["UploadId"] for u in destination.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+    assert open_ids == [upload_id]
+    assert destination.list_objects_v2(Bucket=bucket).get("KeyCount") == 0  # no partial object is visible
+
+    closed = abort_uploads(open_(cloud_b, bucket), [recorded])
+
+    assert closed == [recorded]
+    assert destination.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_unreachable_endpoint_fails_with_endpoint_and_bucket(cloud_b: S3Server, bucket_factory: BucketFactory) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    source = open_store(S3Config(bucket="anything", endpoint=dead, region="us-east-1", access_key_id="k",
+                                 secret_access_key="do-not-print-me", max_attempts=2, connect_timeout=2))
+    result = migrate(source, open_(cloud_b, bucket_factory(cloud_b)), MigrationOptions(), AbortSignal(),
+                     RecordingSink())
+    assert result.outcome is Outcome.FAILED and result.error is not None
+    assert dead in result.error and "bucket anything" in result.error and "unreachable" in result.error
+    assert "do-not-print-me" not in result.error
+
+
+def test_wrong_credentials_fail_fast_without_printing_the_secret(
+    cloud_a: S3Server, cloud_b: S3Server, workload: Workload, bucket_factory: BucketFactory,
+) -> None:
+    wrong = "wrong-secret-value-123"
+    source = open_(cloud_a, workload.bucket, PREFIX, secret_access_key=wrong)
+    began = time.monotonic()
+    result = migrate(source, open_(cloud_b, bucket_factory(cloud_b)), MigrationOptions(), AbortSignal(),
+                     RecordingSink())
+    assert result.outcome is Outcome.FAILED and result.error is not None
+    assert time.monotonic() - began < 10, "a permanent error was retried"
+    assert cloud_a.endpoint in result.error and f"bucket {workload.bucket}" in result.error
+    assert wrong not in result.error and cloud_a.secret_key not in result.error
+
+
+def test_missing_bucket_fails_naming_it(cloud_a: S3Server, cloud_b: S3Server, bucket_factory: BucketFactory) -> None:
+    result = migrate(open_(cloud_a, "no-such-bucket-here"), open_(cloud_b, bucket_factory(cloud_b)),
+                     MigrationOptions(), AbortSignal(), RecordingSink())
+    assert result.outcome is Outcome.FAILED and result.error is not None
+    assert "bucket does not exist" in result.error and "no-such-bucket-here" in result.error
+    assert cloud_a.endpoint in result.error
+
+
+def test_prefix_with_nothing_in_it_is_a_success_with_zero_objects(
+    cloud_a: S3Server, cloud_b: S3Server, workload: Workload, bucket_factory: BucketFactory,
+) -> None:
+    result = migrate(open_(cloud_a, workload.bucket, "no-such-prefix/"), open_(cloud_b, bucket_factory(cloud_b)),
+                     MigrationOptions(), AbortSignal(), RecordingSink())
+    assert result.outcome is Outcome.SUCCEEDED and result.error is None
+    assert result.progress.objects_total == 0 and result.progress.listing_done
