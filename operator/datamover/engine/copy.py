@@ -258,7 +258,7 @@ class ObjectMover:
         copy.part_size = choose_part_size(head.size, ctx.options.part_size)
         self._copy_multipart(head)
 
-    def _read_range(self, head: ObjectHead, start: int | None, end: int | None) -> tuple[bytes, bytes]:
+    def _read_range(self, head: ObjectHead, start: int | None, end: int | None) -> tuple[bytearray, bytes]:
         """Download a range chunk by chunk (abort checked between chunks); returns (bytes, MD5 digest).
 
         A body that breaks mid-read is re-requested here, bounded, with jittered backoff: botocore retries failed
@@ -283,7 +283,8 @@ class ObjectMover:
                 if len(buffer) != expected:
                     raise StoreError(ErrorKind.TRANSIENT, f"short read ({len(buffer)} of {expected} bytes) on "
                                                           f"{ctx.source.describe(head.key)}")
-                return bytes(buffer), digest.digest()
+                # The buffer itself is handed on (no bytes() copy): peak memory stays one part per part thread.
+                return buffer, digest.digest()
             except StoreError as error:
                 if error.kind is not ErrorKind.TRANSIENT or attempt == attempts:
                     raise
