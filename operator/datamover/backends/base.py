@@ -134,7 +134,7 @@ class ObjectStore(abc.ABC):
         """Stream the object (or the inclusive byte range start..end); fail PRECONDITION if its ETag is not if_match."""
 
     @abc.abstractmethod
-    def put(self, key: str, body: bytes | bytearray, attributes: ObjectAttributes, content_md5: str) -> str:
+    def put(self, key: str, body: bytes, attributes: ObjectAttributes, content_md5: str) -> str:
         """Store a whole object in one request; the store checks body against content_md5 (base64). Returns ETag."""
 
     @abc.abstractmethod
@@ -142,7 +142,7 @@ class ObjectStore(abc.ABC):
         """Open a multipart upload and return its upload ID."""
 
     @abc.abstractmethod
-    def upload_part(self, key: str, upload_id: str, part_number: int, body: bytes | bytearray, content_md5: str) -> str:
+    def upload_part(self, key: str, upload_id: str, part_number: int, body: bytes, content_md5: str) -> str:
         """Upload one part (numbered from 1); returns the part's ETag."""
 
     @abc.abstractmethod

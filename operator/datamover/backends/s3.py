@@ -11,7 +11,7 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
 import botocore.config
@@ -101,12 +101,6 @@ def etag_kind(etag: str, encryption: str | None, customer_key: bool) -> EtagKind
     if _MULTIPART_MD5.fullmatch(etag):
         return EtagKind.MULTIPART_MD5
     return EtagKind.OPAQUE
-
-
-def _blob(body: bytes | bytearray) -> bytes:
-    # botocore accepts a bytearray as a blob (validate.py), the stubs say bytes only; not copying it into bytes
-    # keeps peak memory at one buffer per part in flight.
-    return cast(bytes, body)
 
 
 class _S3Stream(ByteStream):
@@ -274,10 +268,10 @@ class S3Store(ObjectStore):
             args["ContentDisposition"] = attributes.content_disposition
         return args
 
-    def put(self, key: str, body: bytes | bytearray, attributes: ObjectAttributes, content_md5: str) -> str:
+    def put(self, key: str, body: bytes, attributes: ObjectAttributes, content_md5: str) -> str:
         try:
             response = self.client.put_object(
-                Bucket=self.bucket, Key=key, Body=_blob(body), ContentMD5=content_md5,
+                Bucket=self.bucket, Key=key, Body=body, ContentMD5=content_md5,
                 **self._attribute_args(attributes),
             )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
@@ -294,11 +288,11 @@ class S3Store(ObjectStore):
         return response["UploadId"]
 
     def upload_part(
-        self, key: str, upload_id: str, part_number: int, body: bytes | bytearray, content_md5: str,
+        self, key: str, upload_id: str, part_number: int, body: bytes, content_md5: str,
     ) -> str:
         try:
             response = self.client.upload_part(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part_number, Body=_blob(body),
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part_number, Body=body,
                 ContentMD5=content_md5,
             )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:

@@ -258,7 +258,7 @@ class ObjectMover:
         copy.part_size = choose_part_size(head.size, ctx.options.part_size)
         self._copy_multipart(head)
 
-    def _read_range(self, head: ObjectHead, start: int | None, end: int | None) -> tuple[bytearray, bytes]:
+    def _read_range(self, head: ObjectHead, start: int | None, end: int | None) -> tuple[bytes, bytes]:
         """Download a range chunk by chunk (abort checked between chunks); returns (bytes, MD5 digest).
 
         A body that breaks mid-read is re-requested here, bounded, with jittered backoff: botocore retries failed
@@ -271,20 +271,22 @@ class ObjectMover:
             self._checkpoint("between_chunks", head.key)
             stream = ctx.source.open_read(head.key, start, end, head.etag)
             try:
-                buffer = bytearray()
+                chunks: list[bytes] = []
+                received = 0
                 digest = hashlib.md5()
                 while True:
                     self._checkpoint("between_chunks", head.key)
-                    chunk = stream.read(min(ctx.options.chunk_size, max(expected - len(buffer), 1)))
+                    chunk = stream.read(min(ctx.options.chunk_size, max(expected - received, 1)))
                     if not chunk:
                         break
-                    buffer += chunk
+                    chunks.append(chunk)
+                    received += len(chunk)
                     digest.update(chunk)
-                if len(buffer) != expected:
-                    raise StoreError(ErrorKind.TRANSIENT, f"short read ({len(buffer)} of {expected} bytes) on "
+                if received != expected:
+                    raise StoreError(ErrorKind.TRANSIENT, f"short read ({received} of {expected} bytes) on "
                                                           f"{ctx.source.describe(head.key)}")
-                # The buffer itself is handed on (no bytes() copy): peak memory stays one part per part thread.
-                return buffer, digest.digest()
+                # join() briefly holds the chunks and the joined copy: up to 2 x part size per part thread.
+                return b"".join(chunks), digest.digest()
             except StoreError as error:
                 if error.kind is not ErrorKind.TRANSIENT or attempt == attempts:
                     raise
