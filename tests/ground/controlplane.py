@@ -314,6 +314,10 @@ def start_control_plane(workdir: Path, *, timeout: float = READY_TIMEOUT) -> Ite
     )
     admin_cert, admin_key = ca.issue(pki / "admin", ADMIN_USER, organizations=["system:masters"], client=True)
     kcm_cert, kcm_key = ca.issue(pki / "kube-controller-manager", "system:kube-controller-manager", client=True)
+    # The aggregation layer's front-proxy CA, as kubeadm sets it up; without it every delegated authenticator
+    # (the controller manager's included) logs "missing content for CA bundle" forever.
+    front_proxy_ca = CertificateAuthority.create(pki / "front-proxy", "datamover-ground-front-proxy-ca")
+    proxy_cert, proxy_key = front_proxy_ca.issue(pki / "front-proxy" / "client", "front-proxy-client", client=True)
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     _write_key(sa_key, pki / "sa.key")
     (pki / "sa.pub").write_bytes(
@@ -372,6 +376,13 @@ def start_control_plane(workdir: Path, *, timeout: float = READY_TIMEOUT) -> Ite
                     f"--service-account-key-file={pki / 'sa.pub'}",
                     f"--service-account-signing-key-file={pki / 'sa.key'}",
                     f"--api-audiences={API_AUDIENCE}",
+                    f"--requestheader-client-ca-file={front_proxy_ca.cert_file}",
+                    "--requestheader-allowed-names=front-proxy-client",
+                    "--requestheader-username-headers=X-Remote-User",
+                    "--requestheader-group-headers=X-Remote-Group",
+                    "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                    f"--proxy-client-cert-file={proxy_cert}",
+                    f"--proxy-client-key-file={proxy_key}",
                     f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                     # Endpoints may not hold loopback addresses, so the `kubernetes` Service gets no endpoints
                     # instead of an endless reconcile error; in-cluster clients are pointed at `server` directly.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOG_TAIL_LINES = 40
+_PR_SET_PDEATHSIG = 1
 
 
 class GroundError(RuntimeError):
@@ -73,6 +75,12 @@ class Proc:
                 self.popen.wait(timeout=timeout)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the process that started us dies (e.g. pytest is SIGKILLed)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def start_process(
     name: str,
     argv: Sequence[str | os.PathLike[str]],
@@ -98,6 +106,7 @@ def start_process(
                 env=full_env,
                 cwd=cwd,
                 start_new_session=True,  # a Ctrl-C to pytest must not kill servers before teardown runs
+                preexec_fn=_die_with_parent,  # ...but a hard kill of pytest must not leave them behind
             )
         except OSError as exc:
             raise GroundError(f"{name}: could not start {argv[0]}: {exc}") from exc
