@@ -153,14 +153,18 @@ def rclone_check(
     dst: S3Server,
     dst_path: str,
     *extra_args: str,
+    download: bool = True,
     timeout: float = 600.0,
 ) -> subprocess.CompletedProcess[str]:
-    """`rclone check src:<bucket/prefix> dst:<bucket/prefix>`; exit 0 means identical (sizes and hashes).
+    """`rclone check src:<bucket/prefix> dst:<bucket/prefix>`; exit 0 means both sides hold the same objects.
 
+    By default rclone reads both sides and compares the bytes (`--download`): a multipart object's ETag is not an
+    MD5, so a hash-only check would pass two same-sized multipart objects with different contents ("hashes could
+    not be checked", exit 0). download=False gives the cheap size-and-hash check.
     Does not raise on differences: the caller asserts on returncode and stderr (which names each differing object).
-    Pass "--download" to compare contents byte for byte when the hashes are not comparable (multipart ETags).
     """
-    return _rclone("check", src, src_path, dst, dst_path, extra_args, timeout)
+    args = ("--download", *extra_args) if download else extra_args
+    return _rclone("check", src, src_path, dst, dst_path, args, timeout)
 
 
 def rclone_copy(
