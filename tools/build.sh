@@ -33,6 +33,10 @@ BINARIES=(
 
 command -v go >/dev/null || { echo "build.sh: the go command is not on PATH" >&2; exit 1; }
 mkdir -p "$BIN_DIR" "$STAMP_DIR" "$LOG_DIR"
+# Several checkouts (or engineers) may share one cache: one build at a time, the others wait and then find
+# their binaries up to date.
+exec 9>"$CACHE/build.lock"
+flock 9
 GO_VERSION="$(go version)"
 
 wanted() {  # $1 = name, then the names asked for on the command line (none: all)
@@ -49,7 +53,7 @@ stamp_of() {  # $1 = entry line, $2 = module dir
   { cat "$2/go.mod" "$2/go.sum"; echo "$GO_VERSION"; echo "$1"; } | sha256sum | cut -d' ' -f1
 }
 
-failed=0
+failed=()
 total_start=$(now_ms)
 for entry in "${BINARIES[@]}"; do
   IFS='|' read -r name module pkg ldflags <<<"$entry"
@@ -74,8 +78,11 @@ for entry in "${BINARIES[@]}"; do
     rm -f "$out.tmp" "$stamp_file"
     echo "FAILED: $name after $(secs_since "$start"); last lines of $log:" >&2
     tail -n 30 "$log" >&2
-    failed=1
+    failed+=("$name")
   fi
 done
+if [[ ${#failed[@]} -gt 0 ]]; then
+  echo "build.sh: FAILED to build: ${failed[*]} (logs in $LOG_DIR)" >&2
+  exit 1
+fi
 echo "build.sh: done in $(secs_since "$total_start"); binaries in $BIN_DIR"
-exit "$failed"
