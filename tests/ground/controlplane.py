@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.ground.binaries import binary
-from tests.ground.procs import GroundError, Proc, free_port, http_check, running, wait_ready
+from tests.ground.procs import GroundError, Proc, free_ports, http_check, running, wait_ready
 
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 KUBERNETES_SERVICE_IP = "10.0.0.1"
@@ -324,7 +324,7 @@ def start_control_plane(workdir: Path, *, timeout: float = READY_TIMEOUT) -> Ite
         sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
 
-    etcd_port, etcd_peer_port, api_port, kcm_port = free_port(), free_port(), free_port(), free_port()
+    etcd_port, etcd_peer_port, api_port, kcm_port = free_ports(4)
     server = f"https://127.0.0.1:{api_port}"
     cp = ControlPlane(
         server=server,

@@ -24,12 +24,20 @@ class GroundError(RuntimeError):
     """The test ground could not be built, started or used; the message says which part and why."""
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports on 127.0.0.1 that were free a moment ago (the caller binds them soon after)."""
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))  # all held open until every port is chosen, so no two are the same
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (the caller binds it soon after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1)[0]
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

@@ -20,7 +20,7 @@ import boto3
 from botocore.config import Config
 
 from tests.ground.binaries import binary
-from tests.ground.procs import GroundError, Proc, free_port, http_check, running
+from tests.ground.procs import GroundError, Proc, free_ports, http_check, running
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -79,7 +79,7 @@ def start_minio(
     data_dir, certs_dir = base / "data", base / "certs"
     data_dir.mkdir(parents=True, exist_ok=True)
     certs_dir.mkdir(parents=True, exist_ok=True)
-    port, console_port = free_port(), free_port()
+    port, console_port = free_ports(2)
     endpoint = f"http://127.0.0.1:{port}"
     server = S3Server(
         name=name,
