@@ -143,16 +143,21 @@ def test_a_download_that_breaks_mid_body_is_requested_again(moto: None) -> None:
     original_open = source.open_read
 
     class Broken:
+        """A real GET whose body dies on the first read, as a reset connection does."""
+
+        def __init__(self, real: Any) -> None:
+            self.real, self.head = real, real.head
+
         def read(self, size: int) -> bytes:
             raise StoreError(ErrorKind.TRANSIENT, "download interrupted: connection reset by peer")
 
         def close(self) -> None:
-            pass
+            self.real.close()
 
     def open_read(key: str, start: int | None, end: int | None, if_match: str | None) -> Any:
         if breaks["left"]:
             breaks["left"] -= 1
-            return Broken()
+            return Broken(original_open(key, start, end, if_match))
         return original_open(key, start, end, if_match)
 
     source.open_read = open_read  # type: ignore[method-assign]

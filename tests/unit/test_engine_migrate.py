@@ -282,3 +282,34 @@ def test_every_transition_is_one_log_line_naming_shard_and_key(moto: None, caplo
                            ("verifying", "migrated", "verified", " strategy=single")]
     ]
     assert not any("secret-" in r.getMessage() for r in caplog.records)
+
+
+def test_small_objects_cost_one_get_and_one_put_and_reruns_cost_no_request_per_object(moto: None) -> None:
+    source, destination = store("src", "", "a"), store("dst", "", "b")
+    for index in range(30):
+        put(source, f"k{index:02d}", b"x" * index)
+    calls: list[str] = []
+    for client in (source.client, destination.client):
+        client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
+
+    assert migrate(source, destination, SMALL, AbortSignal(), RecordingSink()).outcome is Outcome.SUCCEEDED
+    per_operation = {name: calls.count(name) for name in set(calls)}
+    # HeadBucket x2 (access check), one listing page per side, then GET + PUT per object: no HEAD per object.
+    assert per_operation == {"HeadBucket": 2, "ListObjectsV2": 2, "GetObject": 30, "PutObject": 30}
+
+    calls.clear()
+    rerun = migrate(source, destination, SMALL, AbortSignal(), RecordingSink())
+    assert rerun.progress.objects_skipped == 30
+    assert set(calls) == {"HeadBucket", "ListObjectsV2"}
+
+
+def test_without_listing_permission_on_the_destination_objects_are_checked_with_head(moto: None) -> None:
+    from tests.unit.test_backend_s3 import fail_first
+
+    source, destination = store("src", "", "a"), store("dst", "", "b")
+    put(source, "k", b"x")
+    put(destination, "k", b"x")
+    fail_first(destination, "ListObjectsV2", 100, 403, "AccessDenied")
+    result = migrate(source, destination, SMALL, AbortSignal(), RecordingSink())
+    assert result.outcome is Outcome.SUCCEEDED, result.error
+    assert result.progress.objects_skipped == 1

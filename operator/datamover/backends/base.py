@@ -98,7 +98,12 @@ class StoreError(Exception):
 
 
 class ByteStream(abc.ABC):
-    """A body being downloaded; read() returns b"" at the end and raises StoreError(TRANSIENT) if the wire breaks."""
+    """A body being downloaded; read() returns b"" at the end and raises StoreError(TRANSIENT) if the wire breaks.
+
+    `head` describes the version being read (from the GET response itself), so a small object needs no HEAD first.
+    """
+
+    head: ObjectHead
 
     @abc.abstractmethod
     def read(self, size: int) -> bytes: ...
@@ -135,7 +140,10 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def put(self, key: str, body: bytes, attributes: ObjectAttributes, content_md5: str) -> str:
-        """Store a whole object in one request; the store checks body against content_md5 (base64). Returns ETag."""
+        """Store a whole object in one request; the store checks body against content_md5 (base64).
+
+        Returns the new ETag if it is the content's MD5, else "" (encrypted or store-specific ETags).
+        """
 
     @abc.abstractmethod
     def create_multipart(self, key: str, attributes: ObjectAttributes) -> str:

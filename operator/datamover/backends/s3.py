@@ -106,9 +106,10 @@ def etag_kind(etag: str, encryption: str | None, customer_key: bool) -> EtagKind
 class _S3Stream(ByteStream):
     """A GetObject body whose wire errors become StoreError(TRANSIENT), so the engine can re-request the range."""
 
-    def __init__(self, body: Any, where: str) -> None:
+    def __init__(self, body: Any, where: str, head: ObjectHead) -> None:
         self._body = body
         self._where = where
+        self.head = head
 
     def read(self, size: int) -> bytes:
         try:
@@ -230,6 +231,11 @@ class S3Store(ObjectStore):
             if store_error.kind is ErrorKind.NOT_FOUND:
                 return None
             raise store_error from error
+        return self._head_from(key, response, int(response.get("ContentLength", 0)))
+
+    @staticmethod
+    def _head_from(key: str, response: Any, size: int) -> ObjectHead:
+        """An ObjectHead from the headers of a HeadObject or GetObject response."""
         attributes = ObjectAttributes(
             content_type=response.get("ContentType"),
             content_encoding=response.get("ContentEncoding"),
@@ -239,9 +245,7 @@ class S3Store(ObjectStore):
         )
         etag = _strip_etag(response.get("ETag"))
         kind = etag_kind(etag, response.get("ServerSideEncryption"), bool(response.get("SSECustomerAlgorithm")))
-        return ObjectHead(
-            key=key, size=int(response.get("ContentLength", 0)), etag=etag, attributes=attributes, etag_kind=kind,
-        )
+        return ObjectHead(key=key, size=size, etag=etag, attributes=attributes, etag_kind=kind)
 
     def open_read(self, key: str, start: int | None, end: int | None, if_match: str | None) -> ByteStream:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
@@ -253,7 +257,11 @@ class S3Store(ObjectStore):
             response = self.client.get_object(**kwargs)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             raise self._error("GetObject", key, error) from error
-        return _S3Stream(response["Body"], self.describe(key))
+        size = int(response.get("ContentLength", 0))
+        content_range = response.get("ContentRange")  # "bytes 0-99/12345": the whole object's size follows the slash
+        if content_range and "/" in content_range and not content_range.endswith("*"):
+            size = int(content_range.rsplit("/", 1)[1])
+        return _S3Stream(response["Body"], self.describe(key), self._head_from(key, response, size))
 
     @staticmethod
     def _attribute_args(attributes: ObjectAttributes) -> dict[str, Any]:
@@ -276,7 +284,9 @@ class S3Store(ObjectStore):
             )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             raise self._error("PutObject", key, error) from error
-        return _strip_etag(response.get("ETag"))
+        etag = _strip_etag(response.get("ETag"))
+        kind = etag_kind(etag, response.get("ServerSideEncryption"), bool(response.get("SSECustomerKeyMD5")))
+        return etag if kind is EtagKind.MD5 else ""
 
     def create_multipart(self, key: str, attributes: ObjectAttributes) -> str:
         try:

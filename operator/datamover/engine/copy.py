@@ -91,13 +91,19 @@ def composite_etag(part_digests: list[bytes]) -> str:
     return f"{hashlib.md5(b''.join(part_digests)).hexdigest()}-{len(part_digests)}"
 
 
-def identical(source: ObjectHead, destination: ObjectHead | None) -> bool:
-    """Whether the destination already holds this source version (so a re-run skips it)."""
-    if destination is None or destination.size != source.size:
-        return False
-    if destination.etag == source.etag and source.etag_kind is not EtagKind.OPAQUE:
-        return True
-    return destination.attributes.user_metadata.get(SOURCE_ETAG_METADATA_KEY) == source.etag
+def _is_md5(etag: str) -> bool:
+    return len(etag) == 32 and all(c in "0123456789abcdef" for c in etag)
+
+
+@dataclass(frozen=True)
+class DestinationHint:
+    """What the destination listing said about this object's key; `known=False` means "ask with HEAD"."""
+
+    known: bool
+    existing: ObjectSummary | None = None
+
+
+UNKNOWN = DestinationHint(known=False)
 
 
 @dataclass
@@ -107,7 +113,7 @@ class ObjectCopy:
     source: ObjectSummary  # the key as listing saw it (size and ETag at listing time)
     destination_key: str  # the source key re-rooted from the source prefix to the destination prefix
     state: ObjectState = ObjectState.PENDING  # position in OBJECT_TRANSITIONS
-    source_head: ObjectHead | None = None  # read before copying; its ETag pins the version copied (If-Match)
+    source_head: ObjectHead | None = None  # the version copied: from the GET itself, or a HEAD (pins If-Match)
     destination_existed: bool = False  # the key was at the destination (with other content) before we wrote it
     strategy: str = ""  # "single", "multipart", "server_copy" or "server_part_copy" once chosen
     part_size: int = 0  # bytes per part for the multipart strategies
@@ -127,9 +133,10 @@ def _b64(digest: bytes) -> str:
 class ObjectMover:
     """Runs one ObjectCopy through the object state machine; never raises (errors end in a terminal state)."""
 
-    def __init__(self, context: RunContext, summary: ObjectSummary) -> None:
+    def __init__(self, context: RunContext, summary: ObjectSummary, hint: DestinationHint = UNKNOWN) -> None:
         self.ctx = context
         self.copy = ObjectCopy(source=summary, destination_key=context.destination_key(summary.key))
+        self._hint = hint
         # Set when one part of this object failed or stopped, so its sibling parts stop at their next chunk.
         self._parts_stop = threading.Event()
 
@@ -181,14 +188,7 @@ class ObjectMover:
         ctx, copy = self.ctx, self.copy
         ctx.checkpoint("before_object", copy.source.key)
         self._transition("start")
-        source_head = ctx.source.head(copy.source.key)
-        if source_head is None:
-            where = ctx.source.describe(copy.source.key)
-            raise StoreError(ErrorKind.NOT_FOUND, f"object vanished after listing: {where}")
-        copy.source_head = source_head
-        destination_head = ctx.destination.head(copy.destination_key)
-        copy.destination_existed = destination_head is not None
-        if identical(source_head, destination_head):
+        if self._already_at_destination():
             if ctx.options.remain_source:
                 self._transition("identical")
                 return
@@ -196,14 +196,48 @@ class ObjectMover:
             self._delete_source()
             return
         self._transition("differs")
-        self._copy(source_head)
+        self._copy()
         self._transition("copied")
-        self._verify(source_head)
+        self._verify()
         if ctx.options.remain_source:
             self._transition("verified")
             return
         self._transition("verified_move")
         self._delete_source()
+
+    def _already_at_destination(self) -> bool:
+        """Skip-identical: same size and ETag, or a multipart copy of ours recording this source ETag.
+
+        Uses the destination listing when the dispatcher has it (no request), HEAD otherwise. The source side is the
+        listing's size and ETag: if the object changes after listing, the copy takes the new version.
+        """
+        ctx, copy = self.ctx, self.copy
+        if self._hint.known:
+            existing = self._hint.existing
+            size, etag = (existing.size, existing.etag) if existing else (0, "")
+            head = None
+        else:
+            head = ctx.destination.head(copy.destination_key)
+            existing = ObjectSummary(head.key, head.size, head.etag) if head else None
+            size, etag = (head.size, head.etag) if head else (0, "")
+        copy.destination_existed = existing is not None
+        if existing is None or size != copy.source.size:
+            return False
+        if etag == copy.source.etag:
+            return True
+        if "-" not in etag:
+            return False
+        if head is None:
+            head = ctx.destination.head(copy.destination_key)
+        return head is not None and head.attributes.user_metadata.get(SOURCE_ETAG_METADATA_KEY) == copy.source.etag
+
+    def _head_source(self) -> ObjectHead:
+        head = self.ctx.source.head(self.copy.source.key)
+        if head is None:
+            where = self.ctx.source.describe(self.copy.source.key)
+            raise StoreError(ErrorKind.NOT_FOUND, f"object vanished after listing: {where}")
+        self.copy.source_head = head
+        return head
 
     def _delete_source(self) -> None:
         self.ctx.checkpoint("before_delete_source", self.copy.source.key)
@@ -243,8 +277,15 @@ class ObjectMover:
 
     # -- copying ------------------------------------------------------------------------------------------------
 
-    def _copy(self, head: ObjectHead) -> None:
+    def _copy(self) -> None:
         ctx, copy = self.ctx, self.copy
+        if copy.source.size <= ctx.options.multipart_threshold and not ctx.server_side:
+            # Small object: one GET (its response describes the version read, so no HEAD) and one PUT.
+            copy.strategy = "single"
+            if self._copy_single():
+                return
+            copy.strategy = ""  # it grew past the threshold since listing: copy it as a large object
+        head = self._head_source()
         if head.size <= ctx.options.multipart_threshold:
             if ctx.server_side:
                 copy.strategy = "server_copy"
@@ -252,30 +293,38 @@ class ObjectMover:
                 copy.wrote_destination = True
             else:
                 copy.strategy = "single"
-                self._copy_single(head)
+                if not self._copy_single():
+                    raise StoreError(ErrorKind.PRECONDITION, f"object keeps changing size while being copied: "
+                                                             f"{ctx.source.describe(head.key)}")
             return
         copy.strategy = "server_part_copy" if ctx.server_side else "multipart"
         copy.part_size = choose_part_size(head.size, ctx.options.part_size)
         self._copy_multipart(head)
 
-    def _read_range(self, head: ObjectHead, start: int | None, end: int | None) -> tuple[bytes, bytes]:
-        """Download a range chunk by chunk (abort checked between chunks); returns (bytes, MD5 digest).
+    def _read_range(
+        self, key: str, start: int | None, end: int | None, if_match: str | None, limit: int | None = None,
+    ) -> tuple[bytes, bytes, ObjectHead] | None:
+        """Download the object or a range chunk by chunk (abort checked between chunks).
 
+        Returns (bytes, MD5 digest, head of the version read), or None if a whole-object read would exceed `limit`.
         A body that breaks mid-read is re-requested here, bounded, with jittered backoff: botocore retries failed
         requests but not a response body that dies while being read.
         """
         ctx = self.ctx
-        expected = head.size if start is None or end is None else end - start + 1
         attempts = ctx.options.part_read_attempts
         for attempt in range(1, attempts + 1):
-            self._checkpoint("between_chunks", head.key)
-            stream = ctx.source.open_read(head.key, start, end, head.etag)
+            self._checkpoint("between_chunks", key)
+            stream = ctx.source.open_read(key, start, end, if_match)
+            expected = stream.head.size if start is None or end is None else end - start + 1
+            if limit is not None and expected > limit:
+                stream.close()
+                return None
             try:
                 chunks: list[bytes] = []
                 received = 0
                 digest = hashlib.md5()
                 while True:
-                    self._checkpoint("between_chunks", head.key)
+                    self._checkpoint("between_chunks", key)
                     chunk = stream.read(min(ctx.options.chunk_size, max(expected - received, 1)))
                     if not chunk:
                         break
@@ -284,13 +333,13 @@ class ObjectMover:
                     digest.update(chunk)
                 if received != expected:
                     raise StoreError(ErrorKind.TRANSIENT, f"short read ({received} of {expected} bytes) on "
-                                                          f"{ctx.source.describe(head.key)}")
+                                                          f"{ctx.source.describe(key)}")
                 # join() briefly holds the chunks and the joined copy: up to 2 x part size per part thread.
-                return b"".join(chunks), digest.digest()
+                return b"".join(chunks), digest.digest(), stream.head
             except StoreError as error:
                 if error.kind is not ErrorKind.TRANSIENT or attempt == attempts:
                     raise
-                log.warning(kv(event="download_retry", shard=ctx.shard, key=head.key, attempt=attempt,
+                log.warning(kv(event="download_retry", shard=ctx.shard, key=key, attempt=attempt,
                                error=error.message))
                 if ctx.abort.wait(min(8.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)):
                     raise Stopped("between_chunks") from error
@@ -298,15 +347,21 @@ class ObjectMover:
                 stream.close()
         raise AssertionError("unreachable")
 
-    def _copy_single(self, head: ObjectHead) -> None:
+    def _copy_single(self) -> bool:
+        """GET then PUT; False (nothing written) if the object is now larger than the multipart threshold."""
         ctx, copy = self.ctx, self.copy
-        body, digest = self._read_range(head, None, None)
+        read = self._read_range(copy.source.key, None, None, None, limit=ctx.options.multipart_threshold)
+        if read is None:
+            return False
+        body, digest, head = read
+        copy.source_head = head
         copy.content_md5 = digest.hex()
         if head.etag_kind is EtagKind.MD5 and copy.content_md5 != head.etag:
             raise IntegrityError(f"bytes read do not match the source ETag {head.etag} "
                                  f"({ctx.source.describe(head.key)})")
         copy.written_etag = ctx.destination.put(copy.destination_key, body, head.attributes, _b64(digest))
         copy.wrote_destination = True
+        return True
 
     def _copy_multipart(self, head: ObjectHead) -> None:
         ctx, copy = self.ctx, self.copy
@@ -374,10 +429,12 @@ class ObjectMover:
                 )
                 copy.part_etags[number] = etag
                 return
-            body, digest = self._read_range(head, start, end)
+            read = self._read_range(head.key, start, end, head.etag)
+            assert read is not None  # no limit on ranged reads
+            body, digest, _ = read
             etag = ctx.destination.upload_part(copy.destination_key, upload.upload_id, number, body, _b64(digest))
-            if len(etag) == 32 and etag != digest.hex() and all(c in "0123456789abcdef" for c in etag):
-                raise IntegrityError(f"part {number} ETag {etag} is not the MD5 of the bytes sent")
+            # No per-part ETag comparison: Content-MD5 already made the store reject a damaged part (BadDigest), and
+            # under SSE-KMS a part's ETag is not its MD5. The whole object is checked in _verify.
             copy.part_digests[number] = digest
             copy.part_etags[number] = etag
 
@@ -400,8 +457,16 @@ class ObjectMover:
         except ValueError:
             return copy.written_etag or None
 
-    def _verify(self, head: ObjectHead) -> None:
+    def _verify(self) -> None:
         ctx, copy = self.ctx, self.copy
+        head = copy.source_head
+        assert head is not None
+        if copy.strategy == "single" and _is_md5(copy.written_etag):
+            # The PUT carried Content-MD5 and its Content-Length, and the store answered with the same MD5: the
+            # destination reported exactly our bytes, so no HEAD is needed.
+            if copy.written_etag != copy.content_md5:
+                raise IntegrityError(f"destination ETag {copy.written_etag}, expected {copy.content_md5}")
+            return
         written = ctx.destination.head(copy.destination_key)
         if written is None:
             raise IntegrityError("the copy is not at the destination after writing it")
