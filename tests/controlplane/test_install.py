@@ -5,6 +5,7 @@ Pod Security "restricted" admission, which really rejects a pod that lacks those
 from __future__ import annotations
 
 import json
+import time
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import yaml
 
 from datamover.api import MigrationSpec
 from datamover.controller import resources
+from tests.controlplane.conftest import OperatorProcess
 from tests.ground.binaries import binary
 from tests.ground.plugin_controlplane import Kubectl
 from tools import render_manifests
@@ -206,3 +208,73 @@ def test_restricted_admission_is_real(kubectl: Kubectl, restricted_namespace: st
     del spec["containers"][0]["securityContext"]
     result = create_pod_dry_run(kubectl, restricted_namespace, "worker-unsafe", spec)
     assert result.returncode != 0 and "allowPrivilegeEscalation != false" in result.stderr, result.stderr
+
+
+# -- the chart's RBAC in practice: the real operator process runs as the chart's ServiceAccount ------------------
+
+
+def can_i(kubectl: Kubectl, account: str, verb: str, resource: str, namespace: str | None) -> bool:
+    where = ["-n", namespace] if namespace else []
+    result = kubectl("auth", "can-i", verb, resource, *where, f"--as={account}", check=False)
+    return result.stdout.strip() == "yes"
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_operator_runs_namespaced_with_the_charts_rbac(kubectl: Kubectl, control_plane: Any,
+                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                       replicas: int) -> None:
+    """Namespaced mode: the operator starts with only its Roles (no permission warnings), may act in the namespaces
+    it serves and nowhere else, and with replicas > 1 registers in each namespace's KopfPeering."""
+    suffix = uuid.uuid4().hex[:6]
+    release, namespace = f"ns{suffix}", f"dm-{suffix}"
+    served, other = [f"team-a-{suffix}", f"team-b-{suffix}"], f"other-{suffix}"
+    rendered = subprocess.run(
+        [str(helm()), "template", release, str(render_manifests.CHART), "--namespace", namespace,
+         "--set", f"namespaces={{{','.join(served)}}}", "--set", f"replicaCount={replicas}"],
+        capture_output=True, text=True, check=True).stdout
+    objects = docs(rendered)
+    for name in (namespace, *served, other):
+        kubectl("create", "namespace", name)
+    crds = [o for o in objects if o["kind"] == "CustomResourceDefinition"]
+    if crds:
+        kubectl("apply", "-f", "-", input=yaml.safe_dump_all(crds))
+        kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/kopfpeerings.kopf.dev")
+    kubectl("apply", "-f", str(INSTALL.parent.parent / "crds" / "datamover.io_migrationjobs.yaml"))
+    # Everything but the Deployment: the operator runs here as a local process holding the ServiceAccount's token.
+    kubectl("apply", "-f", "-", input=yaml.safe_dump_all(
+        [o for o in objects if o["kind"] not in ("Deployment", "CustomResourceDefinition")]))
+    account_name = one(objects, "ServiceAccount")["metadata"]["name"]
+    account = f"system:serviceaccount:{namespace}:{account_name}"
+    try:
+        for verb, resource in [("watch", "migrationjobs.datamover.io"), ("patch", "migrationjobs.datamover.io/status"),
+                               ("create", "jobs.batch"), ("create", "roles.rbac.authorization.k8s.io"),
+                               ("get", "secrets"), ("create", "events")]:
+            assert all(can_i(kubectl, account, verb, resource, ns) for ns in served), (verb, resource)
+            assert not can_i(kubectl, account, verb, resource, other), (verb, resource, other)
+        assert not can_i(kubectl, account, "get", "secrets", None), "no cluster-wide Secret access"
+
+        env = {e["name"]: e["value"] for e in one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+               ["env"] if e["name"] in ("DATAMOVER_NAMESPACES", "DATAMOVER_PEERING")}
+        assert env["DATAMOVER_NAMESPACES"] == ",".join(served)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("POD_ID", f"replica-{suffix}")
+        kubeconfig = control_plane.service_account_kubeconfig(namespace, account_name, tmp_path / "kubeconfig")
+        proc = OperatorProcess(kubeconfig, tmp_path / "operator.log")
+        proc.start()
+        try:
+            time.sleep(3)  # let kopf list and watch everything it serves
+            if replicas > 1:
+                for ns in served:
+                    peering = json.loads(kubectl("get", "kopfpeering", "datamover", "-n", ns, "-o", "json").stdout)
+                    assert f"replica-{suffix}" in (peering.get("status") or {}), peering
+            log = proc.log_tail(400)
+            for complaint in ("Forbidden", "Not enough permissions", "403"):
+                assert complaint not in log, log
+        finally:
+            proc.stop()
+    finally:
+        kubectl("delete", "clusterrole,clusterrolebinding", one(objects, "ClusterRole")["metadata"]["name"],
+                check=False)
+        for name in (namespace, *served, other):
+            kubectl("delete", "namespace", name, "--wait=false", check=False)
