@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ import kubernetes.client
 import kubernetes.config
 
 log = logging.getLogger("datamover.nodeagent")
+_AGENT_IDS = itertools.count(1)
 
 Json = dict[str, Any]
 
@@ -344,6 +346,8 @@ class NodeAgent:
         self._node_uid = ""
         self._server_version = "v0.0.0"
         self._log_handler: logging.Handler | None = None
+        # One logger per agent, so two agents in one process (a restart test) keep separate agent.log files.
+        self.log = log.getChild(f"{node_name}.{next(_AGENT_IDS)}")
 
     # -- public --------------------------------------------------------------------------------------------------
 
@@ -370,9 +374,8 @@ class NodeAgent:
         (self.workdir / "pods").mkdir(parents=True, exist_ok=True)
         self._log_handler = logging.FileHandler(self.workdir / "agent.log")
         self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(threadName)s %(message)s"))
-        log.addHandler(self._log_handler)
-        if log.level == logging.NOTSET or log.level > logging.INFO:
-            log.setLevel(logging.INFO)
+        self.log.addHandler(self._log_handler)
+        self.log.setLevel(logging.INFO)
         self._api = _Api(self._admin_kubeconfig)
         self._server_version = str(self.api.call("GET", "/version").get("gitVersion", "v0.0.0"))
         self._register_node()
@@ -381,7 +384,7 @@ class NodeAgent:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
-        log.info("event=agent_started node=%s workdir=%s", self.node_name, self.workdir)
+        self.log.info("event=agent_started node=%s workdir=%s", self.node_name, self.workdir)
 
     def stop(self) -> None:
         """Stop the loops and kill every process the agent started; pods are left as the API last saw them."""
@@ -396,9 +399,9 @@ class NodeAgent:
             thread.join(timeout=WATCH_TIMEOUT_SECONDS + 5)
         if self._api is not None:
             self._api.close()
-        log.info("event=agent_stopped node=%s", self.node_name)
+        self.log.info("event=agent_stopped node=%s", self.node_name)
         if self._log_handler is not None:
-            log.removeHandler(self._log_handler)
+            self.log.removeHandler(self._log_handler)
             self._log_handler.close()
 
     # -- node ----------------------------------------------------------------------------------------------------
@@ -501,7 +504,7 @@ class NodeAgent:
                 self._renew_lease()
                 self._patch_node_status(transitions=False)
             except Exception:  # the next beat retries; a dead heartbeat thread would make the node NotReady.
-                log.exception("event=heartbeat_failed node=%s", self.node_name)
+                self.log.exception("event=heartbeat_failed node=%s", self.node_name)
 
     # -- pods ----------------------------------------------------------------------------------------------------
 
@@ -526,11 +529,11 @@ class NodeAgent:
                             break
             except ApiError as error:
                 if error.status != 410:  # 410 Gone: our resourceVersion is too old, re-list (routine)
-                    log.warning("event=watch_error error=%r", error)
+                    self.log.warning("event=watch_error error=%r", error)
                     self._stop.wait(1.0)
             except Exception as error:  # the API server restarting, a broken stream: re-list after a pause
                 if not self._stop.is_set():
-                    log.warning("event=watch_error error=%r", error)
+                    self.log.warning("event=watch_error error=%r", error)
                     self._stop.wait(1.0)
 
     def _dispatch(self, kind: str, pod: Json) -> None:
@@ -593,11 +596,11 @@ class NodeAgent:
         }
         try:
             self.api.call("POST", _pod_path(metadata["namespace"], metadata["name"], "/binding"), body=binding)
-            log.info("event=pod_bound pod=%s/%s uid=%s node=%s", metadata["namespace"], metadata["name"], uid,
-                     self.node_name)
+            self.log.info("event=pod_bound pod=%s/%s uid=%s node=%s", metadata["namespace"], metadata["name"], uid,
+                          self.node_name)
         except ApiError as error:
             if error.status not in (404, 409):  # gone, or already bound: nothing to retry
-                log.warning("event=bind_failed pod=%s/%s error=%r", metadata["namespace"], metadata["name"], error)
+                self.log.warning("event=bind_failed pod=%s/%s error=%r", metadata["namespace"], metadata["name"], error)
                 with self._lock:
                     self._binding.discard(uid)
 
@@ -685,6 +688,7 @@ class _PodWorker(threading.Thread):
         metadata = pod["metadata"]
         super().__init__(name=f"pod-{metadata['namespace']}/{metadata['name']}", daemon=True)
         self.agent = agent
+        self.log = agent.log
         self.record = record
         self.namespace: str = metadata["namespace"]
         self.pod_name: str = metadata["name"]
@@ -772,7 +776,7 @@ class _PodWorker(threading.Thread):
             # A bug or a lasting API failure. The pod is not taken on again: re-running a process that may already
             # have run is worse than a stuck pod, which the test's report names.
             final = True
-            log.exception("event=pod_worker_crashed pod=%s/%s uid=%s", self.namespace, self.pod_name, self.uid)
+            self.log.exception("event=pod_worker_crashed pod=%s/%s uid=%s", self.namespace, self.pod_name, self.uid)
             self.record.summary = f"node agent error: {error!r}"
         finally:
             if self._proc is not None and self._proc.poll() is None:
@@ -858,7 +862,8 @@ class _PodWorker(threading.Thread):
                 self._state = {"waiting": {"reason": "ContainerHasNoCommand", "message": str(error)}}
                 return self._finish(None, reason="ContainerHasNoCommand", message=str(error))
             except ApiError as error:  # the API server hiccuped while we read Secrets or asked for a token: retry
-                log.warning("event=container_setup_failed pod=%s/%s error=%r", self.namespace, self.pod_name, error)
+                self.log.warning("event=container_setup_failed pod=%s/%s error=%r", self.namespace, self.pod_name,
+                                 error)
                 self._pause(CONFIG_RETRY_SECONDS)
                 continue
             if terminated is None:  # the agent is stopping: leave the pod as the API last saw it
@@ -924,8 +929,8 @@ class _PodWorker(threading.Thread):
         self._set_condition("Ready", "True")
         self.record.summary = f"running pid={proc.pid}"
         self._report()
-        log.info("event=container_started pod=%s/%s uid=%s pid=%d argv=%s", self.namespace, self.pod_name,
-                 self.uid, proc.pid, argv)
+        self.log.info("event=container_started pod=%s/%s uid=%s pid=%d argv=%s", self.namespace, self.pod_name,
+                      self.uid, proc.pid, argv)
 
         term_sent: float | None = None
         kill_sent = False
@@ -945,11 +950,11 @@ class _PodWorker(threading.Thread):
             if grace is not None:
                 if term_sent is None:
                     term_sent = time.monotonic()
-                    log.info("event=container_sigterm pod=%s/%s pid=%d grace=%s", self.namespace, self.pod_name,
-                             proc.pid, grace)
+                    self.log.info("event=container_sigterm pod=%s/%s pid=%d grace=%s", self.namespace,
+                                  self.pod_name, proc.pid, grace)
                     _kill_group(proc, signal.SIGTERM)
                 if not kill_sent and time.monotonic() - term_sent >= grace:
-                    log.info("event=container_sigkill pod=%s/%s pid=%d", self.namespace, self.pod_name, proc.pid)
+                    self.log.info("event=container_sigkill pod=%s/%s pid=%d", self.namespace, self.pod_name, proc.pid)
                     _kill_group(proc, signal.SIGKILL)
                     kill_sent = True
             self._wait(0.1)
@@ -959,8 +964,8 @@ class _PodWorker(threading.Thread):
         exit_code = code if code >= 0 else 128 - code
         terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
                       "startedAt": started_at, "finishedAt": _now(), "containerID": self._container_id}
-        log.info("event=container_exited pod=%s/%s uid=%s exit_code=%d", self.namespace, self.pod_name, self.uid,
-                 exit_code)
+        self.log.info("event=container_exited pod=%s/%s uid=%s exit_code=%d", self.namespace, self.pod_name,
+                      self.uid, exit_code)
         return terminated
 
     def _argv(self, container: Json, env: Mapping[str, str]) -> list[str]:
@@ -982,7 +987,7 @@ class _PodWorker(threading.Thread):
     def _start_failed(self, started_at: str, message: str) -> Json:
         with open(self.record.log_path, "ab") as log_file:
             log_file.write(f"[node agent] {message}\n".encode())
-        log.info("event=container_start_failed pod=%s/%s message=%s", self.namespace, self.pod_name, message)
+        self.log.info("event=container_start_failed pod=%s/%s message=%s", self.namespace, self.pod_name, message)
         return {"exitCode": 128, "reason": "StartError", "message": message, "startedAt": started_at,
                 "finishedAt": _now()}
 
@@ -1000,6 +1005,8 @@ class _PodWorker(threading.Thread):
             self.record.summary = f"failed before running: {reason or 'deleted'}"
         self._phase = "Succeeded" if succeeded else "Failed"
         self._reason, self._message = reason, message
+        self.log.info("event=pod_finished pod=%s/%s uid=%s phase=%s reason=%s", self.namespace, self.pod_name,
+                      self.uid, self._phase, reason)
         ready_reason = "PodCompleted" if succeeded else "PodFailed"
         self._set_condition("ContainersReady", "False", ready_reason)
         self._set_condition("Ready", "False", ready_reason)
@@ -1014,7 +1021,7 @@ class _PodWorker(threading.Thread):
             except ApiError as error:
                 if error.status not in (404, 409):
                     raise
-            log.info("event=pod_deleted pod=%s/%s uid=%s", self.namespace, self.pod_name, self.uid)
+            self.log.info("event=pod_deleted pod=%s/%s uid=%s", self.namespace, self.pod_name, self.uid)
         return True
 
     # -- status ---------------------------------------------------------------------------------------------------
@@ -1065,7 +1072,7 @@ class _PodWorker(threading.Thread):
             # 404: gone meanwhile, nothing to report to. Anything else is logged, not raised: the process must still
             # be supervised, and the next report carries the whole status again.
             if error.status != 404:
-                log.warning("event=status_patch_failed pod=%s/%s error=%r", self.namespace, self.pod_name, error)
+                self.log.warning("event=status_patch_failed pod=%s/%s error=%r", self.namespace, self.pod_name, error)
 
 
 def _kill_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
