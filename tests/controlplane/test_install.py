@@ -5,8 +5,8 @@ Pod Security "restricted" admission, which really rejects a pod that lacks those
 from __future__ import annotations
 
 import json
-import time
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +17,9 @@ import yaml
 
 from datamover.api import MigrationSpec
 from datamover.controller import resources
-from tests.controlplane.conftest import OperatorProcess
 from tests.ground.binaries import binary
 from tests.ground.plugin_controlplane import Kubectl
+from tests.ground.stack import OperatorProcess
 from tools import render_manifests
 from tools.kubeconform import schemas
 
