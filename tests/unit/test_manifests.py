@@ -209,3 +209,15 @@ def test_samples_pass_kubeconform_strict_against_the_crd(tmp_path: Path) -> None
     result = subprocess.run([str(kubeconform), "-strict", "-schema-location", location, "-"],
                             input=yaml.safe_dump(broken), capture_output=True, text=True, check=False)
     assert result.returncode == 1 and "paralelism" in result.stdout
+
+
+@pytest.mark.parametrize(("values", "complaint"), [
+    (["--set", "replicas=2"], "additional properties 'replicas' not allowed"),
+    (["--set", "replicaCount=two"], "want integer"),
+    (["--set", "namespaces={Team_A}"], "does not match pattern"),
+    (["--set", "worker.image.pullPolicy=Sometimes"], "pullPolicy"),
+])
+def test_values_schema_rejects_mistakes(helm: Path, values: list[str], complaint: str) -> None:
+    result = subprocess.run([str(helm), "template", "datamover", str(CHART), *values], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode != 0 and complaint in result.stderr, result.stderr
