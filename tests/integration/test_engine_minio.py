@@ -253,7 +253,7 @@ class PrintingSink:
 
 def slow(name, key):
     if name == "between_chunks":
-        time.sleep(0.05)  # keep the copy in the middle of its parts long enough to be killed there
+        time.sleep(0.2)  # keep the copy in the middle of its parts long enough to be killed there
 
 options = MigrationOptions(part_size=5 * 1024 * 1024, multipart_threshold=5 * 1024 * 1024, concurrency=1,
                            part_concurrency=2)

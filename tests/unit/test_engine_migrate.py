@@ -313,3 +313,14 @@ def test_without_listing_permission_on_the_destination_objects_are_checked_with_
     result = migrate(source, destination, SMALL, AbortSignal(), RecordingSink())
     assert result.outcome is Outcome.SUCCEEDED, result.error
     assert result.progress.objects_skipped == 1
+
+
+def test_large_objects_report_bytes_in_progress_part_by_part(moto: None) -> None:
+    source, destination = store("src", "", "a"), store("dst", "", "b")
+    put(source, "big", os.urandom(16 * MiB))
+    sink = RecordingSink()
+    result = migrate(source, destination, SMALL, AbortSignal(), sink)
+    assert result.outcome is Outcome.SUCCEEDED
+    seen = {p.bytes_in_progress for p in sink.progress}
+    assert max(seen) == 16 * MiB and any(0 < value < 16 * MiB for value in seen)
+    assert result.progress.bytes_in_progress == 0 and result.progress.bytes_migrated == 16 * MiB

@@ -149,6 +149,7 @@ class Progress:
     objects_aborted: int = 0  # stopped by abort before anything reached the destination
     objects_retained: int = 0  # verified at the destination, source kept because abort came before deleting it
     bytes_skipped: int = 0
+    bytes_in_progress: int = 0  # bytes of parts already uploaded for large objects still in flight (liveness)
 
 
 class ProgressSink(Protocol):

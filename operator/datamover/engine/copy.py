@@ -120,6 +120,7 @@ class ObjectCopy:
     upload: OpenUpload | None = None  # the multipart upload while it is open; aborted on any stop
     part_digests: dict[int, bytes] = field(default_factory=dict)  # part number -> MD5 of the bytes we sent
     part_etags: dict[int, str] = field(default_factory=dict)  # part number -> ETag the destination returned
+    parts_bytes: int = 0  # bytes of parts uploaded so far (reported as bytes_in_progress until the object ends)
     content_md5: str = ""  # hex MD5 of the whole object, when we streamed it in one request
     written_etag: str = ""  # what the destination said the finished object's ETag is
     wrote_destination: bool = False  # a complete object now sits at destination_key (verified or not yet)
@@ -139,6 +140,7 @@ class ObjectMover:
         self._hint = hint
         # Set when one part of this object failed or stopped, so its sibling parts stop at their next chunk.
         self._parts_stop = threading.Event()
+        self._parts_lock = threading.Lock()
 
     def _checkpoint(self, name: str, key: str) -> None:
         self.ctx.checkpoint(name, key)
@@ -181,7 +183,7 @@ class ObjectMover:
             self._transition("error")
         finally:
             size = self.copy.source_head.size if self.copy.source_head else self.copy.source.size
-            self.ctx.tracker.finished(key, self.copy.state, size)
+            self.ctx.tracker.finished(key, self.copy.state, size, self.copy.parts_bytes)
         return self.copy
 
     def _run(self) -> None:
@@ -417,6 +419,11 @@ class ObjectMover:
                 with contextlib.suppress(BaseException):
                     future.result()
 
+    def _part_done(self, size: int) -> None:
+        with self._parts_lock:
+            self.copy.parts_bytes += size
+        self.ctx.tracker.part_done(size)
+
     def _part_task(self, head: ObjectHead, number: int, start: int, end: int) -> Callable[[], None]:
         ctx, copy = self.ctx, self.copy
         upload = copy.upload
@@ -428,6 +435,7 @@ class ObjectMover:
                     ctx.source, head.key, copy.destination_key, upload.upload_id, number, start, end, head.etag,
                 )
                 copy.part_etags[number] = etag
+                self._part_done(end - start + 1)
                 return
             read = self._read_range(head.key, start, end, head.etag)
             assert read is not None  # no limit on ranged reads
@@ -437,6 +445,7 @@ class ObjectMover:
             # under SSE-KMS a part's ETag is not its MD5. The whole object is checked in _verify.
             copy.part_digests[number] = digest
             copy.part_etags[number] = etag
+            self._part_done(end - start + 1)
 
         return run
 

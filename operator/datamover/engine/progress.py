@@ -26,6 +26,7 @@ class ProgressTracker:
         self._counts: dict[ObjectState, int] = {}
         self._bytes_migrated = 0
         self._bytes_skipped = 0
+        self._bytes_in_progress = 0
         self._in_flight: dict[str, None] = {}  # insertion-ordered set of keys being worked on
         self._listing_done = False
 
@@ -47,6 +48,7 @@ class ProgressTracker:
             objects_aborted=self._counts.get(ObjectState.ABORTED, 0),
             objects_retained=self._counts.get(ObjectState.RETAINED, 0),
             bytes_skipped=self._bytes_skipped,
+            bytes_in_progress=self._bytes_in_progress,
         )
 
     def _changed(self, force: bool = False) -> None:
@@ -86,8 +88,15 @@ class ProgressTracker:
             self._in_flight[key] = None
             self._changed()
 
-    def finished(self, key: str, state: ObjectState, size: int) -> None:
+    def part_done(self, size: int) -> None:
+        """A part of a large object is at the destination (not yet verified): progress a caller can show."""
         with self._lock:
+            self._bytes_in_progress += size
+            self._changed()
+
+    def finished(self, key: str, state: ObjectState, size: int, parts_bytes: int = 0) -> None:
+        with self._lock:
+            self._bytes_in_progress -= parts_bytes
             self._in_flight.pop(key, None)
             self._counts[state] = self._counts.get(state, 0) + 1
             if state is ObjectState.MIGRATED:
