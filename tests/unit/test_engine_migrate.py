@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -324,3 +325,30 @@ def test_large_objects_report_bytes_in_progress_part_by_part(moto: None) -> None
     seen = {p.bytes_in_progress for p in sink.progress}
     assert max(seen) == 16 * MiB and any(0 < value < 16 * MiB for value in seen)
     assert result.progress.bytes_in_progress == 0 and result.progress.bytes_migrated == 16 * MiB
+
+
+def test_listing_stays_at_most_one_page_ahead_of_the_copies(moto: None) -> None:
+    source, destination = store("src", "", "a", list_page_size=50), store("dst", "", "b", list_page_size=50)
+    for index in range(400):
+        put(source, f"k{index:04d}", b"x")
+    sink = RecordingSink()
+    listed = 0
+    ahead: list[int] = []
+    original = source.list_page
+
+    def list_page(prefix: str, token: str | None) -> Any:
+        nonlocal listed
+        with sink.lock:
+            last = sink.progress[-1] if sink.progress else None
+        done = last.objects_migrated if last else 0
+        ahead.append(listed - done)
+        page = original(prefix, token)
+        listed += len(page.objects)
+        return page
+
+    source.list_page = list_page  # type: ignore[method-assign]
+    options = MigrationOptions(**{**SMALL.__dict__, "concurrency": 4})
+    assert migrate(source, destination, options, AbortSignal(), sink).outcome is Outcome.SUCCEEDED
+    # Before each new page, everything but the objects in flight has been copied: memory does not grow with the
+    # bucket (a 1-million-key bucket holds one page of keys in memory, not a million).
+    assert len(ahead) == 8 and max(ahead) <= options.concurrency + 1
