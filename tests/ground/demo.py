@@ -80,6 +80,7 @@ def run(stack: Stack, *, small: int, large: int, large_size: int) -> int:
     kubectl = stack.control_plane.kubectl
     say(f"Filling cloud A ({stack.cloud_a.endpoint}): bucket 'gallery' and bucket 'archive'")
     fill(stack.cloud_a, "gallery", small=small, large=2, large_size=large_size)
+    # Big enough that the abort lands while multipart uploads are in flight, even on a fast loopback.
     fill(stack.cloud_a, "archive", small=small, large=large, large_size=large_size)
     for bucket in ("gallery", "archive"):
         stack.cloud_b.client().create_bucket(Bucket=bucket)
@@ -97,14 +98,18 @@ def run(stack: Stack, *, small: int, large: int, large_size: int) -> int:
 
     say("kubectl apply: MigrationJob 'archive' (a move: remainSource=false), then abort it mid-way")
     kubectl("apply", "-f", "-", input=migration("archive", stack, "archive", remainSource=False,
-                                                concurrency=2, partSize="5Mi"))
+                                                concurrency=1, partSize="5Mi"))
     deadline = time.monotonic() + 120
-    while not any(w.get("openUploads") for w in status(stack, "archive").get("workers", {}).values()):
-        if time.monotonic() > deadline or status(stack, "archive").get("phase") in FINAL:
+    current = status(stack, "archive")
+    while not any(w.get("openUploads") for w in current.get("workers", {}).values()):
+        if time.monotonic() > deadline or current.get("phase") in FINAL:
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
+        current = status(stack, "archive")
     print("    $ kubectl patch mj archive --type merge -p '{\"spec\":{\"abort\":true}}'", flush=True)
-    kubectl("patch", "mj", "archive", "-n", NAMESPACE, "--type", "merge", "-p", '{"spec":{"abort":true}}')
+    patch = kubectl("patch", "mj", "archive", "-n", NAMESPACE, "--type", "merge", "-p", '{"spec":{"abort":true}}',
+                    check=False)
+    print(f"    {(patch.stdout or patch.stderr).strip()}", flush=True)
     archive = watch(stack, "archive", until=FINAL)
 
     say("Final phases")
@@ -137,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Ctrl-C and SIGTERM both unwind through the context managers, which stop every process started.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    sizes = {"small": 20, "large": 4, "large_size": 16 * MiB} if args.small else \
-        {"small": 200, "large": 8, "large_size": 64 * MiB}
+    sizes = {"small": 20, "large": 8, "large_size": 32 * MiB} if args.small else \
+        {"small": 200, "large": 8, "large_size": 128 * MiB}
     with tempfile.TemporaryDirectory(prefix="datamover-demo-") as tmp:
         workdir = args.workdir or Path(tmp)
         say("Starting the local ground: etcd, kube-apiserver, kube-controller-manager, node agent, 2x MinIO, "
