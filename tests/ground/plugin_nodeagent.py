@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.ground.nodeagent import ControlPlaneLike, NodeAgent, start_node_agent
+from tests.ground.controlplane import ControlPlane
+from tests.ground.nodeagent import NodeAgent, start_node_agent
 
 _AGENT = pytest.StashKey[NodeAgent]()
 _FIRST_RECORD = pytest.StashKey[int]()  # index into NodeAgent.started_pods() when the test began
@@ -21,9 +22,10 @@ LOG_TAIL_LINES = 200  # enough to see a traceback, little enough to keep the rep
 
 
 @pytest.fixture(scope="session")
-def node_agent(control_plane: ControlPlaneLike, pytestconfig: pytest.Config) -> Iterator[NodeAgent]:
+def node_agent(control_plane: ControlPlane, pytestconfig: pytest.Config) -> Iterator[NodeAgent]:
     """The session's node agent: pods created through the API run as local processes with the venv's python."""
-    workdir = Path(getattr(control_plane, "workdir", Path.cwd())) / "node-agent"
+    # Beside the control plane's own logs, so one directory holds everything a failed run left behind.
+    workdir = control_plane.workdir / "node-agent"
     with start_node_agent(control_plane, workdir, python_bin_dir=Path(sys.executable).parent) as agent:
         pytestconfig.stash[_AGENT] = agent
         try:
