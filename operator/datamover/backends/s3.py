@@ -137,6 +137,13 @@ class S3Store(ObjectStore):
             # Explicit opt-in for self-signed lab endpoints; said out loud because it disables server authentication.
             log.warning("event=tls_verification_disabled endpoint=%s bucket=%s", config.endpoint, config.bucket)
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        checksum_options: dict[str, Any] = {}
+        if "request_checksum_calculation" in botocore.config.Config.OPTION_DEFAULTS:
+            # botocore >= 1.36 adds CRC checksums to every upload by default; several S3-compatible stores (older
+            # MinIO, Ceph, OBS, OSS) reject them. We send Content-MD5 ourselves, so ask for them only when required.
+            checksum_options = {
+                "request_checksum_calculation": "when_required", "response_checksum_validation": "when_required",
+            }
         botocore_config = botocore.config.Config(
             region_name=config.region,
             retries={"mode": "standard", "total_max_attempts": config.max_attempts},
@@ -144,10 +151,7 @@ class S3Store(ObjectStore):
             read_timeout=config.read_timeout,
             max_pool_connections=config.max_pool_connections,
             s3={"addressing_style": config.addressing_style},
-            # Only send/verify flexible checksums when an operation demands them: several S3-compatible stores
-            # (older MinIO, Ceph, OBS, OSS) reject the trailing CRC headers newer botocore adds by default.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
+            **checksum_options,
         )
         session = boto3.session.Session(
             aws_access_key_id=config.access_key_id,
