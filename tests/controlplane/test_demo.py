@@ -21,6 +21,7 @@ def test_demo_runs_end_to_end_and_cleans_up(tmp_path: Path) -> None:
     assert "gallery=succeeded" in final.group(1)
     assert "archive=aborted" in final.group(1)
     assert "open-uploads=0" in final.group(1) and "rclone-gallery=clean" in final.group(1)
+    assert "rclone-archive-copied=clean" in final.group(1)
     assert "kubectl patch mj archive" in result.stdout
     # Nothing it started is left running.
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
