@@ -196,8 +196,8 @@ def test_abort_of_a_finished_job_is_refused_by_the_api_server(cluster: Cluster, 
 
 # 4. a worker killed mid-multipart ---------------------------------------------------------------------------------
 
-def _kill_pod_process(pod: str) -> int:
-    """SIGKILL the local process that runs a pod (found by the pod name in its environment)."""
+def _kill_pod_process(pod: str, sig: int = signal.SIGKILL) -> int:
+    """Signal the local process that runs a pod (found by the pod name in its environment); SIGKILL by default."""
     needle = f"DATAMOVER_POD={pod}".encode()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -207,7 +207,7 @@ def _kill_pod_process(pod: str) -> int:
         except OSError:
             continue
         if needle in environ:
-            os.kill(int(proc.name), signal.SIGKILL)
+            os.kill(int(proc.name), sig)
             return int(proc.name)
     raise AssertionError(f"no process runs pod {pod}")
 
@@ -228,6 +228,28 @@ def test_worker_killed_mid_multipart_is_retried_and_the_job_still_succeeds(
     assert open_uploads(cloud_b, dst) == []
     job = cluster.jobs()[0]
     assert job.status.failed == 1 and job.status.succeeded == 1
+
+
+def test_frozen_worker_is_killed_after_the_grace_period_and_its_uploads_aborted_by_the_janitor(
+        cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:
+    src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
+    contents = fill(cloud_a, src, small=5, large=4)
+    cluster.apply(migration_job("frozen", cloud_a, src, cloud_b, dst, concurrency=1, partSize="5Mi",
+                                abortGracePeriodSeconds=3))
+    mid = cluster.wait("frozen", lambda o: bool((o.get("status") or {}).get("workers", {}).get("0", {})
+                                                 .get("openUploads")), "an open multipart upload")
+    _kill_pod_process(mid["status"]["workers"]["0"]["pod"], signal.SIGSTOP)  # it can no longer clean up
+    recorded = {u["uploadId"] for u in cluster.get("frozen")["status"]["workers"]["0"]["openUploads"]}
+    assert {u["UploadId"] for u in open_uploads(cloud_b, dst)} >= recorded
+
+    cluster.kubectl("patch", "mj", "frozen", "-n", cluster.namespace, "--type", "merge",
+                    "-p", '{"spec":{"abort":true}}')
+    final = cluster.wait_phase("frozen", {"aborted", "succeeded", "failed"}, timeout=60)
+    assert phase_of(final) == "aborted", final["status"]
+    assert open_uploads(cloud_b, dst) == [], "the janitor must abort what the frozen worker left open"
+    assert final["status"]["workers"]["0"]["openUploads"] == []
+    assert any("UploadsAborted" in e and "aborted 1 multipart" in e for e in cluster.events("frozen"))
+    assert_invariant(cloud_a, src, cloud_b, dst, contents, remain_source=True)
 
 
 # 5. the operator killed and restarted mid-job --------------------------------------------------------------------

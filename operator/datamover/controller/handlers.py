@@ -192,7 +192,10 @@ def _janitor(body: Mapping[str, Any], spec: MigrationSpec) -> dict[str, Any]:
     closed = {(u.key, u.upload_id) for u in abort_uploads(store, uploads)}
     remaining = {(u.key, u.upload_id) for u in uploads} - closed
     log.info("event=janitor job=%s/%s aborted=%d remaining=%d", namespace, body["metadata"]["name"],
-             len(uploads) - len(remaining), len(remaining))
+             len(closed), len(remaining))
+    _event(body, type="Warning" if remaining else "Normal", reason="UploadsAborted",
+           message=f"aborted {len(closed)} multipart upload(s) the workers left open on {destination.describe()}"
+           + (f"; {len(remaining)} could not be aborted yet" if remaining else ""))
     return {
         str(index): {
             "openUploads": [
