@@ -106,6 +106,12 @@ def test_migration_succeeds_and_rclone_agrees(cluster: Cluster, cloud_a: Any, cl
     assert condition(done, "Ready")["status"] == "True" and condition(done, "Complete")["status"] == "True"
     assert done["status"]["startTime"] and done["status"]["completionTime"]
     assert sorted(done["status"]["workers"]) == ["0", "1", "2"]
+    # GitOps: the operator wrote no spec and no metadata but its finalizer (kopf's bookkeeping is in status).
+    assert done["metadata"].get("annotations", {}) == {"kubectl.kubernetes.io/last-applied-configuration":
+                                                       done["metadata"]["annotations"][
+                                                           "kubectl.kubernetes.io/last-applied-configuration"]}
+    assert done["metadata"]["finalizers"] == ["datamover.io/cleanup"]
+    assert done["metadata"]["generation"] == 1
 
     check = rclone_check(cloud_a, src, cloud_b, dst)
     assert check.returncode == 0, check.stdout + check.stderr
