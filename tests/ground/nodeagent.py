@@ -4,7 +4,9 @@ The test ground has a real kube-apiserver, etcd and kube-controller-manager but 
 container runtime. This agent fills exactly that gap and nothing more: it registers one Node and keeps it alive, binds
 unscheduled pods to it, runs each pod's single container `command` + `args` as a local process, and reports what
 happened through `pods/status`, so that the *real* Job controller counts successes and failures, applies
-`backoffLimit` and removes its tracking finalizers as it would in a cluster.
+`backoffLimit` and removes its tracking finalizers as it would in a cluster. Like a kubelet it resolves `env`/`envFrom`
+(Secrets, ConfigMaps, fieldRefs, `$(VAR)`), honours `restartPolicy` and `activeDeadlineSeconds`, and on deletion sends
+SIGTERM, waits the grace period, sends SIGKILL and then confirms the deletion.
 
 What it deliberately does not do: images (a container must name its `command`; the project venv's bin dir comes first
 on PATH), volumes and mounts, init or sidecar containers, probes, resource limits, networking (every pod is
@@ -958,6 +960,9 @@ class _PodWorker(threading.Thread):
                     _kill_group(proc, signal.SIGKILL)
                     kill_sent = True
             self._wait(0.1)
+        if self._stopping:
+            # stop() may have SIGKILLed the process itself: that is the agent going away, not the container failing.
+            return None
         code = proc.returncode
         # The container is its whole process group: whatever the main process left behind goes with it.
         _kill_group(proc, signal.SIGKILL)
