@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, cast
 
 import kubernetes
@@ -85,8 +86,18 @@ def run(env: Mapping[str, str] = os.environ) -> int:
         abort.request(reason)
     threading.Thread(target=_watch_abort, args=(api, namespace, name, abort), daemon=True).start()
 
-    source = open_store(s3_config(spec.source, _credentials("source", env)))
-    destination = open_store(s3_config(spec.destination, _credentials("destination", env)))
+    options = MigrationOptions(
+        remain_source=spec.remain_source,
+        concurrency=spec.concurrency,
+        part_size=spec.part_size,
+        shard_index=index,
+        shard_count=spec.parallelism,
+    )
+    # One connection per object in flight plus one per part in flight, or urllib3 throws connections away.
+    pool = max(32, options.concurrency * (options.part_concurrency + 1))
+    source = open_store(replace(s3_config(spec.source, _credentials("source", env)), max_pool_connections=pool))
+    destination = open_store(replace(s3_config(spec.destination, _credentials("destination", env)),
+                                     max_pool_connections=pool))
 
     # A previous attempt of this index (a killed pod) may have left uploads open: close them before resuming.
     previous = worker_reports(body.get("status") or {}).get(index)
@@ -99,13 +110,6 @@ def run(env: Mapping[str, str] = os.environ) -> int:
                  len(closed), len(still_open))
     reporter = StatusReporter(api, namespace, name, index, env.get(ENV_POD, ""), still_open)
 
-    options = MigrationOptions(
-        remain_source=spec.remain_source,
-        concurrency=spec.concurrency,
-        part_size=spec.part_size,
-        shard_index=index,
-        shard_count=spec.parallelism,
-    )
     reporter.start(aborting=abort.requested)
     result = migrate(source, destination, options, abort, reporter)
     final = {
@@ -113,10 +117,7 @@ def run(env: Mapping[str, str] = os.environ) -> int:
         Outcome.ABORTED: WorkerState.ABORTED,
         Outcome.FAILED: WorkerState.FAILED,
     }[result.outcome]
-    if final is WorkerState.SUCCEEDED and result.progress.objects_failed:
-        final = WorkerState.FAILED
-    message = result.error or (f"{result.progress.objects_failed} object(s) failed" if final is WorkerState.FAILED
-                               else abort.reason or "")
+    message = result.error or (abort.reason or "" if final is WorkerState.ABORTED else "")
     reporter.finish(final, result.progress, message)
     log.info("event=finished job=%s/%s index=%d state=%s message=%r", namespace, name, index, final.value, message)
     if final is not WorkerState.FAILED:
