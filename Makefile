@@ -38,5 +38,13 @@ lint: venv
 demo: ground
 	$(BIN)/python -m tests.ground.demo $(DEMO_ARGS)
 
+# The operator tests against a cluster of your own (e.g. kind; see docs/install.md). MinIO and the operator run
+# on this machine: DATAMOVER_E2E_S3_HOST must be an address of it that the cluster's pods reach, and
+# DATAMOVER_E2E_WORKER_IMAGE the datamover image loaded into the cluster.
+E2E_TESTS ?= tests/controlplane/test_operator.py tests/controlplane/test_install.py
+e2e: ground
+	@test -n "$(KUBECONFIG)" || { echo "make e2e: set KUBECONFIG to the cluster's kubeconfig" >&2; exit 2; }
+	DATAMOVER_E2E_KUBECONFIG="$(KUBECONFIG)" $(BIN)/pytest $(E2E_TESTS) -m "not local_processes" $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

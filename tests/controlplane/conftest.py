@@ -14,14 +14,13 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from tests.ground.controlplane import ControlPlane
-from tests.ground.stack import OperatorProcess, install_datamover, run_operator
+from tests.ground.stack import KubeCluster, OperatorProcess, install_datamover, run_operator
 
 Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
 @pytest.fixture(scope="session")
-def operator(control_plane: ControlPlane, node_agent: Any,
+def operator(control_plane: KubeCluster, node_agent: Any,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     install_datamover(control_plane)
     with run_operator(control_plane, tmp_path_factory.mktemp("operator")) as proc:

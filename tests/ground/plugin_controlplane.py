@@ -11,6 +11,7 @@ from typing import Protocol
 import pytest
 
 from tests.ground.controlplane import ControlPlane, start_control_plane
+from tests.ground.external import ExternalCluster, e2e_kubeconfig
 
 _startup: dict[str, float] = {}
 
@@ -30,7 +31,14 @@ class Kubectl(Protocol):
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    """etcd + kube-apiserver + kube-controller-manager for the whole session; fails (never skips) if one is missing."""
+    """etcd + kube-apiserver + kube-controller-manager for the whole session; fails (never skips) if one is missing.
+
+    Under `make e2e` (DATAMOVER_E2E_KUBECONFIG set) it is the cluster that kubeconfig names instead.
+    """
+    external = e2e_kubeconfig()
+    if external is not None:
+        yield ExternalCluster.open(external, tmp_path_factory.mktemp("e2e"))  # type: ignore[misc]
+        return
     start = time.monotonic()
     with start_control_plane(tmp_path_factory.mktemp("controlplane")) as cp:
         _startup["total"] = time.monotonic() - start

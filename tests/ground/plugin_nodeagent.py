@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.ground.controlplane import ControlPlane
+from tests.ground.external import e2e_kubeconfig
 from tests.ground.nodeagent import NodeAgent, start_node_agent
 
 _AGENT = pytest.StashKey[NodeAgent]()
@@ -22,8 +23,14 @@ LOG_TAIL_LINES = 200  # enough to see a traceback, little enough to keep the rep
 
 
 @pytest.fixture(scope="session")
-def node_agent(control_plane: ControlPlane, pytestconfig: pytest.Config) -> Iterator[NodeAgent]:
-    """The session's node agent: pods created through the API run as local processes with the venv's python."""
+def node_agent(control_plane: ControlPlane, pytestconfig: pytest.Config) -> Iterator[NodeAgent | None]:
+    """The session's node agent: pods created through the API run as local processes with the venv's python.
+
+    None under `make e2e`: the external cluster's kubelets run the pods.
+    """
+    if e2e_kubeconfig() is not None:
+        yield None
+        return
     # Beside the control plane's own logs, so one directory holds everything a failed run left behind.
     workdir = control_plane.workdir / "node-agent"
     with start_node_agent(control_plane, workdir, python_bin_dir=Path(sys.executable).parent) as agent:

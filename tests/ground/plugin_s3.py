@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.ground.external import s3_host
 from tests.ground.s3 import S3Server, empty_and_delete_bucket, start_minio
 
 _startup: dict[str, float] = {}
@@ -19,7 +20,8 @@ BucketFactory = Callable[[S3Server], str]
 def _cloud(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[S3Server]:
     start = time.monotonic()
     with start_minio(
-        tmp_path_factory.mktemp(name), name, access_key=f"{name}-admin", secret_key=secrets.token_hex(16)
+        tmp_path_factory.mktemp(name), name, access_key=f"{name}-admin", secret_key=secrets.token_hex(16),
+        host=s3_host(),
     ) as server:
         _startup[name] = time.monotonic() - start
         yield server

@@ -70,9 +70,13 @@ class S3Server:
 
 @contextlib.contextmanager
 def start_minio(
-    workdir: Path, name: str, access_key: str, secret_key: str, *, timeout: float = READY_TIMEOUT
+    workdir: Path, name: str, access_key: str, secret_key: str, *, timeout: float = READY_TIMEOUT,
+    host: str = "127.0.0.1",
 ) -> Iterator[S3Server]:
-    """Run one MinIO server with data under `workdir/<name>` for the duration of the block."""
+    """Run one MinIO server with data under `workdir/<name>` for the duration of the block.
+
+    `host` is loopback except for `make e2e`, where the pods of another cluster must reach the server.
+    """
     if len(access_key) < 3 or len(secret_key) < 8:
         raise GroundError("minio: the access key needs 3+ characters and the secret key 8+")
     base = Path(workdir).resolve() / name
@@ -80,7 +84,7 @@ def start_minio(
     data_dir.mkdir(parents=True, exist_ok=True)
     certs_dir.mkdir(parents=True, exist_ok=True)
     port, console_port = free_ports(2)
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"http://{host}:{port}"
     server = S3Server(
         name=name,
         endpoint=endpoint,
@@ -101,8 +105,8 @@ def start_minio(
         str(binary("minio")),
         "server",
         "--quiet",
-        "--address", f"127.0.0.1:{port}",
-        "--console-address", f"127.0.0.1:{console_port}",
+        "--address", f"{host}:{port}",
+        "--console-address", f"{host}:{console_port}",
         "--certs-dir", str(certs_dir),
         str(data_dir),
     ]

@@ -17,8 +17,10 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from tests.ground.controlplane import ControlPlane, start_control_plane
+from tests.ground.external import E2E_WORKER_IMAGE
 from tests.ground.nodeagent import NodeAgent, start_node_agent
 from tests.ground.procs import GroundError, free_port, log_tail
 from tests.ground.s3 import S3Server, start_minio
@@ -43,7 +45,7 @@ class OperatorProcess:
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
-            "DATAMOVER_WORKER_IMAGE": "datamover:local",
+            "DATAMOVER_WORKER_IMAGE": os.environ.get(E2E_WORKER_IMAGE, "datamover:local"),
             "DATAMOVER_LIVENESS_ENDPOINT": f"http://127.0.0.1:{port}/healthz",
         }
         with self.log_path.open("ab") as log:
@@ -80,7 +82,17 @@ class OperatorProcess:
         return log_tail(self.log_path, lines)
 
 
-def install_datamover(control_plane: ControlPlane) -> None:
+class KubeCluster(Protocol):
+    """What installing and running datamover needs of a cluster: the local ground's or an external one."""
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                kubeconfig: Path | str | None = None, timeout: float = 120.0) -> subprocess.CompletedProcess[str]: ...
+
+    def service_account_kubeconfig(self, namespace: str, name: str, path: Path, *,
+                                   bound_pod: tuple[str, str] | None = None) -> Path: ...
+
+
+def install_datamover(control_plane: KubeCluster) -> None:
     """The CRD and the operator's Namespace, ServiceAccount and RBAC, applied with kubectl as a user would."""
     control_plane.kubectl("apply", "-f", str(CRD))
     control_plane.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/migrationjobs.datamover.io")
@@ -88,7 +100,7 @@ def install_datamover(control_plane: ControlPlane) -> None:
 
 
 @contextlib.contextmanager
-def run_operator(control_plane: ControlPlane, workdir: Path) -> Iterator[OperatorProcess]:
+def run_operator(control_plane: KubeCluster, workdir: Path) -> Iterator[OperatorProcess]:
     workdir.mkdir(parents=True, exist_ok=True)
     kubeconfig = control_plane.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT,
                                                           workdir / "operator.kubeconfig")

@@ -25,6 +25,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 60
 
 
+class _QuietWake(logging.Filter):
+    """kopf logs every handler run; the wake-up handler runs on every watch event and says nothing worth a line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Handler 'wake'" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="datamover-operator", description=__doc__)
     parser.add_argument(
@@ -42,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietWake())
     kubernetes.config.load_config()  # type: ignore[no-untyped-call]  # KUBECONFIG, else in-cluster
     kopf.run(
         clusterwide=not namespaces,
