@@ -22,7 +22,8 @@ import pytest
 
 from tests.ground.nodeagent import ControlPlaneLike, NodeAgent, start_node_agent
 
-pytestmark = pytest.mark.ground
+# Every test here needs the local node agent, so none runs under `make e2e` (a real cluster has kubelets instead).
+pytestmark = [pytest.mark.ground, pytest.mark.local_processes]
 
 Kubectl = Callable[..., CompletedProcess[str]]
 Json = dict[str, Any]
