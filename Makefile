@@ -26,12 +26,13 @@ ground: venv binaries
 test: ground
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# Fast tier only (moto, pure functions): no binaries needed.
+# Fast tier only (moto, pure functions, chart rendering): needs only helm and kubeconform of the binaries.
 unit: venv
+	bash tools/build.sh helm kubeconform
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff check operator tests bench tools
 	$(BIN)/mypy
 
 # Everything end to end on the local ground, one migration watched live and a second one aborted.

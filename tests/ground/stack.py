@@ -1,8 +1,8 @@
 """datamover installed on the local ground and its operator running as its own ServiceAccount.
 
 Shared by the control-plane tests (as fixtures), `make demo` and bench/abort_latency.py, so all three run the
-product the same way: CRD and RBAC applied from the repository's manifests, the operator holding only the token of
-the `datamover-operator` ServiceAccount, worker pods run by the node agent.
+product the same way: CRD and RBAC applied from manifests/install.yaml (rendered from the chart), the operator
+holding only the token of the chart's `datamover-operator` ServiceAccount, worker pods run by the node agent.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import yaml
+
 from tests.ground.controlplane import ControlPlane, start_control_plane
 from tests.ground.external import E2E_WORKER_IMAGE
 from tests.ground.nodeagent import NodeAgent, start_node_agent
@@ -26,8 +28,7 @@ from tests.ground.procs import GroundError, free_port, log_tail
 from tests.ground.s3 import S3Server, start_minio
 
 REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "crds" / "datamover.io_migrationjobs.yaml"
-RBAC = REPO / "manifests" / "rbac.yaml"
+INSTALL = REPO / "manifests" / "install.yaml"
 OPERATOR_NAMESPACE = "datamover-system"
 OPERATOR_ACCOUNT = "datamover-operator"
 READY_TIMEOUT = 60.0
@@ -93,10 +94,14 @@ class KubeCluster(Protocol):
 
 
 def install_datamover(control_plane: KubeCluster) -> None:
-    """The CRD and the operator's Namespace, ServiceAccount and RBAC, applied with kubectl as a user would."""
-    control_plane.kubectl("apply", "-f", str(CRD))
+    """manifests/install.yaml (rendered from the chart) minus its Deployment, applied with kubectl as a user would.
+
+    The CRD, the operator's Namespace, ServiceAccount and RBAC are exactly what users install; the operator itself
+    runs here as a local process instead of the Deployment (no container runtime on the ground).
+    """
+    documents = [d for d in yaml.safe_load_all(INSTALL.read_text()) if d and d["kind"] != "Deployment"]
+    control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(documents))
     control_plane.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/migrationjobs.datamover.io")
-    control_plane.kubectl("apply", "-f", str(RBAC))
 
 
 @contextlib.contextmanager

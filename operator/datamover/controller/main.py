@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 from typing import Any
 
 import kopf
@@ -42,6 +43,10 @@ def main(argv: list[str] | None = None) -> None:
         "--peering", default=os.environ.get("DATAMOVER_PEERING") or None,
         help="kopf peering object name, so that only one of several replicas is active; default: standalone",
     )
+    parser.add_argument(
+        "--priority", type=int, default=int(os.environ.get("DATAMOVER_PEERING_PRIORITY") or 0) or None,
+        help="kopf peering priority; with --peering the default is a random one per process",
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     namespaces = args.namespace or [n for n in os.environ.get("DATAMOVER_NAMESPACES", "").split(",") if n]
@@ -52,11 +57,17 @@ def main(argv: list[str] | None = None) -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_QuietWake())
     kubernetes.config.load_config()  # type: ignore[no-untyped-call]  # KUBECONFIG, else in-cluster
+    priority = args.priority
+    if args.peering is not None and priority is None:
+        # kopf pauses every peer that shares the highest priority; distinct random ones leave exactly one replica
+        # active, and the next one takes over when its heartbeat stops.
+        priority = random.randint(1, 2**31 - 1)
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
         standalone=args.peering is None,
         peering_name=args.peering,
+        priority=priority,
         liveness_endpoint=os.environ.get("DATAMOVER_LIVENESS_ENDPOINT") or None,
     )
 
