@@ -17,7 +17,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -31,9 +31,13 @@ NAMESPACE = "bench"
 
 def _status(stack: Stack, name: str) -> dict[str, Any]:
     # The API client, not kubectl: a poll must cost milliseconds, or the poll itself is what gets measured.
-    api = _API.setdefault(stack.control_plane.server, client.CustomObjectsApi(
-        config.new_client_from_config(str(stack.control_plane.admin_kubeconfig))))  # type: ignore[no-untyped-call]
-    obj = api.get_namespaced_custom_object("datamover.io", "v1alpha1", NAMESPACE, "migrationjobs", name)
+    api = _API.get(stack.control_plane.server)
+    if api is None:
+        api = client.CustomObjectsApi(config.new_client_from_config(  # type: ignore[no-untyped-call]
+            str(stack.control_plane.admin_kubeconfig)))
+        _API[stack.control_plane.server] = api
+    obj = cast(dict[str, Any], api.get_namespaced_custom_object(
+        "datamover.io", "v1alpha1", NAMESPACE, "migrationjobs", name))
     return dict(obj.get("status") or {})
 
 
