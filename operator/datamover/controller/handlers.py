@@ -45,6 +45,7 @@ from datamover.locations import s3_config
 log = logging.getLogger("datamover.operator")
 
 TICK_SECONDS = 1.0
+SETTLING_TICK_SECONDS = 0.1
 MERGE_PATCH = "application/merge-patch+json"
 WORKER_SETTINGS = resources.WorkerSettings.from_env()
 
@@ -305,6 +306,12 @@ def reconcile(body: Mapping[str, Any], *, deleting: bool = False) -> tuple[Decis
     return decision, written
 
 
+def _workers_settled(body: Mapping[str, Any]) -> bool:
+    parallelism = int((body.get("spec") or {}).get("parallelism", 1))
+    reports = worker_reports(body.get("status") or {})
+    return all(index in reports and reports[index].state.final for index in range(parallelism))
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def wake(memo: kopf.Memo, **_: Any) -> None:
     """Any change to the MigrationJob (spec.abort, a worker's report) wakes its loop at once instead of next tick."""
@@ -334,7 +341,8 @@ def supervise(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_
         if written is not None:
             view.last_written = written
         # The tick only matters for what raises no MigrationJob event: pods going away, the grace period running out.
-        woken.wait(TICK_SECONDS)
+        # Once every worker has reported its final state, only its pod's exit is awaited: look again soon.
+        woken.wait(SETTLING_TICK_SECONDS if _workers_settled(view.current()) else TICK_SECONDS)
         woken.clear()
 
 
