@@ -102,21 +102,8 @@ def _rclone_clean(result: subprocess.CompletedProcess[str]) -> None:
 
 def _abort_hook(checkpoint: str, after: int, big_only: bool) -> AbortSignal:
     """Abort at the (after+1)-th hit of `checkpoint` (counting only big objects if big_only)."""
-    hits = 0
-    lock = threading.Lock()
-
-    def hook(name: str, key: str | None) -> None:
-        nonlocal hits
-        if name != checkpoint or (big_only and (key is None or "/big-" not in key)):
-            return
-        with lock:
-            hits += 1
-            fire = hits == after + 1
-        if fire:
-            signal_.request(f"test: abort at {name} #{after + 1} key={key!r}")
-
-    signal_ = AbortSignal(on_checkpoint=hook)
-    return signal_
+    return AbortSignal.at_checkpoint(checkpoint, after,
+                                     counts=lambda key: not big_only or (key is not None and "/big-" in key))
 
 
 # (checkpoint, hit to abort at, count big objects only, remain_source)

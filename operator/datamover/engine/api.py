@@ -73,8 +73,10 @@ class AbortSignal:
         return self.requested
 
     @classmethod
-    def at_checkpoint(cls, name: str, after: int = 0) -> AbortSignal:
-        """A signal that requests abort the (after+1)-th time the engine reaches checkpoint `name` (for tests)."""
+    def at_checkpoint(cls, name: str, after: int = 0,
+                      counts: Callable[[str | None], bool] = lambda key: True) -> AbortSignal:
+        """A signal that requests abort the (after+1)-th time the engine reaches checkpoint `name` (for tests);
+        `counts(key)` narrows which hits count (e.g. only large objects)."""
         if name not in CHECKPOINTS:
             raise ValueError(f"unknown checkpoint {name!r}")
         hits = 0
@@ -82,7 +84,7 @@ class AbortSignal:
 
         def hook(checkpoint: str, key: str | None) -> None:
             nonlocal hits
-            if checkpoint != name:
+            if checkpoint != name or not counts(key):
                 return
             with lock:
                 hits += 1
