@@ -209,7 +209,10 @@ class WorkerReport:
     objects_failed: int = 0
     bytes_total: int = 0
     bytes_migrated: int = 0
+    bytes_skipped: int = 0
     listing_done: bool = False
+    destination_written: bool = False  # a write to the destination has started: the job is past pending
+    reason: str = ""  # with state failed: a condition reason such as CredentialsRejected or BucketNotFound
     open_uploads: tuple[UploadRecord, ...] = field(default_factory=tuple)
 
     def to_status(self) -> dict[str, Any]:
@@ -224,7 +227,10 @@ class WorkerReport:
             "objectsFailed": self.objects_failed,
             "bytesTotal": self.bytes_total,
             "bytesMigrated": self.bytes_migrated,
+            "bytesSkipped": self.bytes_skipped,
             "listingDone": self.listing_done,
+            "destinationWritten": self.destination_written,
+            "reason": self.reason,
             "openUploads": [u.to_status() for u in self.open_uploads],
         }
 
@@ -245,7 +251,10 @@ class WorkerReport:
             objects_failed=int(raw.get("objectsFailed", 0)),
             bytes_total=int(raw.get("bytesTotal", 0)),
             bytes_migrated=int(raw.get("bytesMigrated", 0)),
+            bytes_skipped=int(raw.get("bytesSkipped", 0)),
             listing_done=bool(raw.get("listingDone", False)),
+            destination_written=bool(raw.get("destinationWritten", False)),
+            reason=str(raw.get("reason", "")),
             open_uploads=tuple(UploadRecord.from_status(u) for u in raw.get("openUploads") or ()),
         )
 
@@ -281,9 +290,15 @@ def progress_status(reports: Mapping[int, WorkerReport]) -> dict[str, Any]:
     failed = sum(r.objects_failed for r in reports.values())
     bytes_total = sum(r.bytes_total for r in reports.values())
     bytes_migrated = sum(r.bytes_migrated for r in reports.values())
+    bytes_skipped = sum(r.bytes_skipped for r in reports.values())
     done = migrated + skipped
-    # Objects, not bytes: skipped (already identical) objects carry no migrated bytes but are done all the same.
-    percent = 100 * done // total if total else 0
+    # Bytes, not objects: one large object left to copy is most of the work however many small ones are done.
+    # Skipped (already identical) objects count as done bytes, so a resumed job reaches 100%. A listing of empty
+    # objects only has no bytes to count: then objects are the measure.
+    if bytes_total:
+        percent = 100 * (bytes_migrated + bytes_skipped) // bytes_total
+    else:
+        percent = 100 * done // total if total else 0
     return {
         "objectsTotal": total,
         "objectsMigrated": migrated,
@@ -291,7 +306,8 @@ def progress_status(reports: Mapping[int, WorkerReport]) -> dict[str, Any]:
         "objectsFailed": failed,
         "bytesTotal": bytes_total,
         "bytesMigrated": bytes_migrated,
+        "bytesSkipped": bytes_skipped,
         "percent": f"{percent}%",
         "objects": f"{done}/{total}",
-        "bytes": f"{human_bytes(bytes_migrated)}/{human_bytes(bytes_total)}",
+        "bytes": f"{human_bytes(bytes_migrated + bytes_skipped)}/{human_bytes(bytes_total)}",
     }

@@ -56,9 +56,20 @@ def test_progress_sums_workers_and_renders_columns() -> None:
     reports = {
         0: WorkerReport(WorkerState.SUCCEEDED, objects_total=2, objects_migrated=2, bytes_total=2048,
                         bytes_migrated=2048),
-        1: WorkerReport(WorkerState.RUNNING, objects_total=2, objects_skipped=1, bytes_total=2048),
+        1: WorkerReport(WorkerState.RUNNING, objects_total=2, objects_skipped=1, bytes_total=2048,
+                        bytes_skipped=1024),
     }
     progress = progress_status(reports)
     assert progress["objects"] == "3/4" and progress["objectsTotal"] == 4
-    assert progress["bytes"] == "2.0KiB/4.0KiB"
+    assert progress["bytes"] == "3.0KiB/4.0KiB"
     assert progress["percent"] == "75%"
+
+
+def test_progress_percent_counts_bytes_not_objects() -> None:
+    """99 small objects done and one large one left is 1% of the work, not 99%."""
+    reports = {0: WorkerReport(WorkerState.RUNNING, objects_total=100, objects_migrated=99, bytes_total=100 * 2**20,
+                               bytes_migrated=99 * 1024)}
+    progress = progress_status(reports)
+    assert progress["percent"] == "0%" and progress["objects"] == "99/100"
+    reports = {0: WorkerReport(WorkerState.RUNNING, objects_total=4, objects_migrated=1)}  # empty objects only
+    assert progress_status(reports)["percent"] == "25%"

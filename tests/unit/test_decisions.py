@@ -7,7 +7,15 @@ import datetime as dt
 import pytest
 
 from datamover.api import Phase, WorkerReport, WorkerState
-from datamover.controller.decisions import Decision, Observation, decide
+from datamover.controller.decisions import (
+    Decision,
+    MissingReference,
+    Observation,
+    QueueEntry,
+    QueuePlace,
+    admissions,
+    decide,
+)
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -19,33 +27,56 @@ def obs(**kw: object) -> Observation:
     return Observation(**base)  # type: ignore[arg-type]
 
 
-def done(state: WorkerState = WorkerState.SUCCEEDED, failed: int = 0) -> WorkerReport:
-    return WorkerReport(state=state, objects_failed=failed)
+def done(state: WorkerState = WorkerState.SUCCEEDED, failed: int = 0, wrote: bool = True) -> WorkerReport:
+    return WorkerReport(state=state, objects_failed=failed, destination_written=wrote)
 
 
-def test_new_job_starts_workers() -> None:
+def test_new_job_is_pending_while_its_workers_start() -> None:
     d = decide(obs())
-    assert d.phase is Phase.RUNNING and d.create_job
+    assert d.phase is Phase.PENDING and d.reason == "WorkersStarting" and d.create_job
+
+
+def test_job_is_running_once_a_worker_writes_to_the_destination() -> None:
+    listing = {0: WorkerReport(WorkerState.RUNNING)}
+    assert decide(obs(phase=Phase.PENDING, job_exists=True, pods_alive=2, workers=listing)) == Decision()
+    writing = {0: WorkerReport(WorkerState.RUNNING, destination_written=True)}
+    d = decide(obs(phase=Phase.PENDING, job_exists=True, pods_alive=2, workers=writing))
+    assert d.phase is Phase.RUNNING and d.reason == "Migrating"
+
+
+def test_queued_job_waits_and_says_its_place() -> None:
+    d = decide(obs(queue=QueuePlace(False, position=3, length=7, limit=5)))
+    assert d.phase is Phase.PENDING and d.reason == "Queued" and not d.create_job
+    assert "position 3 of 7" in d.message and "at most 5" in d.message
 
 
 def test_abort_before_start_cancels_without_workers() -> None:
-    d = decide(obs(phase=Phase.PENDING, abort_requested=True))
-    assert d.phase is Phase.CANCELLED and not d.create_job
+    for place in (QueuePlace(False, 1, 1, 1), QueuePlace(True)):
+        d = decide(obs(phase=Phase.PENDING, abort_requested=True, queue=place))
+        assert d.phase is Phase.CANCELLED and not d.create_job
+
+
+def test_abort_before_any_write_ends_cancelled_even_after_workers_started() -> None:
+    d = decide(obs(phase=Phase.ABORTING, job_exists=True, pods_alive=0, abort_requested=True,
+                   workers={0: done(WorkerState.ABORTED, wrote=False)}))
+    assert d.phase is Phase.CANCELLED and d.run_janitor
 
 
 def test_missing_secret_fails_and_names_it() -> None:
-    d = decide(obs(reference_error="Secret ns/creds not found"))
-    assert d.phase is Phase.FAILED and d.reason == "InvalidReference" and "ns/creds" in d.message
+    d = decide(obs(reference_error=MissingReference("SecretNotFound", "Secret ns/creds not found")))
+    assert d.phase is Phase.FAILED and d.reason == "SecretNotFound" and "ns/creds" in d.message
     assert not d.create_job
 
 
 def test_restart_after_job_creation_does_not_create_a_second_job() -> None:
-    d = decide(obs(phase=Phase.PENDING, job_exists=True))
-    assert d.phase is Phase.RUNNING and not d.create_job
+    d = decide(obs(phase=None, job_exists=True))
+    assert d.phase is Phase.PENDING and not d.create_job
+    assert not decide(obs(phase=Phase.PENDING, job_exists=True)).create_job
 
 
 def test_running_unchanged_while_workers_work() -> None:
-    assert decide(obs(phase=Phase.RUNNING, job_exists=True, pods_alive=2)) == Decision()
+    workers = {0: done(WorkerState.RUNNING)}
+    assert decide(obs(phase=Phase.RUNNING, job_exists=True, pods_alive=2, workers=workers)) == Decision()
 
 
 def test_abort_while_running_moves_to_aborting_and_stops_the_job() -> None:
@@ -91,6 +122,39 @@ def test_failed_job_reports_the_workers_message() -> None:
     d = decide(obs(phase=Phase.RUNNING, job_exists=True, job_failed_message="BackoffLimitExceeded",
                    workers={1: WorkerReport(WorkerState.FAILED, message="NoSuchBucket: bucket 'x' at http://s3")}))
     assert d.phase is Phase.FAILED and "worker 1" in d.message and "NoSuchBucket" in d.message
+    assert d.reason == "WorkerFailed"
+
+
+def test_failed_worker_reason_becomes_the_condition_reason() -> None:
+    failed = WorkerReport(WorkerState.FAILED, message="bucket 'x' not found", reason="BucketNotFound")
+    d = decide(obs(phase=Phase.RUNNING, job_exists=True, job_failed_message="PodFailurePolicy", workers={0: failed}))
+    assert d.phase is Phase.FAILED and d.reason == "BucketNotFound"
+
+
+def entry(name: str, created: str, *, running: bool = False, final: bool = False) -> QueueEntry:
+    return QueueEntry(("ns", name), created, holds_slot=running and not final, waiting=not running and not final)
+
+
+def test_admission_fills_free_slots_in_creation_order() -> None:
+    entries = [entry("c", "2026-01-01T00:00:02Z"), entry("a", "2026-01-01T00:00:01Z"),
+               entry("b", "2026-01-01T00:00:01Z"), entry("r", "2026-01-01T00:00:00Z", running=True),
+               entry("done", "2026-01-01T00:00:00Z", running=True, final=True)]
+    places = admissions(entries, limit=2)
+    assert places[("ns", "a")].admitted  # oldest; the tie with b is broken by name
+    assert places[("ns", "b")] == QueuePlace(False, position=1, length=2, limit=2)
+    assert places[("ns", "c")] == QueuePlace(False, position=2, length=2, limit=2)
+    assert ("ns", "r") not in places and ("ns", "done") not in places
+
+
+def test_admission_without_limit_admits_everyone() -> None:
+    entries = [entry(str(i), f"2026-01-01T00:00:0{i}Z") for i in range(5)]
+    assert all(p.admitted for p in admissions(entries, limit=0).values())
+
+
+def test_admission_never_exceeds_the_limit() -> None:
+    entries = [entry(str(i), "2026-01-01T00:00:00Z", running=i < 3) for i in range(10)]
+    places = admissions(entries, limit=3)
+    assert not any(p.admitted for p in places.values()) and len(places) == 7
 
 
 @pytest.mark.parametrize("phase", [Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED, Phase.CANCELLED])

@@ -60,10 +60,10 @@ namespaced mode. Keep them identical to manifests/rbac.yaml (tests/unit/test_man
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, patch]
-# See whether worker pods are still alive during an abort; delete them when the grace period is over.
+# Follow the worker pods (an abort waits for them to end); delete them when the grace period is over.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, delete]
+  verbs: [list, watch, delete]
 # The per-job identity of the workers.
 - apiGroups: [""]
   resources: [serviceaccounts]

@@ -1,16 +1,38 @@
-"""What the operator does next, as a pure function of what it observed, so the phase logic is unit-testable.
+"""What the operator does next, as pure functions of what it observed, so the phase and queue logic is unit-testable.
 
-The handlers gather an Observation (spec, status, the Job, its pods, the Secrets) and carry out the Decision; nothing
+The handlers gather an Observation (spec, status, the Job, its pods, the Secrets, the job's place in the queue) and
+carry out the Decision; `queue_order` and `admissions` decide which jobs may run under the concurrency limit. Nothing
 here talks to the API server.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from datamover.api import Phase, WorkerReport, WorkerState
+
+
+@dataclass(frozen=True)
+class MissingReference:
+    """A Secret or key that the spec names but that is missing: why (a condition reason) and what (the message)."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class QueuePlace:
+    """Where a job that has not started stands: admitted (may create its Job now) or waiting at `position` (from 1)."""
+
+    admitted: bool
+    position: int = 0
+    length: int = 0
+    limit: int = 0
+
+
+ADMITTED = QueuePlace(admitted=True)
 
 
 @dataclass(frozen=True)
@@ -22,8 +44,10 @@ class Observation:
     parallelism: int
     grace_seconds: int
     now: dt.datetime
+    deleting: bool = False
     abort_requested_at: dt.datetime | None = None
-    reference_error: str | None = None  # a Secret or key that the spec names but is missing
+    reference_error: MissingReference | None = None
+    queue: QueuePlace = ADMITTED
     job_exists: bool = False
     job_complete: bool = False
     job_failed_message: str | None = None  # the Job's Failed condition, when it has one
@@ -41,14 +65,15 @@ class Decision:
     create_job: bool = False
     stop_job: bool = False  # suspend the Job: no new or retried pods, running pods get SIGTERM
     kill_pods: bool = False  # grace period over: delete the remaining pods at once
-    run_janitor: bool = False  # abort every multipart upload still recorded in status.workers
+    run_janitor: bool = False  # abort every multipart upload the workers recorded an intent or an ID for
 
 
-def _worker_failure(workers: Mapping[int, WorkerReport]) -> str | None:
+def _worker_failure(workers: Mapping[int, WorkerReport]) -> tuple[str, str] | None:
+    """(reason, message naming the worker) of the first failed worker."""
     for index in sorted(workers):
         report = workers[index]
         if report.state is WorkerState.FAILED:
-            return f"worker {index}: {report.message or 'failed'}"
+            return report.reason or "WorkerFailed", f"worker {index}: {report.message or 'failed'}"
     return None
 
 
@@ -59,6 +84,19 @@ def _all_succeeded(obs: Observation) -> bool:
     )
 
 
+def _wrote(obs: Observation) -> bool:
+    return any(report.destination_written for report in obs.workers.values())
+
+
+def _abort_reason(obs: Observation) -> str:
+    return "MigrationJob deleted" if obs.deleting else "spec.abort"
+
+
+def _queued_message(place: QueuePlace) -> str:
+    return (f"waiting for a slot: position {place.position} of {place.length} in the queue; "
+            f"at most {place.limit} MigrationJob(s) run at once")
+
+
 def decide(obs: Observation) -> Decision:
     """The next step for one MigrationJob."""
     if obs.phase is not None and obs.phase.terminal:
@@ -66,35 +104,82 @@ def decide(obs: Observation) -> Decision:
 
     if obs.phase in (None, Phase.PENDING) and not obs.job_exists:
         if obs.abort_requested:
-            return Decision(Phase.CANCELLED, "Cancelled", "aborted before any worker started")
+            return Decision(Phase.CANCELLED, "Cancelled",
+                            f"stopped by {_abort_reason(obs)} before any worker started; nothing was written")
         if obs.reference_error:
-            return Decision(Phase.FAILED, "InvalidReference", obs.reference_error)
-        return Decision(Phase.RUNNING, "Started", f"started {obs.parallelism} worker(s)", create_job=True)
+            return Decision(Phase.FAILED, obs.reference_error.reason, obs.reference_error.message)
+        if not obs.queue.admitted:
+            return Decision(Phase.PENDING, "Queued", _queued_message(obs.queue))
+        return Decision(Phase.PENDING, "WorkersStarting", f"starting {obs.parallelism} worker(s)", create_job=True)
 
     if obs.phase in (None, Phase.PENDING, Phase.RUNNING):
-        # A Job that exists while the phase still says pending means an operator restart between the two writes.
+        # A Job that exists while the phase still says pending means the workers have not written yet (or the
+        # operator restarted between creating the Job and writing the phase).
         if obs.abort_requested:
-            return Decision(Phase.ABORTING, "AbortRequested", "stopping workers at their next checkpoint",
-                            stop_job=True)
+            return Decision(Phase.ABORTING, "AbortRequested",
+                            f"{_abort_reason(obs)}: stopping workers at their next checkpoint", stop_job=True)
         if obs.job_failed_message is not None:
-            message = _worker_failure(obs.workers) or obs.job_failed_message
-            return Decision(Phase.FAILED, "MigrationFailed", message, run_janitor=True)
+            failed = _worker_failure(obs.workers)
+            if failed is not None:
+                return Decision(Phase.FAILED, failed[0], failed[1], run_janitor=True)
+            return Decision(Phase.FAILED, "WorkerFailed", obs.job_failed_message, run_janitor=True)
         if obs.job_complete:
-            failed = sum(r.objects_failed for r in obs.workers.values())
-            if failed:
-                return Decision(Phase.FAILED, "ObjectsFailed", f"{failed} object(s) could not be migrated",
-                                run_janitor=True)
+            failed_objects = sum(r.objects_failed for r in obs.workers.values())
+            if failed_objects:
+                first = _worker_failure(obs.workers)
+                detail = f"; {first[1]}" if first is not None else ""
+                return Decision(Phase.FAILED, "ObjectsFailed",
+                                f"{failed_objects} object(s) could not be migrated{detail}", run_janitor=True)
             return Decision(Phase.SUCCEEDED, "Succeeded", "all objects migrated and verified", run_janitor=True)
-        if obs.phase is not Phase.RUNNING:
-            return Decision(Phase.RUNNING, "Started", f"started {obs.parallelism} worker(s)")
+        if _wrote(obs):
+            if obs.phase is not Phase.RUNNING:
+                return Decision(Phase.RUNNING, "Migrating", f"{obs.parallelism} worker(s) writing to the destination")
+            return Decision()
+        if obs.phase is None:
+            return Decision(Phase.PENDING, "WorkersStarting", f"starting {obs.parallelism} worker(s)")
         return Decision()
 
     # aborting
     if obs.pods_alive == 0:
         if obs.job_complete and _all_succeeded(obs):
             return Decision(Phase.SUCCEEDED, "Succeeded", "finished before the abort took effect", run_janitor=True)
-        return Decision(Phase.ABORTED, "Aborted", "workers stopped; migrated objects were kept", run_janitor=True)
+        if not _wrote(obs):
+            return Decision(Phase.CANCELLED, "Cancelled",
+                            f"stopped by {_abort_reason(obs)} before any object was written", run_janitor=True)
+        return Decision(Phase.ABORTED, "Aborted",
+                        "workers stopped; objects already migrated and verified were kept", run_janitor=True)
     started = obs.abort_requested_at or obs.now
     if (obs.now - started).total_seconds() >= obs.grace_seconds:
         return Decision(stop_job=True, kill_pods=True)
     return Decision(stop_job=True)
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One MigrationJob as the admission logic sees it."""
+
+    key: tuple[str, str]  # (namespace, name)
+    created: str  # metadata.creationTimestamp (RFC 3339, sorts as text)
+    holds_slot: bool  # its Job exists (or was just granted) and it has not reached a final phase
+    waiting: bool  # no Job yet, not final, not being deleted: it needs a slot to start
+
+
+def admissions(entries: Iterable[QueueEntry], limit: int) -> dict[tuple[str, str], QueuePlace]:
+    """The place of every waiting job: the oldest `limit - running` are admitted, the rest wait in creation order.
+
+    Order is creation time, then namespace and name (creation timestamps have one-second resolution, so many jobs
+    created by one script share one). `limit <= 0` means no limit.
+    """
+    entries = list(entries)
+    waiting = sorted((e for e in entries if e.waiting), key=lambda e: (e.created, e.key))
+    if limit <= 0:
+        return {e.key: ADMITTED for e in waiting}
+    free = max(0, limit - sum(1 for e in entries if e.holds_slot))
+    places: dict[tuple[str, str], QueuePlace] = {}
+    queue_length = max(0, len(waiting) - free)
+    for index, entry in enumerate(waiting):
+        if index < free:
+            places[entry.key] = ADMITTED
+        else:
+            places[entry.key] = QueuePlace(False, position=index - free + 1, length=queue_length, limit=limit)
+    return places

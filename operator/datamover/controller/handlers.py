@@ -1,19 +1,28 @@
-"""kopf handlers: observe a MigrationJob and what it owns, ask decisions.decide() what to do, and do it.
+"""kopf handlers: follow every MigrationJob from watch events, ask decisions.decide() what to do, and do it.
 
-One sync daemon per MigrationJob runs the reconcile loop over kopf's live body; every watch event of the object wakes
-it, so a patched spec.abort is acted on at once, and a one-second tick covers what raises no event. A deletion
-handler runs the same abort path before kopf removes the finalizer. Status is written with merge patches to the
-status subresource; spec and metadata are never written (GitOps tools see no drift).
+There is no thread or task per job, so hundreds of jobs cost what their events cost. kopf's indices keep the latest
+MigrationJobs, their Jobs and their worker pods in memory, filled from watch streams before any handler runs (so a
+restarted operator sees every Job it created before it decides anything). Each event of one of them puts the owning
+MigrationJob's key on one work queue; a fixed set of reconcilers takes keys off it, observes from the indices (no
+API read) and carries out the decision in a small thread pool (the kubernetes client blocks). Time is a trigger only
+where time itself is the cause: the abort grace period and a slow resync are delayed re-queues, not sleeping threads.
+
+Jobs over `--max-concurrent-jobs` stay `pending` with a `Queued` condition that says their place, and start in
+creation order as slots free. Status is written with merge patches to the status subresource; spec and metadata are
+never written (GitOps tools see no drift), and kopf's own bookkeeping lives in status.kopf.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
+import copy
 import datetime as dt
 import logging
-import threading
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import kopf
@@ -23,6 +32,8 @@ from kubernetes.client.exceptions import ApiException
 from datamover.api import (
     GROUP,
     LABEL_JOB,
+    LABEL_MANAGED_BY,
+    MANAGER,
     PLURAL,
     SECRET_KEYS_REQUIRED,
     VERSION,
@@ -38,31 +49,35 @@ from datamover.api import (
 )
 from datamover.backends import open_store
 from datamover.controller import resources
-from datamover.controller.decisions import Decision, Observation, decide
+from datamover.controller.decisions import (
+    ADMITTED,
+    Decision,
+    MissingReference,
+    Observation,
+    QueueEntry,
+    QueuePlace,
+    admissions,
+    decide,
+)
+from datamover.controller.workqueue import WorkQueue
 from datamover.engine import OpenUpload, abort_uploads
 from datamover.locations import s3_config
 
 log = logging.getLogger("datamover.operator")
 
-TICK_SECONDS = 1.0
-SETTLING_TICK_SECONDS = 0.1
 MERGE_PATCH = "application/merge-patch+json"
 WORKER_SETTINGS = resources.WorkerSettings.from_env()
+# Reconcilers working at once; each holds a thread of the pool only while it talks to the API server.
+RECONCILERS = 8
+# A job that is not final is looked at again this often even if nothing wakes it: a safety net, not a poll (a look
+# that finds nothing new sends no request).
+RESYNC_SECONDS = 60.0
+# How often queued jobs are told their new place; the place is rewritten only when it changed.
+QUEUE_REFRESH_SECONDS = 10.0
+# Default of --max-concurrent-jobs: MigrationJobs whose workers run at once (0 = no limit).
+DEFAULT_MAX_CONCURRENT_JOBS = 20
 
-
-@dataclass
-class _View:
-    """The freshest copy of one MigrationJob: kopf's live body, or our own last write if that is newer."""
-
-    body: Mapping[str, Any]
-    last_written: Mapping[str, Any] | None = None
-
-    def current(self) -> Mapping[str, Any]:
-        if self.last_written is None:
-            return self.body
-        live = int(self.body.get("metadata", {}).get("resourceVersion") or 0)
-        mine = int(self.last_written.get("metadata", {}).get("resourceVersion") or 0)
-        return self.body if live >= mine else self.last_written
+Key = tuple[str, str]  # (namespace, name) of a MigrationJob
 
 
 def _not_found(error: ApiException) -> bool:
@@ -74,7 +89,7 @@ def _read_secret(namespace: str, name: str) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
 
 
-def _reference_error(namespace: str, spec: MigrationSpec) -> str | None:
+def _reference_error(namespace: str, spec: MigrationSpec) -> MissingReference | None:
     """The first Secret or key the spec names that is not there, said so that a person can fix it."""
     for side, location in (("source", spec.source), ("destination", spec.destination)):
         if location.secret_name is None:
@@ -83,55 +98,14 @@ def _reference_error(namespace: str, spec: MigrationSpec) -> str | None:
             data = _read_secret(namespace, location.secret_name)
         except ApiException as error:
             if _not_found(error):
-                return f"spec.{side}.credentialsSecretRef: Secret {namespace}/{location.secret_name} not found"
+                return MissingReference("SecretNotFound", f"spec.{side}.credentialsSecretRef: Secret "
+                                                          f"{namespace}/{location.secret_name} not found")
             raise
         for key in SECRET_KEYS_REQUIRED:
             if not data.get(key):
-                return (
-                    f"spec.{side}.credentialsSecretRef: Secret {namespace}/{location.secret_name} "
-                    f"has no key {key!r}"
-                )
+                return MissingReference("SecretKeyMissing", f"spec.{side}.credentialsSecretRef: Secret "
+                                                            f"{namespace}/{location.secret_name} has no key {key!r}")
     return None
-
-
-def _condition_true(obj: Any, kind: str) -> str | None:
-    for condition in (obj.status.conditions or []) if obj.status else []:
-        if condition.type == kind and condition.status == "True":
-            return str(condition.message or condition.reason or kind)
-    return None
-
-
-def _observe(body: Mapping[str, Any], spec: MigrationSpec, *, deleting: bool) -> Observation:
-    meta, status = body["metadata"], body.get("status") or {}
-    namespace, name = meta["namespace"], meta["name"]
-    phase = Phase(status["phase"]) if status.get("phase") else None
-    job_name = resources.child_name(name)
-    job = None
-    try:
-        job = client.BatchV1Api().read_namespaced_job(job_name, namespace)
-    except ApiException as error:
-        if not _not_found(error):
-            raise
-    pods = client.CoreV1Api().list_namespaced_pod(namespace, label_selector=f"{LABEL_JOB}={name}").items
-    alive = sum(1 for pod in pods if (pod.status.phase if pod.status else None) not in ("Succeeded", "Failed"))
-    reference_error = None
-    if job is None and phase in (None, Phase.PENDING):
-        reference_error = _reference_error(namespace, spec)
-    requested = status.get("abortRequestedTime")
-    return Observation(
-        phase=phase,
-        abort_requested=spec.abort or deleting,
-        parallelism=spec.parallelism,
-        grace_seconds=spec.abort_grace_period_seconds,
-        now=dt.datetime.now(dt.UTC),
-        abort_requested_at=parse_time(requested) if requested else None,
-        reference_error=reference_error,
-        job_exists=job is not None,
-        job_complete=job is not None and _condition_true(job, "Complete") is not None,
-        job_failed_message=_condition_true(job, "Failed") if job is not None else None,
-        pods_alive=alive,
-        workers=worker_reports(status),
-    )
 
 
 def _create(manifest: dict[str, Any]) -> None:
@@ -163,19 +137,18 @@ def _start_workers(body: Mapping[str, Any], spec: MigrationSpec) -> None:
         _create(manifest)
 
 
-def _stop_workers(namespace: str, name: str, *, kill: bool) -> None:
-    job_name = resources.child_name(name)
-    try:
-        client.BatchV1Api().patch_namespaced_job(job_name, namespace, {"spec": {"suspend": True}})
-    except ApiException as error:
-        if not _not_found(error):
-            raise
+def _stop_workers(namespace: str, name: str, pods: list[str], *, suspended: bool, kill: bool) -> None:
+    if not suspended:
+        try:
+            client.BatchV1Api().patch_namespaced_job(resources.child_name(name), namespace, {"spec": {"suspend": True}})
+        except ApiException as error:
+            if not _not_found(error):
+                raise
     if kill:
         core = client.CoreV1Api()
-        for pod in core.list_namespaced_pod(namespace, label_selector=f"{LABEL_JOB}={name}").items:
+        for pod in pods:
             try:
-                core.delete_namespaced_pod(str(pod.metadata.name if pod.metadata else ""), namespace,
-                                           grace_period_seconds=0)
+                core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
             except ApiException as error:
                 if not _not_found(error):
                     raise
@@ -209,29 +182,37 @@ def _janitor(body: Mapping[str, Any], spec: MigrationSpec) -> dict[str, Any]:
     }
 
 
-def _conditions(current: list[dict[str, Any]], phase: Phase, reason: str, message: str,
+def _conditions(current: list[dict[str, Any]], phase: Phase, reason: str, message: str, abort_reason: str,
                 generation: int) -> list[dict[str, Any]]:
-    """Kubernetes-style conditions for a phase: Ready (succeeded), Complete (ended), Failed, AbortRequested."""
-    wanted = {
-        "Ready": phase is Phase.SUCCEEDED,
-        "Complete": phase.terminal,
-        "Failed": phase is Phase.FAILED,
-        "AbortRequested": phase in (Phase.ABORTING, Phase.ABORTED, Phase.CANCELLED),
+    """Kubernetes-style conditions, each saying what happened to it (kstatus reads Ready; kubectl waits on any).
+
+    Ready: the migration succeeded. Complete: it reached a final phase. Failed: it failed, and why. AbortRequested:
+    somebody asked it to stop (spec.abort, or deletion).
+    """
+    final_reason = {Phase.SUCCEEDED: "Succeeded", Phase.ABORTED: "Aborted", Phase.CANCELLED: "Cancelled"}
+    wanted: dict[str, tuple[bool, str, str]] = {
+        "Ready": (phase is Phase.SUCCEEDED, reason, message),
+        "Complete": (phase.terminal, final_reason.get(phase, reason) if phase.terminal else "InProgress",
+                     message if phase.terminal else f"phase {phase.value}: {message}"),
+        "Failed": (phase is Phase.FAILED, reason if phase is Phase.FAILED else "NoFailure",
+                   message if phase is Phase.FAILED else "no failure so far"),
+        "AbortRequested": (bool(abort_reason), "AbortRequested" if abort_reason else "NotRequested",
+                           f"abort requested by {abort_reason}" if abort_reason else "spec.abort is not set"),
     }
     existing = {c["type"]: c for c in current}
     now = now_rfc3339()
     result = []
-    for kind, truth in wanted.items():
+    for kind, (truth, why, text) in wanted.items():
         status = "True" if truth else "False"
         old = existing.get(kind)
         changed = old is None or old.get("status") != status
         result.append({
             "type": kind,
             "status": status,
-            "reason": reason,
-            "message": message,
+            "reason": why,
+            "message": text,
             "observedGeneration": generation,
-            "lastTransitionTime": now if changed or old is None else old.get("lastTransitionTime", now),
+            "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),  # type: ignore[union-attr]
         })
     return result
 
@@ -244,54 +225,126 @@ def _patch_status(namespace: str, name: str, status: Mapping[str, Any]) -> Mappi
 
 
 def _event(body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
-    kopf.event(cast(kopf.Body, body), type=type, reason=reason, message=message)
+    """Post a core/v1 Event on the MigrationJob (written here, not with kopf.event: reconcilers run outside the
+    per-object context kopf's event poster needs)."""
+    meta = body["metadata"]
+    now = dt.datetime.now(dt.UTC)
+    event = {
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "MigrationJob", "name": meta["name"],
+            "namespace": meta["namespace"], "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion"),
+        },
+        "type": type,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": MANAGER},
+        "reportingComponent": MANAGER,
+        "reportingInstance": os.environ.get("POD_ID") or MANAGER,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    try:
+        client.CoreV1Api().create_namespaced_event(meta["namespace"], event)  # type: ignore[arg-type]
+    except ApiException as error:
+        # An Event is a courtesy: failing to post one must not stop the reconcile that decided it.
+        log.warning("event=event-post-failed job=%s/%s reason=%s status=%s", meta["namespace"], meta["name"],
+                    reason, error.status)
 
 
-def _status_for(body: Mapping[str, Any], decision: Decision) -> dict[str, Any]:
+def _abort_source(body: Mapping[str, Any], deleting: bool) -> str:
+    if deleting or body.get("metadata", {}).get("deletionTimestamp"):
+        return "MigrationJob deletion"
+    return "spec.abort" if (body.get("spec") or {}).get("abort") else ""
+
+
+def _status_for(body: Mapping[str, Any], decision: Decision, deleting: bool) -> dict[str, Any]:
     status = body.get("status") or {}
     generation = int(body["metadata"].get("generation") or 0)
-    patch: dict[str, Any] = {"observedGeneration": generation}
+    patch: dict[str, Any] = {}
+    if status.get("observedGeneration") != generation:
+        patch["observedGeneration"] = generation
     progress = progress_status(worker_reports(status))
-    if progress != status.get("progress") and status.get("workers"):
+    if status.get("workers") and progress != status.get("progress"):
         patch["progress"] = progress
-    if decision.phase is None:
-        return patch if len(patch) > 1 else {}
     phase = decision.phase
+    if phase is None or (phase.value == status.get("phase") and decision.message == status.get("message")
+                         and decision.reason == status.get("reason")):
+        return patch
+    patch["observedGeneration"] = generation
     patch.update(
         phase=phase.value,
+        reason=decision.reason,
         message=decision.message,
-        conditions=_conditions(status.get("conditions") or [], phase, decision.reason, decision.message, generation),
+        conditions=_conditions(status.get("conditions") or [], phase, decision.reason, decision.message,
+                               _abort_source(body, deleting), generation),
     )
     now = now_rfc3339()
     if phase is Phase.RUNNING and not status.get("startTime"):
         patch["startTime"] = now
-    if phase is Phase.ABORTING or (phase is Phase.CANCELLED and not status.get("abortRequestedTime")):
-        patch["abortRequestedTime"] = status.get("abortRequestedTime") or now
+    if phase in (Phase.ABORTING, Phase.CANCELLED) and not status.get("abortRequestedTime"):
+        patch["abortRequestedTime"] = now
     if phase.terminal:
         patch["completionTime"] = now
     return patch
 
 
-def reconcile(body: Mapping[str, Any], *, deleting: bool = False) -> tuple[Decision, Mapping[str, Any] | None]:
+@dataclass(frozen=True)
+class Children:
+    """What the indices say about the objects a MigrationJob owns."""
+
+    job_exists: bool = False
+    job_suspended: bool = False
+    job_complete: bool = False
+    job_failed_message: str | None = None
+    pods: tuple[str, ...] = ()  # worker pods not yet finished
+
+
+def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = ADMITTED, *,
+              deleting: bool = False) -> tuple[Decision, Mapping[str, Any] | None]:
     """One step for one MigrationJob; returns what was decided and the object as written (if it was)."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
+    status = body.get("status") or {}
     try:
         spec = MigrationSpec.from_spec(body.get("spec") or {})
     except SpecError as error:
         invalid = Decision(Phase.FAILED, "InvalidSpec", str(error))
-        if (body.get("status") or {}).get("phase") in {p.value for p in Phase if p.terminal}:
+        if status.get("phase") in {p.value for p in Phase if p.terminal}:
             return Decision(), None
-        written = _patch_status(namespace, name, _status_for(body, invalid))
+        written = _patch_status(namespace, name, _status_for(body, invalid, deleting))
         _event(body, type="Warning", reason=invalid.reason, message=invalid.message)
         return invalid, written
 
-    decision = decide(_observe(body, spec, deleting=deleting))
+    phase = Phase(status["phase"]) if status.get("phase") else None
+    reference_error = None
+    if not children.job_exists and phase in (None, Phase.PENDING) and place.admitted and not spec.abort:
+        reference_error = _reference_error(namespace, spec)
+    requested = status.get("abortRequestedTime")
+    decision = decide(Observation(
+        phase=phase,
+        abort_requested=spec.abort or deleting,
+        deleting=deleting,
+        parallelism=spec.parallelism,
+        grace_seconds=spec.abort_grace_period_seconds,
+        now=dt.datetime.now(dt.UTC),
+        abort_requested_at=parse_time(requested) if requested else None,
+        reference_error=reference_error,
+        queue=place,
+        job_exists=children.job_exists,
+        job_complete=children.job_complete,
+        job_failed_message=children.job_failed_message,
+        pods_alive=len(children.pods),
+        workers=worker_reports(status),
+    ))
     if decision.create_job:
         _start_workers(body, spec)
     if decision.stop_job:
-        _stop_workers(namespace, name, kill=decision.kill_pods)
-    patch = _status_for(body, decision)
+        _stop_workers(namespace, name, list(children.pods), suspended=children.job_suspended,
+                      kill=decision.kill_pods)
+    patch = _status_for(body, decision, deleting)
+    phase_changed = "phase" in patch or "message" in patch
     if decision.run_janitor:
         workers_patch = _janitor(body, spec)
         if workers_patch:
@@ -299,62 +352,262 @@ def reconcile(body: Mapping[str, Any], *, deleting: bool = False) -> tuple[Decis
     if not patch:
         return decision, None
     written = _patch_status(namespace, name, patch)
-    if decision.phase is not None:
+    if decision.phase is not None and phase_changed:
         log.info("event=phase job=%s/%s phase=%s reason=%s", namespace, name, decision.phase.value, decision.reason)
         event_type = "Warning" if decision.phase is Phase.FAILED else "Normal"
         _event(body, type=event_type, reason=decision.reason, message=decision.message)
     return decision, written
 
 
-def _workers_settled(body: Mapping[str, Any]) -> bool:
-    parallelism = int((body.get("spec") or {}).get("parallelism", 1))
-    reports = worker_reports(body.get("status") or {})
-    return all(index in reports and reports[index].state.final for index in range(parallelism))
+def _is_final(body: Mapping[str, Any]) -> bool:
+    phase = (body.get("status") or {}).get("phase")
+    return bool(phase) and phase in {p.value for p in Phase if p.terminal}
+
+
+def _resource_version(body: Mapping[str, Any] | None) -> int:
+    return int(((body or {}).get("metadata") or {}).get("resourceVersion") or 0)
+
+
+@dataclass
+class Controller:
+    """The queue, the reconcilers and what they remember between steps; lives on kopf's event loop."""
+
+    max_concurrent_jobs: int = DEFAULT_MAX_CONCURRENT_JOBS
+    queue: WorkQueue[Key] = field(default_factory=WorkQueue)
+    pool: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(RECONCILERS, thread_name_prefix="reconcile"))
+    migrationjobs: Mapping[Key, Any] = field(default_factory=dict)  # kopf indices, bound on the first event
+    jobs: Mapping[Key, Any] = field(default_factory=dict)
+    pods: Mapping[Key, Any] = field(default_factory=dict)
+    last_written: dict[Key, Mapping[str, Any]] = field(default_factory=dict)
+    granted: set[Key] = field(default_factory=set)  # admitted, Job not in the index yet
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def bind(self, migrationjobs: Mapping[Key, Any], jobs: Mapping[Key, Any], pods: Mapping[Key, Any]) -> None:
+        self.migrationjobs, self.jobs, self.pods = migrationjobs, jobs, pods
+
+    def start(self) -> None:
+        self.tasks = [asyncio.create_task(self._reconciler(), name=f"reconciler-{i}") for i in range(RECONCILERS)]
+        self.tasks.append(asyncio.create_task(self._refresh_queue(), name="queue-refresh"))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- observing (event loop only: the indices change on this loop) -------------------------------------------
+
+    def current(self, key: Key) -> Mapping[str, Any] | None:
+        """The freshest copy of one MigrationJob: the index's, or our own last write if that is newer."""
+        store = self.migrationjobs.get(key)
+        live = next(iter(store), None) if store is not None else None
+        mine = self.last_written.get(key)
+        if live is None:
+            return None
+        return mine if mine is not None and _resource_version(mine) > _resource_version(live) else live
+
+    def children(self, key: Key) -> Children:
+        store = self.jobs.get(key)
+        job = next(iter(store), None) if store is not None else None
+        pods = tuple(sorted(p["name"] for p in (self.pods.get(key) or ()) if p["alive"]))
+        if job is None:
+            return Children(pods=pods)
+        return Children(job_exists=True, job_suspended=job["suspended"], job_complete=job["complete"],
+                        job_failed_message=job["failed"], pods=pods)
+
+    def places(self) -> dict[Key, QueuePlace]:
+        entries = []
+        for key in list(self.migrationjobs):
+            body = self.current(key)
+            if body is None:
+                continue
+            final = _is_final(body)
+            has_job = key in self.jobs
+            if final or has_job:
+                self.granted.discard(key)
+            entries.append(QueueEntry(
+                key=key,
+                created=str(body["metadata"].get("creationTimestamp") or ""),
+                holds_slot=not final and (has_job or key in self.granted),
+                waiting=not final and not has_job and key not in self.granted
+                and not body["metadata"].get("deletionTimestamp"),
+            ))
+        return admissions(entries, self.max_concurrent_jobs)
+
+    def kick(self) -> None:
+        """A slot may have freed: wake the jobs that may start now."""
+        for key, place in self.places().items():
+            if place.admitted:
+                self.queue.add(key)
+
+    # -- reconciling ---------------------------------------------------------------------------------------------
+
+    async def _reconciler(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            key = await self.queue.get()
+            try:
+                await self._step(loop, key)
+            except asyncio.CancelledError:
+                raise
+            except ApiException as error:
+                log.warning("event=reconcile-error job=%s/%s status=%s reason=%s", *key, error.status, error.reason)
+                self.queue.add_after(key, 2.0)
+            except Exception:
+                log.exception("event=reconcile-bug job=%s/%s", *key)
+                self.queue.add_after(key, 5.0)
+            finally:
+                self.queue.done(key)
+
+    async def _step(self, loop: asyncio.AbstractEventLoop, key: Key) -> None:
+        body = self.current(key)
+        if body is None:
+            self.last_written.pop(key, None)
+            return
+        if body["metadata"].get("deletionTimestamp") or _is_final(body):
+            return  # the deletion handler takes over; a final job needs nothing more
+        place = ADMITTED
+        children = self.children(key)
+        if not children.job_exists and key not in self.granted:
+            place = self.places().get(key, ADMITTED)
+            if place.admitted:
+                self.granted.add(key)  # before any await: the next admission counts this slot as taken
+        decision, written = await loop.run_in_executor(self.pool, reconcile, body, children, place)
+        if written is not None:
+            self.last_written[key] = written
+        if decision.phase is not None and decision.phase.terminal:
+            self.granted.discard(key)
+            self.last_written.pop(key, None)
+            self.kick()
+            return
+        delay = RESYNC_SECONDS
+        if decision.stop_job and not decision.kill_pods:
+            # The grace period is the one thing that nothing but time ends.
+            current = written or body
+            requested = (current.get("status") or {}).get("abortRequestedTime")
+            grace = int((body.get("spec") or {}).get("abortGracePeriodSeconds", 60))
+            if requested:
+                elapsed = (dt.datetime.now(dt.UTC) - parse_time(requested)).total_seconds()
+                delay = min(delay, max(0.5, grace - elapsed + 0.5))
+        self.queue.add_after(key, delay)
+
+    async def finalize(self, key: Key, body: Mapping[str, Any]) -> bool:
+        """One deletion step; True once the job has stopped and its uploads are cleaned up."""
+        loop = asyncio.get_running_loop()
+        current = self.current(key) or body
+        if _is_final(current):
+            spec = MigrationSpec.from_spec(current.get("spec") or {})
+            leftovers = await loop.run_in_executor(self.pool, _janitor, current, spec)
+            if leftovers:
+                log.info("event=janitor-on-delete job=%s/%s", *key)
+            return True
+        decision, written = await loop.run_in_executor(
+            self.pool, lambda: reconcile(current, self.children(key), deleting=True))
+        if written is not None:
+            self.last_written[key] = written
+        return decision.phase is not None and decision.phase.terminal
+
+    async def _refresh_queue(self) -> None:
+        while True:
+            await asyncio.sleep(QUEUE_REFRESH_SECONDS)
+            for key, place in self.places().items():
+                body = self.current(key)
+                if body is None:
+                    continue
+                if place.admitted or (body.get("status") or {}).get("message") != _queued(place):
+                    self.queue.add(key)
+
+
+def _queued(place: QueuePlace) -> str:
+    return decide(Observation(phase=Phase.PENDING, abort_requested=False, parallelism=1, grace_seconds=0,
+                              now=dt.datetime.now(dt.UTC), queue=place)).message
+
+
+CONTROLLER = Controller()
+
+
+def _key(namespace: str | None, name: str | None) -> Key:
+    return (str(namespace), str(name))
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+async def migrationjob_index(body: kopf.Body, namespace: str | None, name: str | None,
+                             **_: Any) -> dict[Key, dict[str, Any]]:
+    """Every MigrationJob as last seen, so admission can count and order all of them without a LIST."""
+    return {_key(namespace, name): copy.deepcopy(dict(body))}
+
+
+@kopf.index("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGER, LABEL_JOB: kopf.PRESENT})
+async def job_index(body: kopf.Body, namespace: str | None, labels: Mapping[str, str],
+                    **_: Any) -> dict[Key, dict[str, Any]]:
+    """The worker Job of each MigrationJob: whether it is suspended, complete or failed."""
+    conditions = {c.get("type"): c for c in (body.get("status") or {}).get("conditions") or []
+                  if c.get("status") == "True"}
+    failed = conditions.get("Failed")
+    return {_key(namespace, labels[LABEL_JOB]): {
+        "suspended": bool((body.get("spec") or {}).get("suspend")),
+        "complete": "Complete" in conditions,
+        "failed": str(failed.get("message") or failed.get("reason") or "Failed") if failed else None,
+    }}
+
+
+@kopf.index("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGER, LABEL_JOB: kopf.PRESENT})
+async def pod_index(body: kopf.Body, namespace: str | None, name: str | None, labels: Mapping[str, str],
+                    **_: Any) -> dict[Key, dict[str, Any]]:
+    """The worker pods of each MigrationJob, and whether each is still alive (running, pending or terminating)."""
+    phase = (body.get("status") or {}).get("phase")
+    return {_key(namespace, labels[LABEL_JOB]): {"name": str(name), "alive": phase not in ("Succeeded", "Failed")}}
+
+
+def _bind(kwargs: Mapping[str, Any]) -> None:
+    CONTROLLER.bind(kwargs["migrationjob_index"], kwargs["job_index"], kwargs["pod_index"])
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def wake(memo: kopf.Memo, **_: Any) -> None:
-    """Any change to the MigrationJob (spec.abort, a worker's report) wakes its loop at once instead of next tick."""
-    event = memo.get("wake")
-    if isinstance(event, threading.Event):
-        event.set()
+async def migrationjob_event(event: Mapping[str, Any], namespace: str | None, name: str | None,
+                             **kwargs: Any) -> None:
+    """A MigrationJob changed (created, spec.abort, a worker's report): reconcile it."""
+    _bind(kwargs)
+    key = _key(namespace, name)
+    if event.get("type") == "DELETED":
+        CONTROLLER.queue.forget(key)
+        CONTROLLER.last_written.pop(key, None)
+        CONTROLLER.granted.discard(key)
+        CONTROLLER.kick()
+        return
+    CONTROLLER.queue.add(key)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, initial_delay=0, cancellation_timeout=5)
-def supervise(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -> None:
-    """The reconcile loop of one MigrationJob, from creation (or operator start) until it reaches a final phase."""
-    view = _View(body)
-    woken = memo.setdefault("wake", threading.Event())
-    while not stopped:
-        current = view.current()
-        if current.get("metadata", {}).get("deletionTimestamp"):
-            return  # the deletion handler takes over
-        phase = (current.get("status") or {}).get("phase")
-        if phase and Phase(phase).terminal:
-            return
-        written: Mapping[str, Any] | None = None
-        try:
-            written = reconcile(current)[1]
-        except ApiException as error:
-            log.warning("event=reconcile-error job=%s/%s status=%s reason=%s", body.metadata.namespace,
-                        body.metadata.name, error.status, error.reason)
-        if written is not None:
-            view.last_written = written
-        # The tick only matters for what raises no MigrationJob event: pods going away, the grace period running out.
-        # Once every worker has reported its final state, only its pod's exit is awaited: look again soon.
-        woken.wait(SETTLING_TICK_SECONDS if _workers_settled(view.current()) else TICK_SECONDS)
-        woken.clear()
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGER, LABEL_JOB: kopf.PRESENT})
+async def job_event(namespace: str | None, labels: Mapping[str, str], **kwargs: Any) -> None:
+    """A worker Job changed (complete, failed, suspended): reconcile its MigrationJob."""
+    _bind(kwargs)
+    CONTROLLER.queue.add(_key(namespace, labels[LABEL_JOB]))
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGER, LABEL_JOB: kopf.PRESENT})
+async def pod_event(namespace: str | None, labels: Mapping[str, str], **kwargs: Any) -> None:
+    """A worker pod started, ended or went away: reconcile its MigrationJob (abort waits for pods to end)."""
+    _bind(kwargs)
+    CONTROLLER.queue.add(_key(namespace, labels[LABEL_JOB]))
+
+
+@kopf.on.startup()
+async def start_reconcilers(**_: Any) -> None:
+    CONTROLLER.start()
+
+
+@kopf.on.cleanup()
+async def stop_reconcilers(**_: Any) -> None:
+    await CONTROLLER.stop()
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-def finalize(body: kopf.Body, **_: Any) -> None:
+async def finalize(body: kopf.Body, namespace: str | None, name: str | None, **kwargs: Any) -> None:
     """Deleting a MigrationJob aborts it first: workers stop, open uploads are aborted, then the finalizer goes."""
-    phase = (body.get("status") or {}).get("phase")
-    if phase and Phase(phase).terminal:
-        spec = MigrationSpec.from_spec(body.get("spec") or {})
-        if _janitor(body, spec):
-            log.info("event=janitor-on-delete job=%s/%s", body.metadata.namespace, body.metadata.name)
-        return
-    decision = reconcile(body, deleting=True)[0]
-    if decision.phase is None or not decision.phase.terminal:
+    _bind(kwargs)
+    if not await CONTROLLER.finalize(_key(namespace, name), copy.deepcopy(dict(body))):
         raise kopf.TemporaryError("waiting for the workers to stop", delay=1)
+
+

@@ -6,13 +6,14 @@ import argparse
 import logging
 import os
 import random
+import re
 from typing import Any
 
 import kopf
 import kubernetes
 
 from datamover.api import FINALIZER
-from datamover.controller import handlers  # noqa: F401  (registers the handlers with kopf)
+from datamover.controller import handlers  # importing it registers the handlers with kopf
 
 
 @kopf.on.startup()
@@ -21,16 +22,20 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # kopf's own bookkeeping goes to status, never to annotations, so GitOps tools see no drift on metadata.
     settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(field="status.kopf.diffbase")
-    settings.posting.level = logging.INFO
+    # Only warnings become Events from kopf's own log; our phase Events are posted explicitly. (At INFO, kopf would
+    # post an Event for every handled watch event: an API request each.)
+    settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
 
 
-class _QuietWake(logging.Filter):
-    """kopf logs every handler run; the wake-up handler runs on every watch event and says nothing worth a line."""
+class _QuietRoutine(logging.Filter):
+    """kopf logs every handler run; the indexers and event handlers run on every watch event and say nothing."""
+
+    ROUTINE = re.compile(r"^Handler '(\w+_index|\w+_event)' succeeded\.$")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Handler 'wake'" not in record.getMessage()
+        return not self.ROUTINE.match(record.getMessage())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,6 +52,12 @@ def main(argv: list[str] | None = None) -> None:
         "--priority", type=int, default=int(os.environ.get("DATAMOVER_PEERING_PRIORITY") or 0) or None,
         help="kopf peering priority; with --peering the default is a random one per process",
     )
+    parser.add_argument(
+        "--max-concurrent-jobs", type=int,
+        default=int(os.environ.get("DATAMOVER_MAX_CONCURRENT_JOBS") or handlers.DEFAULT_MAX_CONCURRENT_JOBS),
+        help="MigrationJobs whose workers run at once; the rest wait, pending and Queued, in creation order "
+             f"(0 = no limit); default: $DATAMOVER_MAX_CONCURRENT_JOBS, else {handlers.DEFAULT_MAX_CONCURRENT_JOBS}",
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     namespaces = args.namespace or [n for n in os.environ.get("DATAMOVER_NAMESPACES", "").split(",") if n]
@@ -55,7 +66,10 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
     for handler in logging.getLogger().handlers:
-        handler.addFilter(_QuietWake())
+        handler.addFilter(_QuietRoutine())
+    if args.max_concurrent_jobs < 0:
+        parser.error("--max-concurrent-jobs must be 0 (no limit) or more")
+    handlers.CONTROLLER.max_concurrent_jobs = args.max_concurrent_jobs
     kubernetes.config.load_config()  # type: ignore[no-untyped-call]  # KUBECONFIG, else in-cluster
     priority = args.priority
     if args.peering is not None and priority is None:

@@ -152,6 +152,7 @@ class Progress:
     objects_retained: int = 0  # verified at the destination, source kept because abort came before deleting it
     bytes_skipped: int = 0
     bytes_in_progress: int = 0  # bytes of parts already uploaded for large objects still in flight (liveness)
+    destination_written: bool = False  # a write request to the destination has been started
 
 
 class ProgressSink(Protocol):
@@ -191,3 +192,7 @@ class MigrationResult:
     progress: Progress
     error: str | None = None
     failed_keys: tuple[str, ...] = field(default=())
+    # The store error that stopped the whole worker, if one did: its code (e.g. NoSuchBucket, AccessDenied,
+    # Unreachable) and whether it was PERMANENT or TRANSIENT, so callers can say what is wrong without parsing text.
+    fatal_code: str = ""
+    fatal_kind: str = ""

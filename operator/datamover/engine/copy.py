@@ -291,6 +291,7 @@ class ObjectMover:
         if head.size <= ctx.options.multipart_threshold:
             if ctx.server_side:
                 copy.strategy = "server_copy"
+                ctx.tracker.writing()
                 copy.written_etag = ctx.destination.copy_object(ctx.source, head.key, copy.destination_key, head.etag)
                 copy.wrote_destination = True
             else:
@@ -361,6 +362,7 @@ class ObjectMover:
         if head.etag_kind is EtagKind.MD5 and copy.content_md5 != head.etag:
             raise IntegrityError(f"bytes read do not match the source ETag {head.etag} "
                                  f"({ctx.source.describe(head.key)})")
+        ctx.tracker.writing()
         copy.written_etag = ctx.destination.put(copy.destination_key, body, head.attributes, _b64(digest))
         copy.wrote_destination = True
         return True
@@ -377,6 +379,7 @@ class ObjectMover:
                 cache_control=attributes.cache_control, content_disposition=attributes.content_disposition,
                 user_metadata=metadata,
             )
+        ctx.tracker.writing()
         upload_id = ctx.destination.create_multipart(copy.destination_key, attributes)
         copy.upload = OpenUpload(bucket=ctx.destination.bucket, key=copy.destination_key, upload_id=upload_id)
         log.info(kv(event="upload_opened", shard=ctx.shard, key=copy.destination_key, upload_id=upload_id))

@@ -130,7 +130,7 @@ class _Worker:
                        "to": self.state, "on": event, "reason": reason}))
         self.tracker.set_state(str(self.state))
 
-    def _result(self, error: str | None) -> MigrationResult:
+    def _result(self, error: str | None, fatal: StoreError | None = None) -> MigrationResult:
         outcome = {
             WorkerState.SUCCEEDED: Outcome.SUCCEEDED, WorkerState.ABORTED: Outcome.ABORTED,
         }.get(self.state, Outcome.FAILED)
@@ -139,7 +139,8 @@ class _Worker:
                     skipped=progress.objects_skipped, failed=progress.objects_failed,
                     aborted=progress.objects_aborted, retained=progress.objects_retained, error=error))
         failed_keys = tuple(copy.source.key for copy in self.failures)
-        return MigrationResult(outcome=outcome, progress=progress, error=error, failed_keys=failed_keys)
+        return MigrationResult(outcome=outcome, progress=progress, error=error, failed_keys=failed_keys,
+                               fatal_code=fatal.code if fatal else "", fatal_kind=fatal.kind.value if fatal else "")
 
     def run(self) -> MigrationResult:
         if self.abort.requested:
@@ -150,7 +151,7 @@ class _Worker:
             self.destination.check_access()
         except StoreError as error:
             self._transition("fatal_error", error.message)
-            return self._result(error.message)
+            return self._result(error.message, error)
         self._transition("start")
         server_side = self.destination.can_copy_server_side_from(self.source)
         log.info(kv(event="plan", shard=self.shard, source=self.source.describe(),
@@ -244,7 +245,8 @@ class _Worker:
                 return self._result(None)
         if self.state is WorkerState.FAILING:
             self._transition("drained")
-            return self._result(context.fatal_error.message if context.fatal_error else "stopped by an error")
+            fatal = context.fatal_error
+            return self._result(fatal.message if fatal else "stopped by an error", fatal)
         self._transition("drained")
         return self._result(None)
 

@@ -29,6 +29,7 @@ class ProgressTracker:
         self._bytes_in_progress = 0
         self._in_flight: dict[str, None] = {}  # insertion-ordered set of keys being worked on
         self._listing_done = False
+        self._destination_written = False
 
     def snapshot(self) -> Progress:
         with self._lock:
@@ -49,6 +50,7 @@ class ProgressTracker:
             objects_retained=self._counts.get(ObjectState.RETAINED, 0),
             bytes_skipped=self._bytes_skipped,
             bytes_in_progress=self._bytes_in_progress,
+            destination_written=self._destination_written,
         )
 
     def _changed(self, force: bool = False) -> None:
@@ -87,6 +89,13 @@ class ProgressTracker:
         with self._lock:
             self._in_flight[key] = None
             self._changed()
+
+    def writing(self) -> None:
+        """A write to the destination is about to start; the first one is reported at once (the job is past pending)."""
+        with self._lock:
+            if not self._destination_written:
+                self._destination_written = True
+                self._changed(force=True)
 
     def part_done(self, size: int) -> None:
         """A part of a large object is at the destination (not yet verified): progress a caller can show."""

@@ -36,7 +36,15 @@ from datamover.api import (
     worker_reports,
 )
 from datamover.backends import open_store
-from datamover.engine import AbortSignal, MigrationOptions, OpenUpload, Outcome, abort_uploads, migrate
+from datamover.engine import (
+    AbortSignal,
+    MigrationOptions,
+    MigrationResult,
+    OpenUpload,
+    Outcome,
+    abort_uploads,
+    migrate,
+)
 from datamover.locations import s3_config
 from datamover.worker.reporting import StatusReporter
 
@@ -46,6 +54,24 @@ log = logging.getLogger("datamover.worker")
 def _credentials(side: str, env: Mapping[str, str]) -> dict[str, str]:
     keys = SECRET_KEYS_REQUIRED + SECRET_KEYS_OPTIONAL
     return {key: env[credential_env(side, key)] for key in keys if env.get(credential_env(side, key))}
+
+
+# S3 error codes that mean the credentials were refused (HEAD requests report AccessDenied as a bare 403).
+_CREDENTIAL_CODES = frozenset({"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+                               "ExpiredToken", "Credentials"})
+
+
+def failure_reason(result: MigrationResult) -> str:
+    """The condition reason for a failed worker: what a person should go and fix."""
+    if result.fatal_code in ("NoSuchBucket", "404"):
+        return "BucketNotFound"
+    if result.fatal_code in _CREDENTIAL_CODES:
+        return "CredentialsRejected"
+    if result.fatal_kind == "transient":
+        return "EndpointUnreachable"
+    if result.fatal_code or result.fatal_kind:
+        return "StoreRejected"
+    return "ObjectsFailed" if result.progress.objects_failed else "WorkerFailed"
 
 
 def _abort_reason(obj: Mapping[str, Any]) -> str | None:
@@ -118,7 +144,7 @@ def run(env: Mapping[str, str] = os.environ) -> int:
         Outcome.FAILED: WorkerState.FAILED,
     }[result.outcome]
     message = result.error or (abort.reason or "" if final is WorkerState.ABORTED else "")
-    reporter.finish(final, result.progress, message)
+    reporter.finish(final, result.progress, message, failure_reason(result) if final is WorkerState.FAILED else "")
     log.info("event=finished job=%s/%s index=%d state=%s message=%r", namespace, name, index, final.value, message)
     if final is not WorkerState.FAILED:
         return 0

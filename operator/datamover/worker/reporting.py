@@ -36,6 +36,7 @@ class StatusReporter:
         self._uploads: dict[tuple[str, str], UploadRecord] = {(u.key, u.upload_id): u for u in still_open}
         self._sent_at = 0.0
         self._message = ""
+        self._reason = ""
 
     def start(self, *, aborting: bool) -> None:
         with self._lock:
@@ -44,10 +45,12 @@ class StatusReporter:
 
     def on_progress(self, progress: Progress) -> None:
         with self._lock:
+            # The first write is news at once: it is what moves the job from pending to running.
+            first_write = progress.destination_written and not (self._progress and self._progress.destination_written)
             self._progress = progress
             state = WorkerState.ABORTING if progress.state.lower().startswith("abort") else self._state
             changed, self._state = state is not self._state, state
-            if changed or time.monotonic() - self._sent_at >= THROTTLE_SECONDS:
+            if changed or first_write or time.monotonic() - self._sent_at >= THROTTLE_SECONDS:
                 self._send()
 
     def on_upload_opened(self, upload: OpenUpload) -> None:
@@ -60,9 +63,9 @@ class StatusReporter:
             self._uploads.pop((upload.key, upload.upload_id), None)
             self._send(required=True)
 
-    def finish(self, state: WorkerState, progress: Progress, message: str) -> None:
+    def finish(self, state: WorkerState, progress: Progress, message: str, reason: str = "") -> None:
         with self._lock:
-            self._state, self._progress, self._message = state, progress, message
+            self._state, self._progress, self._message, self._reason = state, progress, message, reason
             self._send(required=True)
 
     def _report(self) -> WorkerReport:
@@ -72,12 +75,15 @@ class StatusReporter:
             pod=self._pod,
             heartbeat=now_rfc3339(),
             message=self._message,
+            reason=self._reason,
             objects_total=p.objects_total if p else 0,
             objects_migrated=p.objects_migrated if p else 0,
             objects_skipped=p.objects_skipped if p else 0,
             objects_failed=p.objects_failed if p else 0,
             bytes_total=p.bytes_total if p else 0,
             bytes_migrated=p.bytes_migrated if p else 0,
+            bytes_skipped=p.bytes_skipped if p else 0,
+            destination_written=p.destination_written if p else False,
             listing_done=p.listing_done if p else False,
             open_uploads=tuple(self._uploads.values()),
         )

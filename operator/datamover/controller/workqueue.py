@@ -1,0 +1,70 @@
+"""The operator's one work queue: MigrationJob keys waiting to be reconciled, each at most once, never two at a time.
+
+kopf runs handlers per object, but what wakes a MigrationJob is often another object's event (its Job, its pods) or
+the passing of time (an abort grace period), and kopf has no queue that several resources feed. This is the small
+deduplicating queue that controller-runtime's workqueue is, in asyncio: a key added while it waits is not added
+twice; a key added while it is being reconciled is reconciled once more afterwards; a delayed add keeps only the
+earliest wake-up. It is used from the event loop only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+Key = TypeVar("Key", bound=Hashable)
+
+
+class WorkQueue(Generic[Key]):
+    """A FIFO of distinct keys with 'again after processing' and 'not before t' semantics."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._waiting: set[Key] = set()
+        self._active: set[Key] = set()
+        self._again: set[Key] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+
+    def add(self, key: Key) -> None:
+        if key in self._active:
+            self._again.add(key)
+        elif key not in self._waiting:
+            self._waiting.add(key)
+            self._queue.put_nowait(key)
+
+    def add_after(self, key: Key, delay: float) -> None:
+        """Add `key` after `delay` seconds, unless an earlier delayed add of it is already pending."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        timer = self._timers.get(key)
+        if timer is not None and not timer.cancelled() and timer.when() <= when:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timers[key] = loop.call_at(when, self._fire, key)
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    def forget(self, key: Key) -> None:
+        """Drop a pending delayed add (the object is gone)."""
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    async def get(self) -> Key:
+        key = await self._queue.get()
+        self._waiting.discard(key)
+        self._active.add(key)
+        return key
+
+    def done(self, key: Key) -> None:
+        self._active.discard(key)
+        if key in self._again:
+            self._again.discard(key)
+            self.add(key)
+
+    def __len__(self) -> int:
+        return len(self._waiting)
