@@ -156,6 +156,16 @@ class KubectlError(AssertionError):
         )
 
 
+# Service accounts of this namespace (the operator's) get one audit line per request; nobody else is audited.
+AUDITED_GROUPS = ("system:serviceaccounts:datamover-system",)
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived", "ResponseStarted"],
+    "rules": [{"level": "Metadata", "userGroups": list(AUDITED_GROUPS)}, {"level": "None"}],
+}
+
+
 @dataclass
 class ControlPlane:
     """A running control plane; the node agent and the tests use exactly these fields and methods."""
@@ -171,6 +181,9 @@ class ControlPlane:
     etcd_endpoint: str = ""
     logs: dict[str, Path] = field(default_factory=dict)  # binary name -> log file
     startup_seconds: dict[str, float] = field(default_factory=dict)  # part -> seconds it took to come up
+    # One JSON line per request made by an audited group's users (AUDITED_GROUPS): what bench/operator_scale.py
+    # counts to say how many requests the operator sends.
+    audit_log: Path | None = None
     procs: dict[str, Proc] = field(default_factory=dict, repr=False)
 
     # -- kubeconfigs ---------------------------------------------------------------------------------------------
@@ -334,7 +347,10 @@ def start_control_plane(workdir: Path, *, timeout: float = READY_TIMEOUT) -> Ite
         ca_key_file=ca.key_file,
         etcd_endpoint=f"http://127.0.0.1:{etcd_port}",
         logs={name: logs / f"{name}.log" for name in ("etcd", "kube-apiserver", "kube-controller-manager")},
+        audit_log=logs / "audit.jsonl",
     )
+    audit_policy = workdir / "audit-policy.yaml"
+    audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
     cp._kubeconfig(cp.admin_kubeconfig, {"client-certificate": str(admin_cert), "client-key": str(admin_key)},
                    ADMIN_USER)
     kcm_kubeconfig = cp._kubeconfig(
@@ -389,6 +405,10 @@ def start_control_plane(workdir: Path, *, timeout: float = READY_TIMEOUT) -> Ite
                     "--endpoint-reconciler-type=none",
                     f"--cert-dir={pki / 'apiserver-generated'}",
                     "--profiling=false",
+                    f"--audit-policy-file={audit_policy}",
+                    f"--audit-log-path={cp.audit_log}",
+                    "--audit-log-format=json",
+                    "--audit-log-maxbackup=1",
                     "--v=1",
                 ],
                 cp.logs["kube-apiserver"],

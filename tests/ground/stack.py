@@ -40,6 +40,8 @@ class OperatorProcess:
     def __init__(self, kubeconfig: Path, log_path: Path) -> None:
         self.kubeconfig, self.log_path = kubeconfig, log_path
         self.process: subprocess.Popen[bytes] | None = None
+        # Extra environment for the next start(), e.g. DATAMOVER_MAX_CONCURRENT_JOBS (what Helm values would set).
+        self.env: dict[str, str] = {}
 
     def start(self) -> None:
         port = free_port()
@@ -48,6 +50,7 @@ class OperatorProcess:
             "KUBECONFIG": str(self.kubeconfig),
             "DATAMOVER_WORKER_IMAGE": os.environ.get(E2E_WORKER_IMAGE, "datamover:local"),
             "DATAMOVER_LIVENESS_ENDPOINT": f"http://127.0.0.1:{port}/healthz",
+            **self.env,
         }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

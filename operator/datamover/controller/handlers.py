@@ -74,6 +74,8 @@ RECONCILERS = 8
 RESYNC_SECONDS = 60.0
 # How often queued jobs are told their new place; the place is rewritten only when it changed.
 QUEUE_REFRESH_SECONDS = 10.0
+# How often a deletion looks again whether its workers have stopped.
+FINALIZE_LOOK_SECONDS = 0.5
 # Default of --max-concurrent-jobs: MigrationJobs whose workers run at once (0 = no limit).
 DEFAULT_MAX_CONCURRENT_JOBS = 20
 
@@ -359,6 +361,16 @@ def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = A
     return decision, written
 
 
+def _read_migrationjob(key: Key) -> Mapping[str, Any] | None:
+    try:
+        return cast(Mapping[str, Any], client.CustomObjectsApi().get_namespaced_custom_object(
+            GROUP, VERSION, key[0], PLURAL, key[1]))
+    except ApiException as error:
+        if _not_found(error):
+            return None
+        raise
+
+
 def _is_final(body: Mapping[str, Any]) -> bool:
     phase = (body.get("status") or {}).get("phase")
     return bool(phase) and phase in {p.value for p in Phase if p.terminal}
@@ -492,10 +504,14 @@ class Controller:
                 delay = min(delay, max(0.5, grace - elapsed + 0.5))
         self.queue.add_after(key, delay)
 
-    async def finalize(self, key: Key, body: Mapping[str, Any]) -> bool:
+    async def finalize(self, key: Key) -> bool:
         """One deletion step; True once the job has stopped and its uploads are cleaned up."""
         loop = asyncio.get_running_loop()
-        current = self.current(key) or body
+        # Read, not the index: kopf holds this object's later events (and so its index entry) until the deletion
+        # handler returns, and the janitor must see the workers' latest reports.
+        current = await loop.run_in_executor(self.pool, _read_migrationjob, key)
+        if current is None:
+            return True
         if _is_final(current):
             spec = MigrationSpec.from_spec(current.get("spec") or {})
             leftovers = await loop.run_in_executor(self.pool, _janitor, current, spec)
@@ -604,10 +620,13 @@ async def stop_reconcilers(**_: Any) -> None:
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
-async def finalize(body: kopf.Body, namespace: str | None, name: str | None, **kwargs: Any) -> None:
-    """Deleting a MigrationJob aborts it first: workers stop, open uploads are aborted, then the finalizer goes."""
+async def finalize(namespace: str | None, name: str | None, **kwargs: Any) -> None:
+    """Deleting a MigrationJob aborts it first: workers stop, open uploads are aborted, then the finalizer goes.
+
+    It waits here rather than raising kopf.TemporaryError to be called again: kopf logs every temporary error at
+    ERROR level, and a deletion waiting for its workers is the normal path. Each look reads only the indices.
+    """
     _bind(kwargs)
-    if not await CONTROLLER.finalize(_key(namespace, name), copy.deepcopy(dict(body))):
-        raise kopf.TemporaryError("waiting for the workers to stop", delay=1)
-
-
+    key = _key(namespace, name)
+    while not await CONTROLLER.finalize(key):
+        await asyncio.sleep(FINALIZE_LOOK_SECONDS)
