@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -53,10 +54,16 @@ def _operator_usage(stack: Stack) -> tuple[float, int]:
     return cpu, hwm
 
 
-def _restart_operator(stack: Stack, limit: int) -> None:
+def _restart_operator(stack: Stack, api: client.ApiClient, namespace: str, limit: int) -> None:
+    """Restart with `limit`, and wait until it answers a job: its liveness endpoint is up before its watches are."""
     stack.operator.stop()
     stack.operator.env["DATAMOVER_MAX_CONCURRENT_JOBS"] = str(limit)
     stack.operator.start()
+    warmup = _job(stack, "warm-up", "fleet", "none/", namespace)
+    warmup["spec"]["abort"] = True
+    with FleetWatch(api, namespace) as fleet:
+        create_all(api, namespace, [warmup], fleet)
+        fleet.wait(["warm-up"], lambda t: t.phase in FINAL_PHASES, "answered", timeout=120)
 
 
 def _job(stack: Stack, name: str, bucket: str, prefix: str, dst: str) -> dict[str, Any]:
@@ -89,14 +96,15 @@ def fleet_run(stack: Stack, api: client.ApiClient, namespace: str, jobs: int, li
                                     f"--from-literal=accessKeyId={server.access_key}",
                                     f"--from-literal=secretAccessKey={server.secret_key}")
     stack.cloud_b.client().create_bucket(Bucket=namespace)
-    _restart_operator(stack, limit)
+    _restart_operator(stack, api, namespace, limit)
     cpu0, _ = _operator_usage(stack)
     wall0 = time.time()
     manifests = [_job(stack, f"j-{i:03d}", "fleet", f"p{i:03d}/", namespace) for i in range(jobs)]
     with FleetWatch(api, namespace) as fleet:
         create_all(api, namespace, manifests, fleet)
-        timelines = fleet.wait([m["metadata"]["name"] for m in manifests], lambda t: t.phase in FINAL_PHASES,
-                               "finished", timeout=3600)
+        names = [m["metadata"]["name"] for m in manifests]
+        everything = fleet.wait(names, lambda t: t.phase in FINAL_PHASES, "finished", timeout=3600)
+        timelines = {name: everything[name] for name in names}
         max_holding = fleet.max_holding
     wall1 = time.time()
     cpu1, hwm = _operator_usage(stack)
@@ -117,21 +125,40 @@ def fleet_run(stack: Stack, api: client.ApiClient, namespace: str, jobs: int, li
     print("  by kind: " + ", ".join(f"{k} {v}" for k, v in top))
 
 
+def _worker_pids(job: str) -> list[int]:
+    """Local processes of the node agent's pods for one MigrationJob (read from their environment)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"DATAMOVER_MIGRATIONJOB={job}".encode() in environ and b"DATAMOVER_NAMESPACE=queued" in environ:
+            pids.append(int(proc.name))
+    return pids
+
+
 def queued_cost(stack: Stack, api: client.ApiClient, namespace: str, queued: int, window: float) -> None:
-    """One long job holds the only slot; `queued` jobs wait. Requests in a quiet window, per queued job."""
+    """One job holds the only slot (its worker frozen with SIGSTOP: it reports nothing, so what the window counts is
+    the queue's own cost); `queued` jobs wait. Requests in a quiet window, per queued job."""
     stack.control_plane.kubectl("create", "namespace", namespace)
     for secret, server in (("cloud-a", stack.cloud_a), ("cloud-b", stack.cloud_b)):
         stack.control_plane.kubectl("create", "secret", "generic", secret, "-n", namespace,
                                     f"--from-literal=accessKeyId={server.access_key}",
                                     f"--from-literal=secretAccessKey={server.secret_key}")
     stack.cloud_b.client().create_bucket(Bucket=namespace)
-    _restart_operator(stack, 1)
+    _restart_operator(stack, api, namespace, 1)
     blocker = _job(stack, "blocker", "slow", "", namespace)
     blocker["spec"]["concurrency"] = 1
     manifests = [blocker] + [_job(stack, f"q-{i:03d}", "fleet", f"p{i:03d}/", namespace) for i in range(queued)]
     with FleetWatch(api, namespace) as fleet:
         create_all(api, namespace, manifests[:1], fleet)
         fleet.wait(["blocker"], lambda t: t.running is not None, "running", timeout=120)
+        frozen = _worker_pids("blocker")
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
         create_all(api, namespace, manifests[1:], fleet)
         fleet.wait([m["metadata"]["name"] for m in manifests[1:]], lambda t: "Queued" in t.reasons, "queued",
                    timeout=120)
@@ -140,12 +167,14 @@ def queued_cost(stack: Stack, api: client.ApiClient, namespace: str, queued: int
         time.sleep(window)
         end = time.time()
         still_blocked = fleet.snapshot()["blocker"].phase == "running"
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
     requests = count_requests(stack.control_plane.audit_log or Path("/nonexistent"), start, end)
     total = sum(requests.values())
-    print(f"\n{queued} jobs queued behind one running job (limit 1), {window:.0f} s window"
-          f"{'' if still_blocked else ' (WARNING: the blocker ended inside the window)'}:")
-    print(f"  operator API requests: {total} ({total / window:.2f}/s), "
-          f"{total / window / queued:.4f}/s per queued job (the running job's own reports included)")
+    print(f"\n{queued} jobs queued behind one running job with a frozen worker (limit 1), {window:.0f} s window"
+          f"{'' if still_blocked and frozen else ' (WARNING: the blocker was not frozen throughout)'}:")
+    print(f"  operator API requests: {total} ({total / window:.2f}/s), {total / window / queued:.4f}/s per queued job"
+          + (": " + ", ".join(f"{k} {v}" for k, v in sorted(requests.items())) if requests else ""))
     stack.control_plane.kubectl("delete", "namespace", namespace, "--wait=false")
 
 

@@ -31,8 +31,10 @@ def done(state: WorkerState = WorkerState.SUCCEEDED, failed: int = 0, wrote: boo
     return WorkerReport(state=state, objects_failed=failed, destination_written=wrote)
 
 
-def test_new_job_is_pending_while_its_workers_start() -> None:
+def test_new_job_is_answered_pending_first_and_its_workers_start_next() -> None:
     d = decide(obs())
+    assert d.phase is Phase.PENDING and d.reason == "WorkersStarting" and not d.create_job
+    d = decide(obs(phase=Phase.PENDING))
     assert d.phase is Phase.PENDING and d.reason == "WorkersStarting" and d.create_job
 
 
@@ -63,7 +65,8 @@ def test_abort_before_any_write_ends_cancelled_even_after_workers_started() -> N
 
 
 def test_missing_secret_fails_and_names_it() -> None:
-    d = decide(obs(reference_error=MissingReference("SecretNotFound", "Secret ns/creds not found")))
+    d = decide(obs(phase=Phase.PENDING,
+                   reference_error=MissingReference("SecretNotFound", "Secret ns/creds not found")))
     assert d.phase is Phase.FAILED and d.reason == "SecretNotFound" and "ns/creds" in d.message
     assert not d.create_job
 

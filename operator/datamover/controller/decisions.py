@@ -110,7 +110,9 @@ def decide(obs: Observation) -> Decision:
             return Decision(Phase.FAILED, obs.reference_error.reason, obs.reference_error.message)
         if not obs.queue.admitted:
             return Decision(Phase.PENDING, "Queued", _queued_message(obs.queue))
-        return Decision(Phase.PENDING, "WorkersStarting", f"starting {obs.parallelism} worker(s)", create_job=True)
+        # A new job gets its answer first (one status write); its Job is created on the next step.
+        return Decision(Phase.PENDING, "WorkersStarting", f"starting {obs.parallelism} worker(s)",
+                        create_job=obs.phase is Phase.PENDING)
 
     if obs.phase in (None, Phase.PENDING, Phase.RUNNING):
         # A Job that exists while the phase still says pending means the workers have not written yet (or the

@@ -19,6 +19,7 @@ import base64
 import concurrent.futures
 import copy
 import datetime as dt
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -82,12 +83,19 @@ DEFAULT_MAX_CONCURRENT_JOBS = 20
 Key = tuple[str, str]  # (namespace, name) of a MigrationJob
 
 
+@functools.cache
+def _api_client() -> client.ApiClient:
+    """One client (one connection pool) for every reconciler: `client.CoreV1Api()` alone would build a new pool, and
+    so a new TLS connection, for every request."""
+    return client.ApiClient()
+
+
 def _not_found(error: ApiException) -> bool:
     return bool(error.status == 404)
 
 
 def _read_secret(namespace: str, name: str) -> dict[str, str]:
-    secret = client.CoreV1Api().read_namespaced_secret(name, namespace)
+    secret = client.CoreV1Api(_api_client()).read_namespaced_secret(name, namespace)
     return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
 
 
@@ -115,14 +123,14 @@ def _create(manifest: dict[str, Any]) -> None:
     namespace, kind = manifest["metadata"]["namespace"], manifest["kind"]
     try:
         if kind == "ServiceAccount":
-            client.CoreV1Api().create_namespaced_service_account(namespace, manifest)  # type: ignore[arg-type]
+            client.CoreV1Api(_api_client()).create_namespaced_service_account(namespace, manifest)  # type: ignore[arg-type]
         elif kind == "Role":
-            client.RbacAuthorizationV1Api().create_namespaced_role(namespace, manifest)  # type: ignore[arg-type]
+            client.RbacAuthorizationV1Api(_api_client()).create_namespaced_role(namespace, manifest)  # type: ignore[arg-type]
         elif kind == "RoleBinding":
-            client.RbacAuthorizationV1Api().create_namespaced_role_binding(
+            client.RbacAuthorizationV1Api(_api_client()).create_namespaced_role_binding(
                 namespace, manifest)  # type: ignore[arg-type]
         else:
-            client.BatchV1Api().create_namespaced_job(namespace, manifest)  # type: ignore[arg-type]
+            client.BatchV1Api(_api_client()).create_namespaced_job(namespace, manifest)  # type: ignore[arg-type]
     except ApiException as error:
         if error.status != 409:
             raise
@@ -142,12 +150,13 @@ def _start_workers(body: Mapping[str, Any], spec: MigrationSpec) -> None:
 def _stop_workers(namespace: str, name: str, pods: list[str], *, suspended: bool, kill: bool) -> None:
     if not suspended:
         try:
-            client.BatchV1Api().patch_namespaced_job(resources.child_name(name), namespace, {"spec": {"suspend": True}})
+            client.BatchV1Api(_api_client()).patch_namespaced_job(resources.child_name(name), namespace,
+                                                                  {"spec": {"suspend": True}})
         except ApiException as error:
             if not _not_found(error):
                 raise
     if kill:
-        core = client.CoreV1Api()
+        core = client.CoreV1Api(_api_client())
         for pod in pods:
             try:
                 core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
@@ -220,7 +229,7 @@ def _conditions(current: list[dict[str, Any]], phase: Phase, reason: str, messag
 
 
 def _patch_status(namespace: str, name: str, status: Mapping[str, Any]) -> Mapping[str, Any]:
-    result = client.CustomObjectsApi().patch_namespaced_custom_object_status(
+    result = client.CustomObjectsApi(_api_client()).patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE_PATCH
     )
     return cast(Mapping[str, Any], result)
@@ -247,12 +256,21 @@ def _event(body: Mapping[str, Any], *, type: str, reason: str, message: str) -> 
         "lastTimestamp": now,
         "count": 1,
     }
+    _EVENT_POSTER.submit(_post_event, event)
+
+
+def _post_event(event: dict[str, Any]) -> None:
     try:
-        client.CoreV1Api().create_namespaced_event(meta["namespace"], event)  # type: ignore[arg-type]
+        client.CoreV1Api(_api_client()).create_namespaced_event(event["metadata"]["namespace"],
+                                                                 event)  # type: ignore[arg-type]
     except ApiException as error:
-        # An Event is a courtesy: failing to post one must not stop the reconcile that decided it.
-        log.warning("event=event-post-failed job=%s/%s reason=%s status=%s", meta["namespace"], meta["name"],
-                    reason, error.status)
+        # An Event is a courtesy: failing to post one must not stop or slow the reconcile that decided it.
+        log.warning("event=event-post-failed job=%s/%s reason=%s status=%s", event["metadata"]["namespace"],
+                    event["involvedObject"]["name"], event["reason"], error.status)
+
+
+# Events go out from their own thread, in order, so that a reconcile's next status write never waits for one.
+_EVENT_POSTER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="events")
 
 
 def _abort_source(body: Mapping[str, Any], deleting: bool) -> str:
@@ -321,7 +339,7 @@ def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = A
 
     phase = Phase(status["phase"]) if status.get("phase") else None
     reference_error = None
-    if not children.job_exists and phase in (None, Phase.PENDING) and place.admitted and not spec.abort:
+    if not children.job_exists and phase is Phase.PENDING and place.admitted and not spec.abort:
         reference_error = _reference_error(namespace, spec)
     requested = status.get("abortRequestedTime")
     decision = decide(Observation(
@@ -346,7 +364,9 @@ def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = A
         _stop_workers(namespace, name, list(children.pods), suspended=children.job_suspended,
                       kill=decision.kill_pods)
     patch = _status_for(body, decision, deleting)
-    phase_changed = "phase" in patch or "message" in patch
+    # An Event says what happened: a new phase or reason. A queued job's new place is a status update, not news.
+    before = (status.get("phase"), status.get("reason"))
+    phase_changed = "phase" in patch and (patch["phase"], patch["reason"]) != before
     if decision.run_janitor:
         workers_patch = _janitor(body, spec)
         if workers_patch:
@@ -363,7 +383,7 @@ def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = A
 
 def _read_migrationjob(key: Key) -> Mapping[str, Any] | None:
     try:
-        return cast(Mapping[str, Any], client.CustomObjectsApi().get_namespaced_custom_object(
+        return cast(Mapping[str, Any], client.CustomObjectsApi(_api_client()).get_namespaced_custom_object(
             GROUP, VERSION, key[0], PLURAL, key[1]))
     except ApiException as error:
         if _not_found(error):
@@ -488,6 +508,8 @@ class Controller:
         decision, written = await loop.run_in_executor(self.pool, reconcile, body, children, place)
         if written is not None:
             self.last_written[key] = written
+            if not (body.get("status") or {}).get("phase"):
+                self.queue.add(key)  # answered; now the next step (check references, create the Job) at once
         if decision.phase is not None and decision.phase.terminal:
             self.granted.discard(key)
             self.last_written.pop(key, None)
@@ -581,7 +603,7 @@ def _bind(kwargs: Mapping[str, Any]) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def migrationjob_event(event: Mapping[str, Any], namespace: str | None, name: str | None,
+async def migrationjob_event(event: Mapping[str, Any], body: kopf.Body, namespace: str | None, name: str | None,
                              **kwargs: Any) -> None:
     """A MigrationJob changed (created, spec.abort, a worker's report): reconcile it."""
     _bind(kwargs)
@@ -592,7 +614,9 @@ async def migrationjob_event(event: Mapping[str, Any], namespace: str | None, na
         CONTROLLER.granted.discard(key)
         CONTROLLER.kick()
         return
-    CONTROLLER.queue.add(key)
+    # A job without a phase has had no answer yet: it goes first, so a new job's status comes within a second even
+    # while hundreds of running jobs report progress.
+    CONTROLLER.queue.add(key, urgent=not (body.get("status") or {}).get("phase"))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGER, LABEL_JOB: kopf.PRESENT})

@@ -4,12 +4,14 @@ kopf runs handlers per object, but what wakes a MigrationJob is often another ob
 the passing of time (an abort grace period), and kopf has no queue that several resources feed. This is the small
 deduplicating queue that controller-runtime's workqueue is, in asyncio: a key added while it waits is not added
 twice; a key added while it is being reconciled is reconciled once more afterwards; a delayed add keeps only the
-earliest wake-up. It is used from the event loop only.
+earliest wake-up; an urgent key (a job nobody has answered yet) goes before the others. It is used from the event
+loop only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
@@ -20,18 +22,19 @@ class WorkQueue(Generic[Key]):
     """A FIFO of distinct keys with 'again after processing' and 'not before t' semantics."""
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queue: asyncio.PriorityQueue[tuple[int, int, Key]] = asyncio.PriorityQueue()
+        self._order = itertools.count()
         self._waiting: set[Key] = set()
         self._active: set[Key] = set()
         self._again: set[Key] = set()
         self._timers: dict[Key, asyncio.TimerHandle] = {}
 
-    def add(self, key: Key) -> None:
+    def add(self, key: Key, *, urgent: bool = False) -> None:
         if key in self._active:
             self._again.add(key)
         elif key not in self._waiting:
             self._waiting.add(key)
-            self._queue.put_nowait(key)
+            self._queue.put_nowait((0 if urgent else 1, next(self._order), key))
 
     def add_after(self, key: Key, delay: float) -> None:
         """Add `key` after `delay` seconds, unless an earlier delayed add of it is already pending."""
@@ -55,7 +58,7 @@ class WorkQueue(Generic[Key]):
             timer.cancel()
 
     async def get(self) -> Key:
-        key = await self._queue.get()
+        _, _, key = await self._queue.get()
         self._waiting.discard(key)
         self._active.add(key)
         return key
