@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -249,3 +250,30 @@ def test_destination_written_is_reported_from_the_first_write_only(moto: None) -
     copied = migrate(source, destination, SMALL, AbortSignal(), sink)
     assert copied.progress.destination_written and copied.progress.bytes_skipped == 1
     assert not sink.progress[0].destination_written
+
+
+def test_the_stall_detector_fails_the_worker_naming_the_endpoint(moto: None) -> None:
+    source, destination = store("src", "", "a"), store("dst", "", "b")
+    source.client.put_object(Bucket="src", Key="k", Body=b"x")
+    interrupted = threading.Event()
+    real_list, real_interrupt = source.list_page, source.interrupt
+
+    def hanging_list(prefix: str, token: str | None) -> Any:
+        interrupted.wait(30)  # a request that never gets an answer, until the detector interrupts the store
+        return real_list(prefix, token)
+
+    def interrupt(reason: str) -> None:
+        real_interrupt(reason)
+        interrupted.set()
+
+    source.list_page = hanging_list  # type: ignore[method-assign]
+    source.interrupt = interrupt  # type: ignore[method-assign]
+    source.stalled_for = lambda: 0.0 if interrupted.is_set() else 99.0  # type: ignore[method-assign]
+
+    result = migrate(source, destination, MigrationOptions(**{**SMALL.__dict__, "stall_timeout": 1.0}),
+                     AbortSignal(), RecordingSink())
+
+    assert interrupted.is_set()
+    assert result.outcome is Outcome.FAILED and result.error is not None
+    assert "no answer from endpoint AWS S3" in result.error and "bucket src" in result.error
+    assert "stallTimeoutSeconds=1" in result.error

@@ -282,6 +282,10 @@ class S3Store(ObjectStore):
         if isinstance(error, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError):
             message = f"{operation} failed on {where}: endpoint unreachable after retries"
             return StoreError(ErrorKind.TRANSIENT, message, "Unreachable")
+        if isinstance(error, botocore.exceptions.ReadTimeoutError):
+            message = (f"{operation} failed on {where}: no answer within the {self.config.request_timeout[1]:g} s read "
+                       f"timeout, after retries (stallTimeoutSeconds={self.config.stall_timeout:g})")
+            return StoreError(ErrorKind.TRANSIENT, message, "Stalled")
         return StoreError(ErrorKind.TRANSIENT, f"{operation} failed on {where}: {type(error).__name__}: {error}")
 
     # -- ObjectStore --------------------------------------------------------------------------------------------
