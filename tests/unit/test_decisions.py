@@ -128,6 +128,13 @@ def test_failed_job_reports_the_workers_message() -> None:
     assert d.reason == "WorkerFailed"
 
 
+def test_failed_job_waits_for_its_last_pods_before_the_janitor_runs() -> None:
+    failed = WorkerReport(WorkerState.FAILED, message="boom")
+    d = decide(obs(phase=Phase.RUNNING, job_exists=True, job_failed_message="PodFailurePolicy", pods_alive=1,
+                   workers={0: failed}))
+    assert d == Decision()
+
+
 def test_failed_worker_reason_becomes_the_condition_reason() -> None:
     failed = WorkerReport(WorkerState.FAILED, message="bucket 'x' not found", reason="BucketNotFound")
     d = decide(obs(phase=Phase.RUNNING, job_exists=True, job_failed_message="PodFailurePolicy", workers={0: failed}))

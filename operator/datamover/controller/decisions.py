@@ -121,6 +121,9 @@ def decide(obs: Observation) -> Decision:
             return Decision(Phase.ABORTING, "AbortRequested",
                             f"{_abort_reason(obs)}: stopping workers at their next checkpoint", stop_job=True)
         if obs.job_failed_message is not None:
+            if obs.pods_alive:
+                # The Job controller is stopping the other workers; the janitor must not race one still writing.
+                return Decision()
             failed = _worker_failure(obs.workers)
             if failed is not None:
                 return Decision(Phase.FAILED, failed[0], failed[1], run_janitor=True)
