@@ -89,13 +89,18 @@ def _slot_handover(timelines: dict[str, Timeline]) -> list[float]:
     return handovers
 
 
-def fleet_run(stack: Stack, api: client.ApiClient, namespace: str, jobs: int, limit: int) -> None:
+def _namespace(stack: Stack, namespace: str) -> None:
+    """A namespace with both clouds' Secrets, and a destination bucket of the same name."""
     stack.control_plane.kubectl("create", "namespace", namespace)
     for secret, server in (("cloud-a", stack.cloud_a), ("cloud-b", stack.cloud_b)):
         stack.control_plane.kubectl("create", "secret", "generic", secret, "-n", namespace,
                                     f"--from-literal=accessKeyId={server.access_key}",
                                     f"--from-literal=secretAccessKey={server.secret_key}")
     stack.cloud_b.client().create_bucket(Bucket=namespace)
+
+
+def fleet_run(stack: Stack, api: client.ApiClient, namespace: str, jobs: int, limit: int) -> None:
+    _namespace(stack, namespace)
     _restart_operator(stack, api, namespace, limit)
     cpu0, _ = _operator_usage(stack)
     wall0 = time.time()
@@ -143,12 +148,7 @@ def _worker_pids(job: str) -> list[int]:
 def queued_cost(stack: Stack, api: client.ApiClient, namespace: str, queued: int, window: float) -> None:
     """One job holds the only slot (its worker frozen with SIGSTOP: it reports nothing, so what the window counts is
     the queue's own cost); `queued` jobs wait. Requests in a quiet window, per queued job."""
-    stack.control_plane.kubectl("create", "namespace", namespace)
-    for secret, server in (("cloud-a", stack.cloud_a), ("cloud-b", stack.cloud_b)):
-        stack.control_plane.kubectl("create", "secret", "generic", secret, "-n", namespace,
-                                    f"--from-literal=accessKeyId={server.access_key}",
-                                    f"--from-literal=secretAccessKey={server.secret_key}")
-    stack.cloud_b.client().create_bucket(Bucket=namespace)
+    _namespace(stack, namespace)
     _restart_operator(stack, api, namespace, 1)
     blocker = _job(stack, "blocker", "slow", "", namespace)
     blocker["spec"]["concurrency"] = 1

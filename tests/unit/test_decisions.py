@@ -105,6 +105,12 @@ def test_aborting_ends_aborted_with_janitor_once_pods_are_gone() -> None:
     assert d.phase is Phase.ABORTED and d.run_janitor
 
 
+def test_aborted_move_names_objects_left_in_both_places() -> None:
+    left = WorkerReport(WorkerState.ABORTED, destination_written=True, objects_retained=1, retained_keys=("a/b",))
+    d = decide(obs(phase=Phase.ABORTING, job_exists=True, pods_alive=0, abort_requested=True, workers={0: left}))
+    assert d.phase is Phase.ABORTED and "1 moved object(s) are in both places" in d.message and "a/b" in d.message
+
+
 def test_abort_that_came_too_late_reports_success() -> None:
     d = decide(obs(phase=Phase.ABORTING, job_exists=True, job_complete=True, abort_requested=True,
                    workers={0: done(), 1: done()}))

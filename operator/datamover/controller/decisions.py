@@ -88,6 +88,15 @@ def _wrote(obs: Observation) -> bool:
     return any(report.destination_written for report in obs.workers.values())
 
 
+def _retained_note(obs: Observation) -> str:
+    """Moved objects left in both places (their source delete failed), named, so nobody has to find them."""
+    count = sum(r.objects_retained for r in obs.workers.values())
+    if not count:
+        return ""
+    keys = [k for index in sorted(obs.workers) for k in obs.workers[index].retained_keys][:5]
+    return f"; {count} moved object(s) are in both places because their source delete failed: {', '.join(keys)}"
+
+
 def _abort_reason(obs: Observation) -> str:
     return "MigrationJob deleted" if obs.deleting else "spec.abort"
 
@@ -152,7 +161,8 @@ def decide(obs: Observation) -> Decision:
             return Decision(Phase.CANCELLED, "Cancelled",
                             f"stopped by {_abort_reason(obs)} before any object was written", run_janitor=True)
         return Decision(Phase.ABORTED, "Aborted",
-                        "workers stopped; objects already migrated and verified were kept", run_janitor=True)
+                        "workers stopped; objects already migrated and verified were kept" + _retained_note(obs),
+                        run_janitor=True)
     started = obs.abort_requested_at or obs.now
     if (obs.now - started).total_seconds() >= obs.grace_seconds:
         return Decision(stop_job=True, kill_pods=True)

@@ -23,7 +23,7 @@ import functools
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import kopf
@@ -31,12 +31,14 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from datamover.api import (
+    FINALIZER,
     GROUP,
     LABEL_JOB,
     LABEL_MANAGED_BY,
     MANAGER,
     PLURAL,
     SECRET_KEYS_REQUIRED,
+    TERMINAL_PHASES,
     VERSION,
     Location,
     MigrationSpec,
@@ -372,6 +374,10 @@ def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = A
         pods_alive=len(children.pods),
         workers=worker_reports(status),
     ))
+    if decision.create_job and FINALIZER not in (meta.get("finalizers") or []):
+        # The finalizer (added by kopf once the job holds a slot) must be there before anything needs cleaning up:
+        # its patch is an event, and that event brings the next step.
+        decision = replace(decision, create_job=False)
     if decision.create_job:
         _start_workers(body, spec)
     if decision.stop_job:
@@ -485,7 +491,7 @@ class Controller:
         """A slot may have freed: wake the jobs that may start now."""
         for key, place in self.places().items():
             if place.admitted:
-                self.queue.add(key)
+                self.queue.add(key, urgent=True)
 
     # -- reconciling ---------------------------------------------------------------------------------------------
 
@@ -657,7 +663,24 @@ async def stop_reconcilers(**_: Any) -> None:
     await CONTROLLER.stop()
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL)
+def _worth_finalizing(status: Mapping[str, Any], **_: Any) -> bool:
+    """Whether deleting the job would need cleaning up after: only then does it carry the finalizer.
+
+    A queued job has nothing to clean up, so it gets no finalizer (sparing a metadata patch per job when hundreds are
+    created at once); it gets one when it is admitted, and its Job is created only after that (see reconcile). A
+    final job keeps it only while uploads its workers recorded are still to be closed.
+    """
+    phase = status.get("phase")
+    if phase in (Phase.RUNNING.value, Phase.ABORTING.value):
+        return True
+    if phase == Phase.PENDING.value:
+        return status.get("reason") != "Queued"
+    if phase in {p.value for p in TERMINAL_PHASES}:
+        return any(w.open_uploads or w.upload_intents for w in worker_reports(status).values())
+    return False
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=_worth_finalizing)
 async def finalize(namespace: str | None, name: str | None, **kwargs: Any) -> None:
     """Deleting a MigrationJob aborts it first: workers stop, open uploads are aborted, then the finalizer goes.
 
