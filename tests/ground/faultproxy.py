@@ -228,6 +228,8 @@ class FaultProxy:
         with self._lock:
             sockets = list(self._sockets)
         for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv (close alone would not)
             _reset(sock)
         self._acceptor.join(5)
         for thread in self._threads:
