@@ -287,7 +287,7 @@ def run_stand_in(trial: Trial, crash: CrashTrial, record: Path) -> tuple[int, st
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        if crash.kill == "random_delay" and started.wait(CHILD_TIMEOUT) and not child.poll():
+        if crash.kill == "random_delay" and started.wait(CHILD_TIMEOUT) and child.poll() is None:
             time.sleep(crash.delay)  # the seeded moment of the kill, not a wait for a condition
             child.send_signal(signal.SIGKILL)
         child.wait(CHILD_TIMEOUT)
