@@ -155,6 +155,8 @@ class MigrationSpec:
     concurrency: int = 4
     part_size: int = 16 * 1024 * 1024
     abort_grace_period_seconds: int = 60
+    # No answer from an endpoint for this long while requests wait fails the job, naming the endpoint.
+    stall_timeout_seconds: int = 60
 
     @classmethod
     def from_spec(cls, raw: Mapping[str, Any]) -> MigrationSpec:
@@ -177,6 +179,7 @@ class MigrationSpec:
             concurrency=max(1, int(raw.get("concurrency", 4))),
             part_size=part_size,
             abort_grace_period_seconds=max(0, int(raw.get("abortGracePeriodSeconds", 60))),
+            stall_timeout_seconds=max(1, int(raw.get("stallTimeoutSeconds", 60))),
         )
 
 
@@ -196,6 +199,29 @@ class UploadRecord:
 
 
 @dataclass(frozen=True)
+class IntentRecord:
+    """A destination key a worker may have an upload on since `since` (recorded before CreateMultipartUpload).
+
+    Whoever cleans up lists the key's uploads and aborts those initiated since then (minus a clock-skew allowance),
+    which also finds an upload whose ID never reached status (a crash, or a lost create response).
+    """
+
+    key: str
+    since: dt.datetime  # aware UTC; recorded to the second, rounded down (so the record never claims too late)
+
+    def to_status(self) -> dict[str, str]:
+        return {"key": self.key, "since": self.since.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+    @classmethod
+    def from_status(cls, raw: Mapping[str, Any]) -> IntentRecord:
+        return cls(key=str(raw["key"]), since=parse_time(str(raw["since"])))
+
+
+# How many keys status.workers[i].retainedKeys lists (objectsRetained always counts them all).
+MAX_STATUS_KEYS = 100
+
+
+@dataclass(frozen=True)
 class WorkerReport:
     """status.workers[i]: what worker i last said about itself."""
 
@@ -211,6 +237,11 @@ class WorkerReport:
     bytes_migrated: int = 0
     listing_done: bool = False
     open_uploads: tuple[UploadRecord, ...] = field(default_factory=tuple)
+    upload_intents: tuple[IntentRecord, ...] = field(default_factory=tuple)
+    bytes_skipped: int = 0
+    destination_written: bool = False  # a write request to the destination has started (PUT, create, copy)
+    objects_retained: int = 0  # moved objects in both places: verified copy, but the source delete failed
+    retained_keys: tuple[str, ...] = field(default_factory=tuple)  # the first MAX_STATUS_KEYS of them
 
     def to_status(self) -> dict[str, Any]:
         return {
@@ -226,6 +257,11 @@ class WorkerReport:
             "bytesMigrated": self.bytes_migrated,
             "listingDone": self.listing_done,
             "openUploads": [u.to_status() for u in self.open_uploads],
+            "uploadIntents": [i.to_status() for i in self.upload_intents],
+            "bytesSkipped": self.bytes_skipped,
+            "destinationWritten": self.destination_written,
+            "objectsRetained": self.objects_retained,
+            "retainedKeys": list(self.retained_keys[:MAX_STATUS_KEYS]),
         }
 
     @classmethod
@@ -247,6 +283,11 @@ class WorkerReport:
             bytes_migrated=int(raw.get("bytesMigrated", 0)),
             listing_done=bool(raw.get("listingDone", False)),
             open_uploads=tuple(UploadRecord.from_status(u) for u in raw.get("openUploads") or ()),
+            upload_intents=tuple(IntentRecord.from_status(i) for i in raw.get("uploadIntents") or ()),
+            bytes_skipped=int(raw.get("bytesSkipped", 0)),
+            destination_written=bool(raw.get("destinationWritten", False)),
+            objects_retained=int(raw.get("objectsRetained", 0)),
+            retained_keys=tuple(str(k) for k in raw.get("retainedKeys") or ()),
         )
 
 

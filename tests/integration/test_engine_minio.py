@@ -5,9 +5,11 @@ rclone (which shares no code with ours) checks the results; the invariant is als
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,9 +20,19 @@ from dataclasses import dataclass
 import pytest
 
 from datamover.backends import open_store
-from datamover.backends.base import ObjectStore
+from datamover.backends.base import ObjectAttributes, ObjectStore
 from datamover.backends.s3 import S3Config, S3Store
-from datamover.engine import CHECKPOINTS, AbortSignal, MigrationOptions, OpenUpload, Outcome, abort_uploads, migrate
+from datamover.engine import (
+    CHECKPOINTS,
+    AbortSignal,
+    MigrationOptions,
+    OpenUpload,
+    Outcome,
+    UploadIntent,
+    abort_uploads,
+    close_intended_uploads,
+    migrate,
+)
 from tests.ground.procs import free_port
 from tests.ground.s3 import S3Server, empty_and_delete_bucket, rclone_check
 from tests.unit import RecordingSink, assert_invariant
@@ -110,6 +122,7 @@ def _abort_hook(checkpoint: str, after: int, big_only: bool) -> AbortSignal:
 ABORTS = {
     "before_list_page": (2, False, True),
     "before_object": (5, False, True),
+    "after_create_multipart": (0, True, True),
     "between_parts": (3, True, True),
     "between_chunks": (20, True, True),
     "before_delete_source": (4, False, False),
@@ -141,8 +154,11 @@ def test_abort_at_checkpoint_during_a_mixed_workload(
     assert result.outcome is Outcome.ABORTED, result.error
     counts = assert_invariant(source, destination, workload.originals, remain_source)
     assert counts["untouched"] > 0
-    assert not sink.still_open
+    assert counts["retained"] == 0  # a move is one unit per object: never left in both places by an abort
+    assert not sink.still_open and not sink.still_intended
     assert cloud_b.client().list_multipart_uploads(Bucket=destination_bucket).get("Uploads", []) == []
+    if checkpoint in ("after_create_multipart", "between_parts", "between_chunks"):
+        assert sink.intents and len(sink.cleared) == len(sink.intents)
     if checkpoint in ("between_parts", "between_chunks"):
         assert sink.opened and len(sink.closed) == len(sink.opened)
     if remain_source:
@@ -166,7 +182,7 @@ def test_full_migration_then_rerun_skips_everything(
     _rclone_clean(rclone_check(cloud_a, f"{workload.bucket}/data", cloud_b, f"{destination_bucket}/copy",
                                "--download"))
     head = cloud_b.client().head_object(Bucket=destination_bucket, Key="copy/big-0.bin")
-    assert head["ContentType"] == "application/x-test" and head["Metadata"]["origin"] == "cloud-a"
+    assert head["ContentType"] == "application/x-test" and head["Metadata"] == {"origin": "cloud-a"}
 
     again = migrate(source, destination, MigrationOptions(**OPTIONS), AbortSignal(), RecordingSink())  # type: ignore[arg-type]
     assert again.outcome is Outcome.SUCCEEDED
@@ -235,6 +251,8 @@ def cfg(side):
 
 class PrintingSink:
     def on_progress(self, progress): pass
+    def on_upload_intent(self, i): pass
+    def on_intent_cleared(self, i): pass
     def on_upload_opened(self, u): print(f"UPLOAD_OPENED {u.bucket} {u.key} {u.upload_id}", flush=True)
     def on_upload_closed(self, u): print(f"UPLOAD_CLOSED {u.bucket} {u.key} {u.upload_id}", flush=True)
 
@@ -328,3 +346,55 @@ def test_prefix_with_nothing_in_it_is_a_success_with_zero_objects(
                      MigrationOptions(), AbortSignal(), RecordingSink())
     assert result.outcome is Outcome.SUCCEEDED and result.error is None
     assert result.progress.objects_total == 0 and result.progress.listing_done
+
+
+def test_close_intended_uploads_lists_by_exact_key_under_a_folder_prefix(
+    cloud_b: S3Server, bucket_factory: BucketFactory,
+) -> None:
+    bucket = bucket_factory(cloud_b)
+    store = open_(cloud_b, bucket, "moved/")
+    since = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    ours = store.create_multipart("moved/k", ObjectAttributes())
+    foreign = store.create_multipart("moved/k2", ObjectAttributes())  # another key under the same folder
+
+    cleanup = close_intended_uploads(store, [UploadIntent("moved/k", since)])
+
+    assert [u.upload_id for u in cleanup.aborted] == [ours] and cleanup.unresolved == ()
+    left = cloud_b.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [u["UploadId"] for u in left] == [foreign]
+    store.abort_multipart("moved/k2", foreign)
+
+
+def test_content_language_and_expires_survive_a_multipart_copy(
+    cloud_a: S3Server, cloud_b: S3Server, bucket_factory: BucketFactory,
+) -> None:
+    source_bucket, destination_bucket = bucket_factory(cloud_a), bucket_factory(cloud_b)
+    headers = {"ContentType": "text/plain", "ContentLanguage": "de", "Expires": "Thu, 01 Jan 2099 00:00:00 GMT",
+               "CacheControl": "no-cache", "ContentDisposition": "inline", "Metadata": {"owner": "ops"}}
+    cloud_a.client().put_object(Bucket=source_bucket, Key="big", Body=os.urandom(11 * MiB), **headers)  # type: ignore[arg-type]
+    source, destination = open_(cloud_a, source_bucket), open_(cloud_b, destination_bucket)
+    assert migrate(source, destination, MigrationOptions(**OPTIONS), AbortSignal(),  # type: ignore[arg-type]
+                   RecordingSink()).outcome is Outcome.SUCCEEDED
+    head = cloud_b.client().head_object(Bucket=destination_bucket, Key="big")
+    assert head["Metadata"] == {"owner": "ops"} and head["ContentLanguage"] == "de"
+    assert head["CacheControl"] == "no-cache" and head["ContentDisposition"] == "inline"
+    assert head["ResponseMetadata"]["HTTPHeaders"]["expires"] == "Thu, 01 Jan 2099 00:00:00 GMT"
+    again = migrate(source, destination, MigrationOptions(**OPTIONS), AbortSignal(),  # type: ignore[arg-type]
+                    RecordingSink())
+    assert again.progress.objects_skipped == 1
+
+
+def test_a_blackholed_endpoint_fails_within_the_stall_timeout_naming_it(
+    cloud_b: S3Server, bucket_factory: BucketFactory,
+) -> None:
+    with socket.socket() as hole:  # accepts TCP (the kernel completes the handshake) and never answers
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        endpoint = f"http://127.0.0.1:{hole.getsockname()[1]}"
+        source = open_store(S3Config(bucket="anything", endpoint=endpoint, region="us-east-1", access_key_id="k",
+                                     secret_access_key="do-not-print-me", stall_timeout=4))
+        result = migrate(source, open_(cloud_b, bucket_factory(cloud_b)), MigrationOptions(stall_timeout=4),
+                         AbortSignal(), RecordingSink())
+    assert result.outcome is Outcome.FAILED and result.error is not None
+    assert endpoint in result.error and "stallTimeoutSeconds=4" in result.error
+    assert "do-not-print-me" not in result.error

@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
 from datamover.backends.base import ObjectStore
 from datamover.backends.s3 import S3Config, S3Store
-from datamover.engine import OpenUpload, Progress
+from datamover.engine import OpenUpload, Progress, UploadIntent
 
 REGION = "us-east-1"
+
+# moto 5 answers ListMultipartUploads with a fixed Initiated (2010-11-10): the stores the tests open record when
+# each upload was created and put that time into the listing, as a real store does. Uploads created by another
+# client keep moto's 2010 time (tests use that as "an upload initiated long before our intent").
+_INITIATED: dict[str, dt.datetime] = {}
+
+
+def _record_initiated(parsed: dict[str, Any], **_: Any) -> None:
+    if "UploadId" in parsed:
+        _INITIATED[parsed["UploadId"]] = dt.datetime.now(dt.UTC)
+
+
+def _real_initiated(parsed: dict[str, Any], **_: Any) -> None:
+    for upload in parsed.get("Uploads", []):
+        if upload.get("UploadId") in _INITIATED:
+            upload["Initiated"] = _INITIATED[upload["UploadId"]]
+
+
+def track_initiated(target: S3Store) -> None:
+    for client in (target.client, target.create_client):
+        client.meta.events.register("after-call.s3.CreateMultipartUpload", _record_initiated)
+        client.meta.events.register("after-call.s3.ListMultipartUploads", _real_initiated)
 
 
 @contextmanager
@@ -45,6 +69,7 @@ def store(
         list_page_size=list_page_size,
     )
     opened = S3Store(config)
+    track_initiated(opened)
     if create:
         with suppress(opened.client.exceptions.BucketAlreadyOwnedByYou):
             opened.client.create_bucket(Bucket=bucket)
@@ -59,6 +84,19 @@ class RecordingSink:
         self.progress: list[Progress] = []
         self.opened: list[OpenUpload] = []
         self.closed: list[OpenUpload] = []
+        self.intents: list[UploadIntent] = []
+        self.cleared: list[UploadIntent] = []
+        self.events: list[tuple[str, str]] = []  # (what, key) in the order the engine said it
+
+    def on_upload_intent(self, intent: UploadIntent) -> None:
+        with self.lock:
+            self.intents.append(intent)
+            self.events.append(("intent", intent.key))
+
+    def on_intent_cleared(self, intent: UploadIntent) -> None:
+        with self.lock:
+            self.cleared.append(intent)
+            self.events.append(("cleared", intent.key))
 
     def on_progress(self, progress: Progress) -> None:
         with self.lock:
@@ -67,10 +105,17 @@ class RecordingSink:
     def on_upload_opened(self, upload: OpenUpload) -> None:
         with self.lock:
             self.opened.append(upload)
+            self.events.append(("opened", upload.key))
 
     def on_upload_closed(self, upload: OpenUpload) -> None:
         with self.lock:
             self.closed.append(upload)
+            self.events.append(("closed", upload.key))
+
+    @property
+    def still_intended(self) -> list[UploadIntent]:
+        with self.lock:
+            return [intent for intent in self.intents if intent not in self.cleared]
 
     @property
     def still_open(self) -> list[OpenUpload]:

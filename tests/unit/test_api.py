@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from datamover.api import (
+    IntentRecord,
     MigrationSpec,
     SpecError,
     UploadRecord,
@@ -24,6 +27,8 @@ def test_defaults_follow_the_schema() -> None:
     assert spec.remain_source and not spec.abort and spec.parallelism == 1 and spec.part_size == 16 * 1024**2
     assert spec.source.secret_name == "s" and spec.destination.secret_name is None
     assert spec.abort_grace_period_seconds == 60
+    assert spec.stall_timeout_seconds == 60
+    assert MigrationSpec.from_spec({**SPEC, "stallTimeoutSeconds": 20}).stall_timeout_seconds == 20
 
 
 @pytest.mark.parametrize(("text", "size"), [("5Mi", 5 * 1024**2), ("1Gi", 1024**3), ("64M", 64 * 10**6),
@@ -62,3 +67,20 @@ def test_progress_sums_workers_and_renders_columns() -> None:
     assert progress["objects"] == "3/4" and progress["objectsTotal"] == 4
     assert progress["bytes"] == "2.0KiB/4.0KiB"
     assert progress["percent"] == "75%"
+
+
+def test_intents_and_the_new_counters_round_trip_through_status() -> None:
+    since = dt.datetime(2025, 1, 2, 3, 4, 5, 999999, tzinfo=dt.UTC)
+    report = WorkerReport(
+        state=WorkerState.RUNNING, upload_intents=(IntentRecord("moved/a b", since),), bytes_skipped=7,
+        destination_written=True, objects_retained=1, retained_keys=("k",),
+    )
+    raw = report.to_status()
+    # RFC 3339 with seconds, rounded down: the record never claims an intent later than it was.
+    assert raw["uploadIntents"] == [{"key": "moved/a b", "since": "2025-01-02T03:04:05Z"}]
+    assert raw["destinationWritten"] is True and raw["bytesSkipped"] == 7
+    assert raw["objectsRetained"] == 1 and raw["retainedKeys"] == ["k"]
+    back = WorkerReport.from_status(raw)
+    assert back.upload_intents == (IntentRecord("moved/a b", since.replace(microsecond=0)),)
+    assert back.destination_written and back.bytes_skipped == 7 and back.retained_keys == ("k",)
+    assert WorkerReport.from_status({"state": "running"}).upload_intents == ()

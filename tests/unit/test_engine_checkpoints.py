@@ -22,6 +22,7 @@ OPTIONS = dict(part_size=5 * MiB, multipart_threshold=5 * MiB, chunk_size=256 * 
 ABORT_AT = {
     "before_list_page": 1,  # the second page
     "before_object": 4,
+    "after_create_multipart": 0,  # the first multipart upload, right after its create returned
     "between_parts": 1,
     "between_chunks": 12,
     "before_delete_source": 2,
@@ -43,7 +44,8 @@ def workload() -> Iterator[tuple[S3Store, S3Store, dict[str, str]]]:
 
 def test_the_checkpoint_names_are_the_ones_the_issue_asks_for() -> None:
     assert CHECKPOINTS == (
-        "before_list_page", "before_object", "between_parts", "between_chunks", "before_delete_source",
+        "before_list_page", "before_object", "after_create_multipart", "between_parts", "between_chunks",
+        "before_delete_source",
     )
     assert set(ABORT_AT) == set(CHECKPOINTS)
 
@@ -73,8 +75,12 @@ def test_abort_at_checkpoint_leaves_every_object_untouched_or_verified(
     counts = assert_invariant(source, destination, originals, remain_source)
     assert counts["untouched"] > 0, "abort came too late to test anything"
     assert not sink.still_open, "an announced upload was never closed"
+    assert not sink.still_intended, "an upload intent was never cleared"
     assert result.progress.objects_migrated == counts["migrated"]
-    assert result.progress.objects_retained == counts["retained"]
+    # A move is one unit per object: abort at before_delete_source finishes that delete, nothing is in both places.
+    assert counts["retained"] == 0 and result.progress.objects_retained == 0
+    if checkpoint in ("after_create_multipart", "between_parts", "between_chunks"):
+        assert sink.intents, "no multipart upload was in flight when abort came"
     if checkpoint in ("between_parts", "between_chunks"):
         assert sink.opened, "no multipart upload was in flight when abort came"
 
@@ -84,7 +90,7 @@ def test_abort_at_checkpoint_leaves_every_object_untouched_or_verified(
     assert rerun.outcome is Outcome.SUCCEEDED, rerun.error
     if remain_source:
         assert rerun.progress.objects_skipped == counts["migrated"]
-    else:  # moved objects are gone from the source; retained ones are recognised and only their source deleted
+    else:  # moved objects are gone from the source
         assert rerun.progress.objects_total == len(originals) - counts["migrated"]
     final = assert_invariant(source, destination, originals, remain_source)
     assert final["untouched"] == 0 and final["retained"] == 0
@@ -114,3 +120,27 @@ def test_abort_from_another_thread_stops_a_large_download_within_a_chunk(
     assert chunks_after_abort.count("between_chunks") <= OPTIONS["part_concurrency"] + OPTIONS["concurrency"]
     assert_invariant(source, destination, originals, remain_source=True)
     assert not sink.still_open
+
+
+def test_abort_at_before_delete_source_finishes_that_move(
+    workload: tuple[S3Store, S3Store, dict[str, str]],
+) -> None:
+    source, destination, originals = workload
+    seen: list[str] = []
+
+    def hook(checkpoint: str, key: str | None) -> None:
+        if checkpoint == "before_delete_source" and not abort.requested:
+            assert key is not None
+            seen.append(key)
+            abort.request("test: abort while the first verified object is about to lose its source")
+
+    abort = AbortSignal(on_checkpoint=hook)
+    result = migrate(source, destination, MigrationOptions(remain_source=False, **OPTIONS), abort, RecordingSink())
+
+    assert result.outcome is Outcome.ABORTED, result.error
+    [key] = seen
+    destination_key = destination.prefix + key[len(source.prefix):]
+    assert source.head(key) is None, "the source of a verified copy was kept after abort"
+    assert destination.head(destination_key) is not None
+    counts = assert_invariant(source, destination, originals, remain_source=False)
+    assert counts["retained"] == 0 and counts["migrated"] >= 1

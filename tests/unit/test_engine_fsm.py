@@ -62,9 +62,19 @@ def test_every_state_is_reachable_and_every_path_can_end() -> None:
         assert _reachable(state, dict(OBJECT_TRANSITIONS)) & OBJECT_TERMINAL, state
 
 
-def test_every_non_terminal_object_state_can_be_aborted() -> None:
-    for state in set(ObjectState) - OBJECT_TERMINAL:
+def test_every_non_terminal_object_state_but_deleting_source_can_be_aborted() -> None:
+    for state in set(ObjectState) - OBJECT_TERMINAL - {ObjectState.DELETING_SOURCE}:
         assert (state, "abort") in OBJECT_TRANSITIONS, state
+
+
+def test_a_move_is_one_unit_once_verified() -> None:
+    # Abort never stops a verified object before its source delete; a failed delete is "retained" (both places).
+    assert (ObjectState.DELETING_SOURCE, "abort") not in OBJECT_TRANSITIONS
+    assert {event for (state, event) in OBJECT_TRANSITIONS if state is ObjectState.DELETING_SOURCE} == {
+        "source_deleted", "delete_failed"}
+    assert OBJECT_TRANSITIONS[(ObjectState.DELETING_SOURCE, "delete_failed")] is ObjectState.RETAINED
+    assert {source for (source, _), target in OBJECT_TRANSITIONS.items() if target is ObjectState.RETAINED} == {
+        ObjectState.DELETING_SOURCE}
 
 
 def test_abort_never_deletes_an_unverified_source() -> None:

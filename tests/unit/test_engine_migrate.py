@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from datamover.backends.base import ObjectAttributes
+from datamover.backends.base import ErrorKind, ObjectAttributes, StoreError
 from datamover.backends.s3 import S3Store
 from datamover.engine import (
     AbortSignal,
@@ -74,10 +74,11 @@ def test_copies_awkward_keys_zero_byte_and_multipart_with_prefixes(moto: None) -
     assert sink.progress[-1] == result.progress
 
 
-def test_metadata_is_preserved_on_every_strategy(moto: None) -> None:
+def test_metadata_is_exact_on_every_strategy(moto: None) -> None:
     headers = {
         "ContentType": "text/csv", "ContentEncoding": "gzip", "CacheControl": "max-age=60",
-        "ContentDisposition": 'attachment; filename="r.csv"', "Metadata": {"owner": "ops", "k-2": "v 2"},
+        "ContentDisposition": 'attachment; filename="r.csv"', "ContentLanguage": "de-CH",
+        "Expires": "Wed, 21 Oct 2099 07:28:00 GMT", "Metadata": {"owner": "ops", "k-2": "v 2"},
     }
     source = store("src", "", "a")
     put(source, "small", b"x" * 100, **headers)
@@ -91,8 +92,9 @@ def test_metadata_is_preserved_on_every_strategy(moto: None) -> None:
             assert head["ContentEncoding"] == "gzip"
             assert head["CacheControl"] == "max-age=60"
             assert head["ContentDisposition"] == 'attachment; filename="r.csv"'
-            metadata = {k: v for k, v in head["Metadata"].items() if k != "datamover-source-etag"}
-            assert metadata == {"owner": "ops", "k-2": "v 2"}
+            assert head["ContentLanguage"] == "de-CH"
+            assert head["ResponseMetadata"]["HTTPHeaders"]["expires"] == "Wed, 21 Oct 2099 07:28:00 GMT"
+            assert head["Metadata"] == {"owner": "ops", "k-2": "v 2"}  # exactly: nothing of ours added
 
 
 def test_rerun_skips_identical_objects_and_recopies_changed_ones(moto: None) -> None:
@@ -129,6 +131,23 @@ def test_move_deletes_source_only_after_verification(moto: None) -> None:
     assert keys(source) == set()
     # At the moment each source was about to be deleted, its destination copy was already complete.
     assert sorted(order) == sorted((key, hashlib.md5(body).hexdigest()) for key, body in bodies.items())
+
+
+def test_a_failed_source_delete_is_reported_as_in_both_places(moto: None) -> None:
+    source, destination = store("src", "", "a"), store("dst", "", "b")
+    put(source, "stays", b"alpha")
+
+    def failing_delete(key: str) -> None:
+        raise StoreError(ErrorKind.TRANSIENT, f"DeleteObject failed on bucket src key {key!r}: SlowDown")
+
+    source.delete = failing_delete  # type: ignore[method-assign]
+    options = MigrationOptions(**{**SMALL.__dict__, "remain_source": False})
+    result = migrate(source, destination, options, AbortSignal(), RecordingSink())
+    assert result.outcome is Outcome.FAILED
+    assert result.retained_keys == ("stays",) and result.progress.retained_keys == ("stays",)
+    assert result.progress.objects_retained == 1 and result.progress.objects_failed == 0
+    assert result.error is not None and "both places" in result.error
+    assert read(source, "stays") == b"alpha" and read(destination, "stays") == b"alpha"
 
 
 def test_move_of_an_already_identical_object_deletes_the_source(moto: None) -> None:
@@ -301,7 +320,9 @@ def test_small_objects_cost_one_get_and_one_put_and_reruns_cost_no_request_per_o
     calls.clear()
     rerun = migrate(source, destination, SMALL, AbortSignal(), RecordingSink())
     assert rerun.progress.objects_skipped == 30
-    assert set(calls) == {"HeadBucket", "ListObjectsV2"}
+    # Same size is never enough: one HEAD per side compares content headers, user metadata and ETags exactly.
+    per_operation = {name: calls.count(name) for name in set(calls)}
+    assert per_operation == {"HeadBucket": 2, "ListObjectsV2": 2, "HeadObject": 60}
 
 
 def test_without_listing_permission_on_the_destination_objects_are_checked_with_head(moto: None) -> None:

@@ -8,13 +8,10 @@ checkpoints, sharding or Kubernetes.
 from __future__ import annotations
 
 import abc
+import datetime as dt
 import enum
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-
-# User-metadata key under which a multipart copy records the source ETag it was made from: a multipart copy's own
-# ETag can never equal a single-part source's MD5, and without this a re-run could not tell it is already done.
-SOURCE_ETAG_METADATA_KEY = "datamover-source-etag"
 
 
 @dataclass(frozen=True)
@@ -34,6 +31,8 @@ class ObjectAttributes:
     content_encoding: str | None = None
     cache_control: str | None = None
     content_disposition: str | None = None
+    content_language: str | None = None
+    expires: str | None = None  # the Expires header exactly as the store returned it (an HTTP date, usually)
     user_metadata: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -70,6 +69,7 @@ class MultipartUploadRef:
 
     key: str
     upload_id: str
+    initiated: dt.datetime  # aware UTC, the store's clock: tells an upload of ours (after our intent) from others
 
 
 class ErrorKind(enum.Enum):
@@ -139,6 +139,10 @@ class ObjectStore(abc.ABC):
         """Stream the object (or the inclusive byte range start..end); fail PRECONDITION if its ETag is not if_match."""
 
     @abc.abstractmethod
+    def first_part_size(self, key: str) -> int | None:
+        """Size of part 1 of a multipart object (HEAD with PartNumber=1), or None if the store cannot say."""
+
+    @abc.abstractmethod
     def put(self, key: str, body: bytes, attributes: ObjectAttributes, content_md5: str) -> str:
         """Store a whole object in one request; the store checks body against content_md5 (base64).
 
@@ -163,7 +167,11 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def list_multipart_uploads(self, prefix: str) -> Iterator[MultipartUploadRef]:
-        """Every multipart upload still open under `prefix`."""
+        """Every multipart upload still open under `prefix`, with the time the store says it was initiated.
+
+        Some stores (MinIO) list nothing for a folder-like prefix while uploads are open below it: callers that
+        look for uploads on one key pass the exact key as prefix and filter on `key`.
+        """
 
     @abc.abstractmethod
     def can_copy_server_side_from(self, source: ObjectStore) -> bool:
@@ -183,3 +191,13 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Delete one object (no error if it is already gone)."""
+
+    # Optional capability (a default that does nothing): liveness, for the engine's stall detector.
+
+    def stalled_for(self) -> float:
+        """Seconds that requests have been waiting with no answer from the endpoint (0 if nothing is waiting)."""
+        return 0.0
+
+    def interrupt(self, reason: str) -> None:
+        """Make every further request (and retry) fail at once with StoreError(PERMANENT, reason)."""
+        return None

@@ -1,14 +1,20 @@
 """Every S3-compatible store (AWS, MinIO, Ceph RGW, GCS interop, OBS, COS, OSS) behind `ObjectStore`, through boto3.
 
 Retries of whole requests are botocore's (standard mode: exponential backoff with jitter on 5xx, throttling,
-connection errors and timeouts, bounded by `max_attempts`); this module only classifies what is left once botocore
-gives up, so the engine can tell "retry later / fail this object" from "the configuration is wrong, stop".
+connection errors and timeouts, bounded by `max_attempts`), except CreateMultipartUpload, which is sent once and
+reconciled by the engine (a retried create can leave an upload whose ID nobody saw). This module classifies what is
+left once botocore gives up, so the engine can tell "retry later / fail this object" from "the configuration is
+wrong, stop", and watches whether the endpoint still answers (`stalled_for`, `interrupt`) so a blackholed endpoint
+fails within the configured stall timeout instead of after every retry has timed out.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -70,6 +76,10 @@ class S3Config:
     max_attempts: int = 5
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    # No answer from the endpoint for this long while requests wait = stalled (spec.stallTimeoutSeconds). Each
+    # request's connect and read timeouts are capped at a quarter of it (see request_timeout), so once the engine's
+    # stall detector interrupts the store, every request in flight ends within the bound.
+    stall_timeout: float = 60.0
     # Connection pool size; must cover the engine's objects in flight plus parts in flight.
     max_pool_connections: int = 32
     # Keys per ListObjectsV2 page (S3 caps it at 1000); smaller pages mean more abort checkpoints while listing.
@@ -82,6 +92,18 @@ class S3Config:
             raise ValueError(f"addressing_style must be auto, path or virtual, not {self.addressing_style!r}")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if self.stall_timeout <= 0:
+            raise ValueError("stall_timeout must be positive")
+
+    @property
+    def request_timeout(self) -> tuple[float, float]:
+        """(connect, read) timeout of each request: the configured ones, capped at stall_timeout / 4.
+
+        The engine declares a stall after 3/4 of stall_timeout without an answer and interrupts the store; the
+        attempts then on the wire end within one read timeout, so the whole failure fits in stall_timeout.
+        """
+        cap = self.stall_timeout / 4
+        return min(self.connect_timeout, cap), min(self.read_timeout, cap)
 
 
 def _strip_etag(etag: str | None) -> str:
@@ -103,12 +125,53 @@ def etag_kind(etag: str, encryption: str | None, customer_key: bool) -> EtagKind
     return EtagKind.OPAQUE
 
 
+class Interrupted(Exception):
+    """Raised (from a botocore before-send hook) into every attempt after `interrupt()`: botocore does not retry it."""
+
+
+class _Liveness:
+    """Whether the endpoint still answers: attempts waiting, and when an answer (any HTTP response, or body bytes)
+    last arrived. Fed by botocore events (before-send / needs-retry fire once per attempt) and by body reads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._waiting_since = 0.0
+        self._last_answer = time.monotonic()
+        self.interrupted: str | None = None
+
+    def attempt_started(self, **_: Any) -> None:
+        if self.interrupted is not None:
+            raise Interrupted(self.interrupted)
+        with self._lock:
+            if self._pending == 0:
+                self._waiting_since = time.monotonic()
+            self._pending += 1
+
+    def attempt_ended(self, response: Any = None, **_: Any) -> None:
+        with self._lock:
+            self._pending = max(0, self._pending - 1)
+            if response is not None:
+                self._last_answer = time.monotonic()
+
+    def answered(self) -> None:
+        with self._lock:
+            self._last_answer = time.monotonic()
+
+    def stalled_for(self) -> float:
+        with self._lock:
+            if self._pending == 0:
+                return 0.0
+            return time.monotonic() - max(self._last_answer, self._waiting_since)
+
+
 class _S3Stream(ByteStream):
     """A GetObject body whose wire errors become StoreError(TRANSIENT), so the engine can re-request the range."""
 
-    def __init__(self, body: Any, where: str, head: ObjectHead) -> None:
+    def __init__(self, body: Any, where: str, head: ObjectHead, liveness: _Liveness) -> None:
         self._body = body
         self._where = where
+        self._liveness = liveness
         self.head = head
 
     def read(self, size: int) -> bytes:
@@ -116,6 +179,7 @@ class _S3Stream(ByteStream):
             data: bytes = self._body.read(size)
         except (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError, OSError) as error:
             raise StoreError(ErrorKind.TRANSIENT, f"download interrupted on {self._where}: {error}") from error
+        self._liveness.answered()  # a long body still flowing is an endpoint that answers
         return data
 
     def close(self) -> None:
@@ -125,14 +189,38 @@ class _S3Stream(ByteStream):
 class S3Store(ObjectStore):
     """One bucket of an S3-compatible service."""
 
-    def __init__(self, config: S3Config, client: S3Client | None = None) -> None:
+    def __init__(self, config: S3Config, client: S3Client | None = None,
+                 create_client: S3Client | None = None) -> None:
         self.config = config
         self.bucket = config.bucket
         self.prefix = config.prefix
         self.client: S3Client = client if client is not None else self._make_client(config)
+        # CreateMultipartUpload goes through a client that never retries: if a create's response is lost (reset,
+        # timeout), botocore's retry would open a second upload and the first one's ID would never be seen by
+        # anybody. Sent once, a failed create is reconciled by the engine instead (list the key's uploads, abort
+        # ours, create again). A whole second client is botocore's supported way to give one operation its own
+        # retry policy (the retry handler cannot be vetoed per operation through events).
+        if create_client is not None:
+            self.create_client: S3Client = create_client
+        elif client is not None:
+            self.create_client = client  # a caller-supplied client: the caller owns its retry policy
+        else:
+            self.create_client = self._make_client(config, max_attempts=1)
+        self._liveness = _Liveness()
+        for each in {id(self.client): self.client, id(self.create_client): self.create_client}.values():
+            each.meta.events.register("before-send.s3", self._liveness.attempt_started)
+            each.meta.events.register("needs-retry.s3", self._liveness.attempt_ended)
+
+    def stalled_for(self) -> float:
+        return self._liveness.stalled_for()
+
+    def interrupt(self, reason: str) -> None:
+        # Every further attempt (botocore's retries included) fails at once with this reason; the attempts already
+        # on the wire end within one request timeout.
+        self._liveness.interrupted = reason
 
     @staticmethod
-    def _make_client(config: S3Config) -> S3Client:
+    def _make_client(config: S3Config, max_attempts: int | None = None) -> S3Client:
         if config.insecure_skip_tls_verify:
             # Explicit opt-in for self-signed lab endpoints; said out loud because it disables server authentication.
             log.warning("event=tls_verification_disabled endpoint=%s bucket=%s", config.endpoint, config.bucket)
@@ -146,9 +234,9 @@ class S3Store(ObjectStore):
             }
         botocore_config = botocore.config.Config(
             region_name=config.region,
-            retries={"mode": "standard", "total_max_attempts": config.max_attempts},
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.read_timeout,
+            retries={"mode": "standard", "total_max_attempts": max_attempts or config.max_attempts},
+            connect_timeout=config.request_timeout[0],
+            read_timeout=config.request_timeout[1],
             max_pool_connections=config.max_pool_connections,
             s3={"addressing_style": config.addressing_style},
             **checksum_options,
@@ -172,6 +260,8 @@ class S3Store(ObjectStore):
 
     def _error(self, operation: str, key: str | None, error: Exception) -> StoreError:
         where = self.describe(key)
+        if isinstance(error, Interrupted):
+            return StoreError(ErrorKind.PERMANENT, str(error), "Stalled")
         if isinstance(error, botocore.exceptions.ClientError):
             code = str(error.response.get("Error", {}).get("Code", ""))
             message = str(error.response.get("Error", {}).get("Message", "")) or code
@@ -192,6 +282,10 @@ class S3Store(ObjectStore):
         if isinstance(error, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError):
             message = f"{operation} failed on {where}: endpoint unreachable after retries"
             return StoreError(ErrorKind.TRANSIENT, message, "Unreachable")
+        if isinstance(error, botocore.exceptions.ReadTimeoutError):
+            message = (f"{operation} failed on {where}: no answer within the {self.config.request_timeout[1]:g} s read "
+                       f"timeout, after retries (stallTimeoutSeconds={self.config.stall_timeout:g})")
+            return StoreError(ErrorKind.TRANSIENT, message, "Stalled")
         return StoreError(ErrorKind.TRANSIENT, f"{operation} failed on {where}: {type(error).__name__}: {error}")
 
     # -- ObjectStore --------------------------------------------------------------------------------------------
@@ -209,7 +303,7 @@ class S3Store(ObjectStore):
                     ErrorKind.PERMANENT, f"access denied (wrong credentials or no permission): {self.describe()}", code,
                 ) from error
             raise self._error("HeadBucket", None, error) from error
-        except (botocore.exceptions.BotoCoreError, OSError) as error:
+        except (botocore.exceptions.BotoCoreError, OSError, Interrupted) as error:
             raise self._error("HeadBucket", None, error) from error
 
     def list_page(self, prefix: str, token: str | None) -> ListPage:
@@ -218,7 +312,7 @@ class S3Store(ObjectStore):
             kwargs["ContinuationToken"] = token
         try:
             response = self.client.list_objects_v2(**kwargs)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
             raise self._error("ListObjectsV2", prefix, error) from error
         objects = [
             ObjectSummary(key=item["Key"], size=int(item.get("Size", 0)), etag=_strip_etag(item.get("ETag")))
@@ -230,7 +324,7 @@ class S3Store(ObjectStore):
     def head(self, key: str) -> ObjectHead | None:
         try:
             response = self.client.head_object(Bucket=self.bucket, Key=key)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
             store_error = self._error("HeadObject", key, error)
             if store_error.kind is ErrorKind.NOT_FOUND:
                 return None
@@ -245,6 +339,10 @@ class S3Store(ObjectStore):
             content_encoding=response.get("ContentEncoding"),
             cache_control=response.get("CacheControl"),
             content_disposition=response.get("ContentDisposition"),
+            content_language=response.get("ContentLanguage"),
+            # The raw header, not botocore's parsed datetime: an exact copy carries the same text.
+            expires=(response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("expires")
+                     or response.get("ExpiresString")),
             user_metadata=dict(response.get("Metadata", {})),
         )
         etag = _strip_etag(response.get("ETag"))
@@ -259,13 +357,23 @@ class S3Store(ObjectStore):
             kwargs["IfMatch"] = f'"{if_match}"'
         try:
             response = self.client.get_object(**kwargs)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
             raise self._error("GetObject", key, error) from error
         size = int(response.get("ContentLength", 0))
         content_range = response.get("ContentRange")  # "bytes 0-99/12345": the whole object's size follows the slash
         if content_range and "/" in content_range and not content_range.endswith("*"):
             size = int(content_range.rsplit("/", 1)[1])
-        return _S3Stream(response["Body"], self.describe(key), self._head_from(key, response, size))
+        return _S3Stream(response["Body"], self.describe(key), self._head_from(key, response, size), self._liveness)
+
+    def first_part_size(self, key: str) -> int | None:
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=key, PartNumber=1)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
+            store_error = self._error("HeadObject PartNumber=1", key, error)
+            if store_error.kind in (ErrorKind.NOT_FOUND, ErrorKind.OTHER):
+                return None  # gone, or the store does not support part HEADs: the caller falls back
+            raise store_error from error
+        return int(response.get("ContentLength", 0)) or None
 
     @staticmethod
     def _attribute_args(attributes: ObjectAttributes) -> dict[str, Any]:
@@ -278,6 +386,10 @@ class S3Store(ObjectStore):
             args["CacheControl"] = attributes.cache_control
         if attributes.content_disposition:
             args["ContentDisposition"] = attributes.content_disposition
+        if attributes.content_language:
+            args["ContentLanguage"] = attributes.content_language
+        if attributes.expires:
+            args["Expires"] = attributes.expires  # botocore parses the HTTP date and sends it back in HTTP format
         return args
 
     def put(self, key: str, body: bytes, attributes: ObjectAttributes, content_md5: str) -> str:
@@ -286,7 +398,7 @@ class S3Store(ObjectStore):
                 Bucket=self.bucket, Key=key, Body=body, ContentMD5=content_md5,
                 **self._attribute_args(attributes),
             )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
             raise self._error("PutObject", key, error) from error
         etag = _strip_etag(response.get("ETag"))
         kind = etag_kind(etag, response.get("ServerSideEncryption"), bool(response.get("SSECustomerKeyMD5")))
@@ -294,10 +406,10 @@ class S3Store(ObjectStore):
 
     def create_multipart(self, key: str, attributes: ObjectAttributes) -> str:
         try:
-            response = self.client.create_multipart_upload(
+            response = self.create_client.create_multipart_upload(
                 Bucket=self.bucket, Key=key, **self._attribute_args(attributes),
             )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
             raise self._error("CreateMultipartUpload", key, error) from error
         return response["UploadId"]
 
@@ -309,7 +421,7 @@ class S3Store(ObjectStore):
                 Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part_number, Body=body,
                 ContentMD5=content_md5,
             )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
             raise self._error(f"UploadPart {part_number}", key, error) from error
         return _strip_etag(response.get("ETag"))
 
@@ -319,14 +431,14 @@ class S3Store(ObjectStore):
                 Bucket=self.bucket, Key=key, UploadId=upload_id,
                 MultipartUpload={"Parts": [{"PartNumber": number, "ETag": f'"{etag}"'} for number, etag in parts]},
             )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
             raise self._error("CompleteMultipartUpload", key, error) from error
         return _strip_etag(response.get("ETag"))
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
             raise self._error("AbortMultipartUpload", key, error) from error
 
     def list_multipart_uploads(self, prefix: str) -> Iterator[MultipartUploadRef]:
@@ -334,10 +446,18 @@ class S3Store(ObjectStore):
         while True:
             try:
                 response = self.client.list_multipart_uploads(**kwargs)
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
                 raise self._error("ListMultipartUploads", prefix, error) from error
             for upload in response.get("Uploads", []):
-                yield MultipartUploadRef(key=upload["Key"], upload_id=upload["UploadId"])
+                initiated = upload.get("Initiated")
+                if not isinstance(initiated, dt.datetime):
+                    # Without a time we cannot tell ours from another tool's: report it as old, so it is never
+                    # aborted as ours (a leak is recoverable; aborting someone else's upload is not).
+                    log.warning("event=upload_without_initiated bucket=%s key=%r", self.bucket, upload["Key"])
+                    initiated = dt.datetime.min.replace(tzinfo=dt.UTC)
+                elif initiated.tzinfo is None:
+                    initiated = initiated.replace(tzinfo=dt.UTC)
+                yield MultipartUploadRef(key=upload["Key"], upload_id=upload["UploadId"], initiated=initiated)
             if not response.get("IsTruncated"):
                 return
             kwargs["KeyMarker"] = response.get("NextKeyMarker", "")
@@ -361,7 +481,7 @@ class S3Store(ObjectStore):
                 Bucket=self.bucket, Key=key, CopySource={"Bucket": source.bucket, "Key": source_key},
                 CopySourceIfMatch=f'"{if_match}"', MetadataDirective="COPY",
             )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
             raise self._error(f"CopyObject from {source.bucket}/{source_key!r}", key, error) from error
         return _strip_etag(response.get("CopyObjectResult", {}).get("ETag"))
 
@@ -375,12 +495,12 @@ class S3Store(ObjectStore):
                 CopySource={"Bucket": source.bucket, "Key": source_key}, CopySourceRange=f"bytes={start}-{end}",
                 CopySourceIfMatch=f'"{if_match}"',
             )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
             raise self._error(f"UploadPartCopy {part_number}", key, error) from error
         return _strip_etag(response.get("CopyPartResult", {}).get("ETag"))
 
     def delete(self, key: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=key)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
             raise self._error("DeleteObject", key, error) from error

@@ -182,10 +182,16 @@ def _stop_workers(namespace: str, name: str, *, kill: bool) -> None:
 
 
 def _janitor(body: Mapping[str, Any], spec: MigrationSpec) -> dict[str, Any]:
-    """Abort the multipart uploads the workers recorded but could not close; returns the status.workers patch."""
+    """Close every upload the workers may have left: abort the recorded IDs, and list every intended key and abort
+    the uploads of ours there (also those whose ID never reached status); returns the status.workers patch."""
+    # Imported here so this function stays self-contained (the rest of this module is being rewritten).
+    from datamover.api import IntentRecord
+    from datamover.engine import UploadIntent, close_intended_uploads
+
     reports = worker_reports(body.get("status") or {})
     leftovers = {index: r.open_uploads for index, r in reports.items() if r.open_uploads}
-    if not leftovers:
+    intended = {index: r.upload_intents for index, r in reports.items() if r.upload_intents}
+    if not leftovers and not intended:
         return {}
     namespace = body["metadata"]["namespace"]
     destination: Location = spec.destination
@@ -194,19 +200,27 @@ def _janitor(body: Mapping[str, Any], spec: MigrationSpec) -> dict[str, Any]:
     uploads = [OpenUpload(destination.bucket, u.key, u.upload_id) for ups in leftovers.values() for u in ups]
     closed = {(u.key, u.upload_id) for u in abort_uploads(store, uploads)}
     remaining = {(u.key, u.upload_id) for u in uploads} - closed
-    log.info("event=janitor job=%s/%s aborted=%d remaining=%d", namespace, body["metadata"]["name"],
-             len(closed), len(remaining))
-    _event(body, type="Warning" if remaining else "Normal", reason="UploadsAborted",
-           message=f"aborted {len(closed)} multipart upload(s) the workers left open on {destination.describe()}"
-           + (f"; {len(remaining)} could not be aborted yet" if remaining else ""))
-    return {
-        str(index): {
-            "openUploads": [
-                UploadRecord(u.key, u.upload_id).to_status() for u in ups if (u.key, u.upload_id) in remaining
-            ]
-        }
-        for index, ups in leftovers.items()
-    }
+    cleanup = close_intended_uploads(store, [UploadIntent(i.key, i.since) for ins in intended.values() for i in ins])
+    unresolved = {(intent.key, intent.since) for intent, _ in cleanup.unresolved}
+    aborted = len(closed) + len(cleanup.aborted)
+    log.info("event=janitor job=%s/%s aborted=%d remaining=%d intents_unresolved=%d", namespace,
+             body["metadata"]["name"], aborted, len(remaining), len(unresolved))
+    if aborted or remaining or unresolved:
+        left = len(remaining) + len(unresolved)
+        _event(body, type="Warning" if left else "Normal", reason="UploadsAborted",
+               message=f"aborted {aborted} multipart upload(s) the workers left open on {destination.describe()}"
+               + (f"; {left} upload(s) or intended key(s) could not be cleaned up yet" if left else ""))
+    patch: dict[str, Any] = {}
+    for index in set(leftovers) | set(intended):
+        entry: dict[str, Any] = {}
+        if index in leftovers:
+            entry["openUploads"] = [UploadRecord(u.key, u.upload_id).to_status() for u in leftovers[index]
+                                    if (u.key, u.upload_id) in remaining]
+        if index in intended:
+            entry["uploadIntents"] = [IntentRecord(i.key, i.since).to_status() for i in intended[index]
+                                      if (i.key, i.since) in unresolved]
+        patch[str(index)] = entry
+    return patch
 
 
 def _conditions(current: list[dict[str, Any]], phase: Phase, reason: str, message: str,

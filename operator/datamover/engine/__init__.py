@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datamover.engine.api import (
     CHECKPOINTS,
+    CLOCK_SKEW_ALLOWANCE,
     AbortSignal,
+    IntentCleanup,
     MigrationOptions,
     MigrationResult,
     NullSink,
@@ -12,15 +14,19 @@ from datamover.engine.api import (
     Outcome,
     Progress,
     ProgressSink,
+    UploadIntent,
 )
+from datamover.engine.cleanup import close_intended_uploads
 from datamover.engine.fsm import OBJECT_TRANSITIONS, WORKER_TRANSITIONS, ObjectState, WorkerState
 from datamover.engine.migrate import abort_uploads, migrate, shard_of
 
 __all__ = [
     "CHECKPOINTS",
+    "CLOCK_SKEW_ALLOWANCE",
     "OBJECT_TRANSITIONS",
     "WORKER_TRANSITIONS",
     "AbortSignal",
+    "IntentCleanup",
     "MigrationOptions",
     "MigrationResult",
     "NullSink",
@@ -29,8 +35,10 @@ __all__ = [
     "Outcome",
     "Progress",
     "ProgressSink",
+    "UploadIntent",
     "WorkerState",
     "abort_uploads",
+    "close_intended_uploads",
     "migrate",
     "shard_of",
 ]

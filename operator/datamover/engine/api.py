@@ -6,6 +6,7 @@ thread-safe abort flag, so they can be read as the contract.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import threading
 from collections.abc import Callable
@@ -25,10 +26,21 @@ MAX_SINGLE_REQUEST = 5 * GiB
 CHECKPOINTS: tuple[str, ...] = (
     "before_list_page",  # before requesting the next page of the source listing
     "before_object",  # before starting work on one object
+    "after_create_multipart",  # right after CreateMultipartUpload returned, before its ID is announced to the sink
     "between_parts",  # before starting the next part of a multipart copy
     "between_chunks",  # before reading the next chunk of a download, so abort never waits for a whole object
-    "before_delete_source",  # before deleting a verified source object (remain_source=False)
+    # before deleting a verified source object (remain_source=False). Abort is NOT honoured here: a move is one unit
+    # per object, so the delete (one request) is finished; the hook still runs, so tests can crash the worker here.
+    "before_delete_source",
 )
+# Checkpoints where the hook runs but an abort does not stop the object.
+NOT_ABORTABLE: frozenset[str] = frozenset({"before_delete_source"})
+
+# An upload of ours is one on an intended key initiated at or after intent.since minus this: `since` is the worker's
+# clock (rounded down to the second when recorded), `initiated` the store's, and the two may disagree by this much.
+# Five minutes is the clock skew S3 itself tolerates in signed requests (RequestTimeTooSkewed), so a worker whose
+# requests are accepted at all is within it.
+CLOCK_SKEW_ALLOWANCE = dt.timedelta(minutes=5)
 
 CheckpointHook = Callable[[str, "str | None"], None]
 
@@ -110,6 +122,13 @@ class MigrationOptions:
     chunk_size: int = 1 * MiB  # download read size: abort is checked between chunks
     progress_interval: float = 1.0  # seconds between throttled progress snapshots
     part_read_attempts: int = 3  # re-requests of a part whose download broke mid-body (botocore cannot retry that)
+    create_attempts: int = 4  # CreateMultipartUpload tries (each failure reconciled by listing the key's uploads)
+    # A multipart source is copied in its own part layout (so the copy's ETag equals the source's) unless its parts
+    # are larger than this: each part is buffered in memory, part_concurrency at a time.
+    max_matched_part_size: int = 128 * MiB
+    # No answer from a store for this long while requests wait: the worker fails, naming the endpoint
+    # (spec.stallTimeoutSeconds). The detector fires after 3/4 of it; requests' own timeouts cover the rest.
+    stall_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
@@ -122,8 +141,10 @@ class MigrationOptions:
             raise ValueError(f"shard_index must be in [0, {self.shard_count}), not {self.shard_index}")
         if self.chunk_size < 4096:
             raise ValueError("chunk_size must be at least 4 KiB")
-        if self.part_read_attempts < 1:
-            raise ValueError("part_read_attempts must be at least 1")
+        if self.part_read_attempts < 1 or self.create_attempts < 1:
+            raise ValueError("part_read_attempts and create_attempts must be at least 1")
+        if self.stall_timeout <= 0:
+            raise ValueError("stall_timeout must be positive")
 
 
 @dataclass(frozen=True)
@@ -133,6 +154,20 @@ class OpenUpload:
     bucket: str
     key: str
     upload_id: str
+
+
+@dataclass(frozen=True)
+class UploadIntent:
+    """"A multipart upload may be created on `key` from `since` on": recorded durably BEFORE the create, so whoever
+    cleans up after a crash (the worker's successor, the operator's janitor) finds every upload of ours, including one
+    whose create response was lost, by listing the key's uploads (see close_intended_uploads)."""
+
+    key: str
+    since: dt.datetime  # aware UTC, whole seconds (the status record's precision)
+
+    def __post_init__(self) -> None:
+        if self.since.tzinfo is None:
+            raise ValueError("UploadIntent.since must be timezone-aware (UTC)")
 
 
 @dataclass(frozen=True)
@@ -149,15 +184,24 @@ class Progress:
     in_flight: tuple[str, ...] = ()
     listing_done: bool = False
     objects_aborted: int = 0  # stopped by abort before anything reached the destination
-    objects_retained: int = 0  # verified at the destination, source kept because abort came before deleting it
+    objects_retained: int = 0  # in both places: verified at the destination, but the source delete failed
     bytes_skipped: int = 0
     bytes_in_progress: int = 0  # bytes of parts already uploaded for large objects still in flight (liveness)
+    destination_written: bool = False  # a write request (PUT, CreateMultipartUpload, CopyObject) has been started
+    retained_keys: tuple[str, ...] = ()  # the first MAX_REPORTED_KEYS source keys now in both places
 
 
 class ProgressSink(Protocol):
     """Where progress goes. Called from engine threads: implementations must be thread-safe and quick."""
 
     def on_progress(self, progress: Progress) -> None: ...
+
+    def on_upload_intent(self, intent: UploadIntent) -> None:
+        """Durably record the intent before the upload is created; raise if it cannot be recorded (the engine then
+        does not create the upload and that object fails as a transient error)."""
+
+    def on_intent_cleared(self, intent: UploadIntent) -> None:
+        """No upload of ours is left on intent.key (completed or aborted, and confirmed by listing): forget it."""
 
     def on_upload_opened(self, upload: OpenUpload) -> None: ...
 
@@ -168,6 +212,12 @@ class NullSink:
     """A sink that drops everything (handy in scripts)."""
 
     def on_progress(self, progress: Progress) -> None:
+        pass
+
+    def on_upload_intent(self, intent: UploadIntent) -> None:
+        pass
+
+    def on_intent_cleared(self, intent: UploadIntent) -> None:
         pass
 
     def on_upload_opened(self, upload: OpenUpload) -> None:
@@ -191,3 +241,14 @@ class MigrationResult:
     progress: Progress
     error: str | None = None
     failed_keys: tuple[str, ...] = field(default=())
+    retained_keys: tuple[str, ...] = field(default=())  # moves whose source delete failed: in both places
+
+
+@dataclass(frozen=True)
+class IntentCleanup:
+    """What close_intended_uploads did: `resolved` intents have no upload of ours open on their key any more (the
+    caller may forget them); `unresolved` ones could not be checked or closed (keep them recorded, retry later)."""
+
+    resolved: tuple[UploadIntent, ...] = ()
+    unresolved: tuple[tuple[UploadIntent, str], ...] = ()  # (intent, error naming endpoint, bucket and key)
+    aborted: tuple[OpenUpload, ...] = ()  # uploads of ours that were found open and aborted

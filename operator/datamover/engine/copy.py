@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
+import email.utils
 import hashlib
 import logging
 import random
@@ -17,7 +19,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from datamover.backends.base import (
-    SOURCE_ETAG_METADATA_KEY,
     ErrorKind,
     EtagKind,
     ObjectAttributes,
@@ -26,7 +27,18 @@ from datamover.backends.base import (
     ObjectSummary,
     StoreError,
 )
-from datamover.engine.api import MAX_PART_SIZE, MAX_PARTS, AbortSignal, MiB, MigrationOptions, OpenUpload, ProgressSink
+from datamover.engine.api import (
+    MAX_PART_SIZE,
+    MAX_PARTS,
+    MIN_PART_SIZE,
+    AbortSignal,
+    MiB,
+    MigrationOptions,
+    OpenUpload,
+    ProgressSink,
+    UploadIntent,
+)
+from datamover.engine.cleanup import close_intent
 from datamover.engine.fsm import ObjectState, kv, next_object_state
 from datamover.engine.progress import ProgressTracker
 
@@ -68,6 +80,10 @@ class RunContext:
                 self.fatal_error = error
         self.stop_worker.set()
 
+    def writing(self) -> None:
+        """A write request to the destination is about to start (the operator's pending -> running signal)."""
+        self.tracker.destination_written()
+
     def destination_key(self, source_key: str) -> str:
         return self.destination.prefix + source_key[len(self.source.prefix):]
 
@@ -95,6 +111,26 @@ def _is_md5(etag: str) -> bool:
     return len(etag) == 32 and all(c in "0123456789abcdef" for c in etag)
 
 
+def _http_date(value: str | None) -> object:
+    """Expires compared as a time when it parses (stores format HTTP dates differently), else as text."""
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def same_attributes(a: ObjectAttributes, b: ObjectAttributes) -> bool:
+    """Content headers and user metadata equal: an object that differs only here is copied again (exactness)."""
+    return (
+        (a.content_type, a.content_encoding, a.cache_control, a.content_disposition, a.content_language)
+        == (b.content_type, b.content_encoding, b.cache_control, b.content_disposition, b.content_language)
+        and _http_date(a.expires) == _http_date(b.expires)
+        and dict(a.user_metadata) == dict(b.user_metadata)
+    )
+
+
 @dataclass(frozen=True)
 class DestinationHint:
     """What the destination listing said about this object's key; `known=False` means "ask with HEAD"."""
@@ -118,6 +154,8 @@ class ObjectCopy:
     strategy: str = ""  # "single", "multipart", "server_copy" or "server_part_copy" once chosen
     part_size: int = 0  # bytes per part for the multipart strategies
     upload: OpenUpload | None = None  # the multipart upload while it is open; aborted on any stop
+    intent: UploadIntent | None = None  # recorded before the create; cleared once no upload of ours is on the key
+    matched_layout: bool = False  # parts laid out as the source's, so the copy's ETag equals the source's
     part_digests: dict[int, bytes] = field(default_factory=dict)  # part number -> MD5 of the bytes we sent
     part_etags: dict[int, str] = field(default_factory=dict)  # part number -> ETag the destination returned
     parts_bytes: int = 0  # bytes of parts uploaded so far (reported as bytes_in_progress until the object ends)
@@ -171,7 +209,7 @@ class ObjectMover:
             if error.kind is ErrorKind.PERMANENT:
                 self.ctx.report_fatal(error)
             self._cleanup()
-            self._transition("error")
+            self._transition(self._error_event())
         except IntegrityError as error:
             self.copy.error = f"{error} ({self.ctx.destination.describe(self.copy.destination_key)})"
             self._cleanup()
@@ -180,11 +218,15 @@ class ObjectMover:
             log.exception(kv(event="unexpected_error", shard=self.ctx.shard, key=key))
             self.copy.error = f"internal error on {self.ctx.source.describe(key)}: {type(error).__name__}: {error}"
             self._cleanup()
-            self._transition("error")
+            self._transition(self._error_event())
         finally:
             size = self.copy.source_head.size if self.copy.source_head else self.copy.source.size
             self.ctx.tracker.finished(key, self.copy.state, size, self.copy.parts_bytes)
         return self.copy
+
+    def _error_event(self) -> str:
+        # Once the source delete has started, the verified copy is final: a failure leaves the key in both places.
+        return "delete_failed" if self.copy.state is ObjectState.DELETING_SOURCE else "error"
 
     def _run(self) -> None:
         ctx, copy = self.ctx, self.copy
@@ -208,30 +250,53 @@ class ObjectMover:
         self._delete_source()
 
     def _already_at_destination(self) -> bool:
-        """Skip-identical: same size and ETag, or a multipart copy of ours recording this source ETag.
+        """Skip-identical, decided exactly: same size, same content headers and user metadata, same bytes.
 
-        Uses the destination listing when the dispatcher has it (no request), HEAD otherwise. The source side is the
-        listing's size and ETag: if the object changes after listing, the copy takes the new version.
+        Size alone never decides. Bytes are the same when the ETags are equal and comparable (MD5, or the same
+        multipart composite); when the destination's ETag is a composite the source's is not (or a different
+        layout), the source is hashed in the destination's part layout and compared with it. An object whose
+        metadata differs is copied again. Costs no request when sizes differ, a HEAD on each side otherwise.
         """
         ctx, copy = self.ctx, self.copy
         if self._hint.known:
             existing = self._hint.existing
-            size, etag = (existing.size, existing.etag) if existing else (0, "")
-            head = None
+            written = None
         else:
-            head = ctx.destination.head(copy.destination_key)
-            existing = ObjectSummary(head.key, head.size, head.etag) if head else None
-            size, etag = (head.size, head.etag) if head else (0, "")
+            written = ctx.destination.head(copy.destination_key)
+            existing = ObjectSummary(written.key, written.size, written.etag) if written else None
         copy.destination_existed = existing is not None
-        if existing is None or size != copy.source.size:
+        if existing is None or existing.size != copy.source.size:
             return False
-        if etag == copy.source.etag:
+        if written is None:
+            written = ctx.destination.head(copy.destination_key)
+            if written is None:
+                return False
+        source = self._head_source()
+        if source.size != written.size:
+            return False
+        if not same_attributes(source.attributes, written.attributes):
+            log.info(kv(event="metadata_differs", shard=ctx.shard, key=copy.source.key))
+            return False
+        return self._same_bytes(source, written)
+
+    def _same_bytes(self, source: ObjectHead, written: ObjectHead) -> bool:
+        if EtagKind.OPAQUE in (source.etag_kind, written.etag_kind):
+            return False  # an opaque ETag (SSE-KMS, SSE-C, own scheme) proves nothing cheaply: copy again
+        if source.etag == written.etag:
             return True
-        if "-" not in etag:
-            return False
-        if head is None:
-            head = ctx.destination.head(copy.destination_key)
-        return head is not None and head.attributes.user_metadata.get(SOURCE_ETAG_METADATA_KEY) == copy.source.etag
+        if written.etag_kind is EtagKind.MD5:
+            if source.etag_kind is EtagKind.MD5:
+                return False
+            ranges = [(1, 0, source.size - 1)] if source.size else []
+            digests = [self._digest(self.ctx.source, source.key, start, end, source.etag) for _, start, end in ranges]
+            return (digests[0].hex() if digests else hashlib.md5().hexdigest()) == written.etag
+        parts = int(written.etag.rsplit("-", 1)[1])
+        part_size = self.ctx.destination.first_part_size(written.key)
+        if not part_size or -(-source.size // part_size) != parts:
+            return False  # a layout we cannot reproduce: copy again
+        digests = [self._digest(self.ctx.source, source.key, start, end, source.etag)
+                   for _, start, end in part_ranges(source.size, part_size)]
+        return composite_etag(digests) == written.etag
 
     def _head_source(self) -> ObjectHead:
         head = self.ctx.source.head(self.copy.source.key)
@@ -242,8 +307,12 @@ class ObjectMover:
         return head
 
     def _delete_source(self) -> None:
-        self.ctx.checkpoint("before_delete_source", self.copy.source.key)
-        self.ctx.source.delete(self.copy.source.key)
+        """Finish the move of this object: its copy is verified, so the delete (one request) is done even if abort
+        or a permanent error elsewhere came meanwhile. The checkpoint's hook runs (crash injection), abort is not
+        honoured. A delete that fails leaves the key in both places, reported per key (state retained)."""
+        key = self.copy.source.key
+        self.ctx.abort.checkpoint("before_delete_source", key)
+        self.ctx.source.delete(key)
         self._transition("source_deleted")
 
     def _cleanup(self) -> None:
@@ -261,6 +330,7 @@ class ObjectMover:
                     return
             log.info(kv(event="upload_aborted", shard=ctx.shard, key=upload.key, upload_id=upload.upload_id))
             self._announce_closed(upload)
+        self._close_intent()
         if copy.wrote_destination and copy.state in (ObjectState.COPYING, ObjectState.VERIFYING):
             # A complete but unverified object must not stay: the invariant allows only untouched or verified.
             try:
@@ -270,6 +340,27 @@ class ObjectMover:
             except StoreError as error:
                 log.error(kv(event="unverified_copy_delete_failed", shard=ctx.shard, key=copy.destination_key,
                              error=error.message))
+
+    def _close_intent(self) -> None:
+        """Confirm by listing that no upload of ours is left on the key (abort any), then clear the intent.
+
+        If the store cannot be listed, the intent stays recorded: the successor or the janitor closes it later.
+        """
+        ctx, intent = self.ctx, self.copy.intent
+        if intent is None:
+            return
+        try:
+            extra = close_intent(ctx.destination, intent)
+        except StoreError as error:
+            log.warning(kv(event="intent_left_recorded", shard=ctx.shard, key=intent.key, error=error.message))
+            return
+        if extra:
+            log.warning(kv(event="extra_uploads_aborted", shard=ctx.shard, key=intent.key, count=len(extra)))
+        self.copy.intent = None
+        try:
+            ctx.sink.on_intent_cleared(intent)
+        except Exception as error:  # still recorded: a later cleanup finds nothing of ours and clears it then
+            log.warning(kv(event="sink_intent_cleared_failed", shard=ctx.shard, key=intent.key, error=repr(error)))
 
     def _announce_closed(self, upload: OpenUpload) -> None:
         try:
@@ -291,6 +382,7 @@ class ObjectMover:
         if head.size <= ctx.options.multipart_threshold:
             if ctx.server_side:
                 copy.strategy = "server_copy"
+                ctx.writing()
                 copy.written_etag = ctx.destination.copy_object(ctx.source, head.key, copy.destination_key, head.etag)
                 copy.wrote_destination = True
             else:
@@ -300,8 +392,23 @@ class ObjectMover:
                                                              f"{ctx.source.describe(head.key)}")
             return
         copy.strategy = "server_part_copy" if ctx.server_side else "multipart"
-        copy.part_size = choose_part_size(head.size, ctx.options.part_size)
+        copy.part_size, copy.matched_layout = self._part_layout(head)
         self._copy_multipart(head)
+
+    def _part_layout(self, head: ObjectHead) -> tuple[int, bool]:
+        """(part size, matches the source's layout). A multipart source is copied with its own part size (from HEAD
+        PartNumber=1), so the copy's ETag equals the source's and a re-run recognises it without reading anything;
+        otherwise (single-part source, or parts too large to buffer) our part size."""
+        ctx = self.ctx
+        ours = choose_part_size(head.size, ctx.options.part_size)
+        if head.etag_kind is not EtagKind.MULTIPART_MD5:
+            return ours, False
+        parts = int(head.etag.rsplit("-", 1)[1])
+        size = ctx.source.first_part_size(head.key)
+        limit = MAX_PART_SIZE if ctx.server_side else max(ctx.options.max_matched_part_size, ours)
+        if size and (size >= MIN_PART_SIZE or parts == 1) and size <= limit and -(-head.size // size) == parts:
+            return size, True
+        return ours, False
 
     def _read_range(
         self, key: str, start: int | None, end: int | None, if_match: str | None, limit: int | None = None,
@@ -361,26 +468,20 @@ class ObjectMover:
         if head.etag_kind is EtagKind.MD5 and copy.content_md5 != head.etag:
             raise IntegrityError(f"bytes read do not match the source ETag {head.etag} "
                                  f"({ctx.source.describe(head.key)})")
+        ctx.writing()
         copy.written_etag = ctx.destination.put(copy.destination_key, body, head.attributes, _b64(digest))
         copy.wrote_destination = True
         return True
 
     def _copy_multipart(self, head: ObjectHead) -> None:
         ctx, copy = self.ctx, self.copy
-        attributes = head.attributes
-        if head.etag_kind is not EtagKind.MULTIPART_MD5 or copy.strategy == "multipart":
-            # Our part layout may differ from the source's, so the copy's ETag cannot match the source's: record
-            # which source version this is, for the skip-identical check of a later run.
-            metadata = {**attributes.user_metadata, SOURCE_ETAG_METADATA_KEY: head.etag}
-            attributes = ObjectAttributes(
-                content_type=attributes.content_type, content_encoding=attributes.content_encoding,
-                cache_control=attributes.cache_control, content_disposition=attributes.content_disposition,
-                user_metadata=metadata,
-            )
-        upload_id = ctx.destination.create_multipart(copy.destination_key, attributes)
+        # Exactly the source's attributes: nothing of ours is added to the copy.
+        upload_id = self._create_upload(head.attributes)
+        # The undo is registered where the resource is created: from here on any stop aborts this upload.
         copy.upload = OpenUpload(bucket=ctx.destination.bucket, key=copy.destination_key, upload_id=upload_id)
+        ctx.checkpoint("after_create_multipart", head.key)
         log.info(kv(event="upload_opened", shard=ctx.shard, key=copy.destination_key, upload_id=upload_id))
-        # Announced before the first part: if we are killed after this line, the recorded ID lets a janitor clean up.
+        # The ID is announced before the first part (the intent already covers a crash before this line).
         ctx.sink.on_upload_opened(copy.upload)
 
         ranges = part_ranges(head.size, copy.part_size)
@@ -410,6 +511,42 @@ class ObjectMover:
         closed, copy.upload = copy.upload, None
         log.info(kv(event="upload_completed", shard=ctx.shard, key=copy.destination_key, upload_id=upload_id))
         self._announce_closed(closed)
+        # One listing (multipart objects are large, so it is cheap in proportion): nothing else of ours stays open.
+        self._close_intent()
+
+    def _create_upload(self, attributes: ObjectAttributes) -> str:
+        """Record the intent, then CreateMultipartUpload, sent once per try (the backend does not retry it).
+
+        A failed create may still have created an upload whose ID we never saw (the answer was lost): before trying
+        again, every upload of ours on the key is aborted (listed by key, initiated after the intent), so at most
+        one upload of ours exists at any time and none escapes. Tries are bounded, with jittered backoff.
+        """
+        ctx, copy = self.ctx, self.copy
+        key = copy.destination_key
+        intent = UploadIntent(key=key, since=dt.datetime.now(dt.UTC).replace(microsecond=0))
+        try:
+            ctx.sink.on_upload_intent(intent)
+        except Exception as error:
+            where = ctx.destination.describe(key)
+            message = f"could not record the upload intent for {where}, upload not created: {error}"
+            raise StoreError(ErrorKind.TRANSIENT, message) from error
+        copy.intent = intent
+        attempts = ctx.options.create_attempts
+        for attempt in range(1, attempts + 1):
+            ctx.writing()
+            try:
+                return ctx.destination.create_multipart(key, attributes)
+            except StoreError as error:
+                if error.kind is ErrorKind.PERMANENT or attempt == attempts:
+                    raise
+                log.warning(kv(event="create_upload_retry", shard=ctx.shard, key=key, attempt=attempt,
+                               error=error.message))
+            extra = close_intent(ctx.destination, intent)  # raises if it cannot tell: the object fails, intent kept
+            if extra:
+                log.warning(kv(event="lost_create_reconciled", shard=ctx.shard, key=key, aborted=len(extra)))
+            if ctx.abort.wait(min(8.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)) or ctx.stop_worker.is_set():
+                raise Stopped("after_create_multipart")
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _drain(pending: set[Future[None]]) -> None:
@@ -504,11 +641,15 @@ class ObjectMover:
                 raise IntegrityError(f"part {number} read back from the destination differs from what was sent")
 
     def _read_destination(self, written: ObjectHead, start: int | None, end: int | None) -> bytes:
-        stream = self.ctx.destination.open_read(written.key, start, end, None)
+        return self._digest(self.ctx.destination, written.key, start, end, None)
+
+    def _digest(self, store: ObjectStore, key: str, start: int | None, end: int | None, if_match: str | None) -> bytes:
+        """MD5 of the object or an inclusive range, streamed (nothing buffered), abort checked between chunks."""
+        stream = store.open_read(key, start, end, if_match)
         digest = hashlib.md5()
         try:
             while chunk := stream.read(self.ctx.options.chunk_size):
-                self.ctx.checkpoint("between_chunks", written.key)
+                self.ctx.checkpoint("between_chunks", self.copy.source.key)
                 digest.update(chunk)
         finally:
             stream.close()

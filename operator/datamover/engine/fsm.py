@@ -33,10 +33,10 @@ class ObjectState(enum.StrEnum):
     CHECKING = "checking"  # HEAD source and destination: already identical?
     COPYING = "copying"
     VERIFYING = "verifying"
-    DELETING_SOURCE = "deleting_source"  # only with remain_source=False, only after verification
+    DELETING_SOURCE = "deleting_source"  # only with remain_source=False, only after verification; not abortable
     MIGRATED = "migrated"
     SKIPPED = "skipped"  # already identical at the destination
-    RETAINED = "retained"  # verified at the destination, source kept because abort came before its deletion
+    RETAINED = "retained"  # in both places: verified at the destination, but the source delete failed (reported)
     ABORTED = "aborted"  # untouched at the destination, still in the source
     FAILED = "failed"  # source still there; no upload left open and no unverified copy left at the destination
 
@@ -76,9 +76,9 @@ OBJECT_TRANSITIONS: Mapping[tuple[ObjectState, str], ObjectState] = {
     (ObjectState.VERIFYING, "verified_move"): ObjectState.DELETING_SOURCE,
     (ObjectState.VERIFYING, "abort"): ObjectState.ABORTED,  # action: delete the unverified destination copy
     (ObjectState.VERIFYING, "error"): ObjectState.FAILED,  # action: delete the unverified destination copy
+    # No abort here: a move is one unit per object, so once the copy is verified the delete (one request) is done.
     (ObjectState.DELETING_SOURCE, "source_deleted"): ObjectState.MIGRATED,
-    (ObjectState.DELETING_SOURCE, "abort"): ObjectState.RETAINED,
-    (ObjectState.DELETING_SOURCE, "error"): ObjectState.FAILED,  # the verified copy stays; so does the source
+    (ObjectState.DELETING_SOURCE, "delete_failed"): ObjectState.RETAINED,  # both places; reported per key
 }
 
 

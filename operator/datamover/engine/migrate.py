@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from datamover.backends.base import ErrorKind, ObjectStore, ObjectSummary, StoreError
@@ -139,18 +139,28 @@ class _Worker:
                     skipped=progress.objects_skipped, failed=progress.objects_failed,
                     aborted=progress.objects_aborted, retained=progress.objects_retained, error=error))
         failed_keys = tuple(copy.source.key for copy in self.failures)
-        return MigrationResult(outcome=outcome, progress=progress, error=error, failed_keys=failed_keys)
+        return MigrationResult(outcome=outcome, progress=progress, error=error, failed_keys=failed_keys,
+                               retained_keys=progress.retained_keys)
 
     def run(self) -> MigrationResult:
         if self.abort.requested:
             self._transition("abort", self.abort.reason)
             return self._result(None)
+        watch = _StallWatch((self.source, self.destination), self.options.stall_timeout, self.shard)
+        watch.start()
+        try:
+            return self._run(watch)
+        finally:
+            watch.stop()
+
+    def _run(self, watch: _StallWatch) -> MigrationResult:
         try:
             self.source.check_access()
             self.destination.check_access()
         except StoreError as error:
-            self._transition("fatal_error", error.message)
-            return self._result(error.message)
+            message = watch.error.message if watch.error else error.message
+            self._transition("fatal_error", message)
+            return self._result(message)
         self._transition("start")
         server_side = self.destination.can_copy_server_side_from(self.source)
         log.info(kv(event="plan", shard=self.shard, source=self.source.describe(),
@@ -164,6 +174,9 @@ class _Worker:
                 source=self.source, destination=self.destination, options=self.options, abort=self.abort,
                 sink=self.sink, tracker=self.tracker, part_pool=part_pool, shard=self.shard, server_side=server_side,
             )
+            watch.on_stall = context.report_fatal
+            if watch.error is not None:
+                context.report_fatal(watch.error)
             in_flight: set[Future[None]] = set()
             try:
                 self._dispatch(context, object_pool, in_flight)
@@ -234,11 +247,17 @@ class _Worker:
             unfinished = not progress.listing_done or progress.objects_aborted or progress.objects_retained
             if self.abort.requested and unfinished:
                 self._transition("abort", self.abort.reason)
-            elif progress.objects_failed:
-                first = self.failures[0].error if self.failures else "see the worker log"
+            elif progress.objects_failed or progress.objects_retained:
                 self._transition("finished_with_failures")
-                return self._result(f"{progress.objects_failed} of {progress.objects_total} objects failed; "
-                                    f"first: {first}")
+                parts = []
+                if progress.objects_failed:
+                    first = self.failures[0].error if self.failures else "see the worker log"
+                    parts.append(f"{progress.objects_failed} of {progress.objects_total} objects failed; "
+                                 f"first: {first}")
+                if progress.objects_retained:
+                    parts.append(f"{progress.objects_retained} moved object(s) are in both places (source delete "
+                                 f"failed), first: {progress.retained_keys[0]!r}")
+                return self._result("; ".join(parts))
             else:
                 self._transition("finished")
                 return self._result(None)
@@ -247,6 +266,49 @@ class _Worker:
             return self._result(context.fatal_error.message if context.fatal_error else "stopped by an error")
         self._transition("drained")
         return self._result(None)
+
+
+class _StallWatch:
+    """The stall detector: a store whose requests have waited 3/4 of stall_timeout with no answer (no response,
+    no body bytes) stops the worker with a permanent-looking error naming the endpoint.
+
+    The store is interrupted too, so botocore's remaining retries fail at once; the attempts on the wire end within
+    the request timeout the backend derived from the same setting (a quarter of it): the worker fails within
+    stall_timeout of the endpoint's last answer, not after every retry has timed out.
+    """
+
+    def __init__(self, stores: tuple[ObjectStore, ...], stall_timeout: float, shard: str) -> None:
+        self._stores = stores
+        self._limit = stall_timeout * 3 / 4
+        self._stall_timeout = stall_timeout
+        self._shard = shard
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="datamover-stall-watch", daemon=True)
+        self.error: StoreError | None = None
+        self.on_stall: Callable[[StoreError], None] | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(1.0, self._limit / 4)):
+            for store in self._stores:
+                waited = store.stalled_for()
+                if waited < self._limit:
+                    continue
+                message = (f"no answer from {store.describe()} for {waited:.0f} s (stallTimeoutSeconds="
+                           f"{self._stall_timeout:g}): the endpoint accepts connections but does not respond")
+                self.error = StoreError(ErrorKind.PERMANENT, message, "Stalled")
+                log.warning(kv(event="stalled", shard=self._shard, store=store.describe(), waited=f"{waited:.1f}"))
+                for each in self._stores:
+                    each.interrupt(message)
+                if self.on_stall is not None:
+                    self.on_stall(self.error)
+                return
 
 
 def migrate(

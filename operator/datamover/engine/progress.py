@@ -11,6 +11,9 @@ from datamover.engine.fsm import ObjectState
 
 log = logging.getLogger("datamover.engine.progress")
 
+# How many keys a snapshot lists per condition (the counts are always complete): status stays small.
+MAX_REPORTED_KEYS = 100
+
 
 class ProgressTracker:
     """Thread-safe counters plus the throttle: at most one snapshot per interval, and a forced final one."""
@@ -29,6 +32,8 @@ class ProgressTracker:
         self._bytes_in_progress = 0
         self._in_flight: dict[str, None] = {}  # insertion-ordered set of keys being worked on
         self._listing_done = False
+        self._destination_written = False
+        self._retained_keys: list[str] = []
 
     def snapshot(self) -> Progress:
         with self._lock:
@@ -49,6 +54,8 @@ class ProgressTracker:
             objects_retained=self._counts.get(ObjectState.RETAINED, 0),
             bytes_skipped=self._bytes_skipped,
             bytes_in_progress=self._bytes_in_progress,
+            destination_written=self._destination_written,
+            retained_keys=tuple(self._retained_keys),
         )
 
     def _changed(self, force: bool = False) -> None:
@@ -83,6 +90,14 @@ class ProgressTracker:
             self._listing_done = True
             self._changed()
 
+    def destination_written(self) -> None:
+        """The first write request to the destination is about to start: told at once (not throttled)."""
+        with self._lock:
+            if self._destination_written:
+                return
+            self._destination_written = True
+            self._changed(force=True)
+
     def started(self, key: str) -> None:
         with self._lock:
             self._in_flight[key] = None
@@ -103,6 +118,8 @@ class ProgressTracker:
                 self._bytes_migrated += size
             elif state is ObjectState.SKIPPED:
                 self._bytes_skipped += size
+            elif state is ObjectState.RETAINED and len(self._retained_keys) < MAX_REPORTED_KEYS:
+                self._retained_keys.append(key)
             self._changed()
 
     def final(self) -> Progress:

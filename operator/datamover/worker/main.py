@@ -29,6 +29,7 @@ from datamover.api import (
     SECRET_KEYS_OPTIONAL,
     SECRET_KEYS_REQUIRED,
     VERSION,
+    IntentRecord,
     MigrationSpec,
     UploadRecord,
     WorkerState,
@@ -36,7 +37,16 @@ from datamover.api import (
     worker_reports,
 )
 from datamover.backends import open_store
-from datamover.engine import AbortSignal, MigrationOptions, OpenUpload, Outcome, abort_uploads, migrate
+from datamover.engine import (
+    AbortSignal,
+    MigrationOptions,
+    OpenUpload,
+    Outcome,
+    UploadIntent,
+    abort_uploads,
+    close_intended_uploads,
+    migrate,
+)
 from datamover.locations import s3_config
 from datamover.worker.reporting import StatusReporter
 
@@ -92,12 +102,15 @@ def run(env: Mapping[str, str] = os.environ) -> int:
         part_size=spec.part_size,
         shard_index=index,
         shard_count=spec.parallelism,
+        stall_timeout=float(spec.stall_timeout_seconds),
     )
     # One connection per object in flight plus one per part in flight, or urllib3 throws connections away.
     pool = max(32, options.concurrency * (options.part_concurrency + 1))
-    source = open_store(replace(s3_config(spec.source, _credentials("source", env)), max_pool_connections=pool))
+    stall = float(spec.stall_timeout_seconds)
+    source = open_store(replace(s3_config(spec.source, _credentials("source", env)), max_pool_connections=pool,
+                                stall_timeout=stall))
     destination = open_store(replace(s3_config(spec.destination, _credentials("destination", env)),
-                                     max_pool_connections=pool))
+                                     max_pool_connections=pool, stall_timeout=stall))
 
     # A previous attempt of this index (a killed pod) may have left uploads open: close them before resuming.
     previous = worker_reports(body.get("status") or {}).get(index)
@@ -108,7 +121,16 @@ def run(env: Mapping[str, str] = os.environ) -> int:
         still_open = [u for u in previous.open_uploads if (u.key, u.upload_id) not in closed]
         log.info("event=leftover-uploads job=%s/%s index=%d closed=%d open=%d", namespace, name, index,
                  len(closed), len(still_open))
-    reporter = StatusReporter(api, namespace, name, index, env.get(ENV_POD, ""), still_open)
+    # Every key the previous attempt intended to upload to: abort the uploads of ours there (found by listing the
+    # key, so also those whose ID never reached status); keep recorded what could not be checked.
+    still_intended: list[IntentRecord] = []
+    if previous and previous.upload_intents:
+        cleanup = close_intended_uploads(destination, [UploadIntent(i.key, i.since) for i in previous.upload_intents])
+        unresolved = {intent.key for intent, _ in cleanup.unresolved}
+        still_intended = [i for i in previous.upload_intents if i.key in unresolved]
+        log.info("event=leftover-intents job=%s/%s index=%d resolved=%d aborted=%d unresolved=%d", namespace, name,
+                 index, len(cleanup.resolved), len(cleanup.aborted), len(still_intended))
+    reporter = StatusReporter(api, namespace, name, index, env.get(ENV_POD, ""), still_open, still_intended)
 
     reporter.start(aborting=abort.requested)
     result = migrate(source, destination, options, abort, reporter)
@@ -123,7 +145,8 @@ def run(env: Mapping[str, str] = os.environ) -> int:
     if final is not WorkerState.FAILED:
         return 0
     # Nothing migrated and an error: the configuration is wrong (bucket, credentials, endpoint); retrying won't help.
-    return EXIT_PERMANENT_FAILURE if result.error and not result.progress.objects_failed else 1
+    per_object = result.progress.objects_failed or result.progress.objects_retained
+    return EXIT_PERMANENT_FAILURE if result.error and not per_object else 1
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
 """Turns the engine's progress into merge patches of status.workers[<index>], throttled so the API server is spared.
 
-A patch goes out at most every THROTTLE_SECONDS for counters, but at once on a state change and whenever a multipart
-upload is opened or closed: the recorded upload IDs are what lets the operator's janitor clean up after a crash.
+A patch goes out at most every THROTTLE_SECONDS for counters, but at once on a state change, on the first write to
+the destination, and whenever a multipart upload is intended, opened or closed. An upload intent is a *required*
+patch: the engine creates the upload only once the intent is in status, so a successor or the operator's janitor
+finds every upload of ours by listing the intended keys, even one whose ID was never recorded.
 """
 
 from __future__ import annotations
@@ -14,26 +16,42 @@ from collections.abc import Iterable
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from datamover.api import GROUP, PLURAL, VERSION, UploadRecord, WorkerReport, WorkerState, now_rfc3339
-from datamover.engine import OpenUpload, Progress
+from datamover.api import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    IntentRecord,
+    UploadRecord,
+    WorkerReport,
+    WorkerState,
+    now_rfc3339,
+)
+from datamover.engine import OpenUpload, Progress, UploadIntent
 
 log = logging.getLogger("datamover.worker")
 
 THROTTLE_SECONDS = 2.0
+REQUIRED_PATCH_ATTEMPTS = 10
 MERGE_PATCH = "application/merge-patch+json"
+
+
+class IntentNotRecorded(RuntimeError):
+    """The upload intent could not be written to status: the engine must not create the upload."""
 
 
 class StatusReporter:
     """The engine's ProgressSink for one worker; thread-safe (engine threads call it concurrently)."""
 
     def __init__(self, api: client.CustomObjectsApi, namespace: str, name: str, index: int, pod: str,
-                 still_open: Iterable[UploadRecord] = ()) -> None:
+                 still_open: Iterable[UploadRecord] = (), still_intended: Iterable[IntentRecord] = ()) -> None:
         self._api, self._namespace, self._name, self._index, self._pod = api, namespace, name, index, pod
         self._lock = threading.Lock()
         self._state = WorkerState.STARTING
         self._progress: Progress | None = None
         # Uploads an earlier attempt left that could not be aborted yet stay recorded for the operator's janitor.
         self._uploads: dict[tuple[str, str], UploadRecord] = {(u.key, u.upload_id): u for u in still_open}
+        # Intents (one per key, the earliest `since`) an earlier attempt left unresolved, and this attempt's.
+        self._intents: dict[str, IntentRecord] = {i.key: i for i in still_intended}
         self._sent_at = 0.0
         self._message = ""
 
@@ -44,11 +62,35 @@ class StatusReporter:
 
     def on_progress(self, progress: Progress) -> None:
         with self._lock:
-            self._progress = progress
             state = WorkerState.ABORTING if progress.state.lower().startswith("abort") else self._state
             changed, self._state = state is not self._state, state
-            if changed or time.monotonic() - self._sent_at >= THROTTLE_SECONDS:
+            previous, self._progress = self._progress, progress
+            first_write = progress.destination_written and not (previous and previous.destination_written)
+            if changed or first_write or time.monotonic() - self._sent_at >= THROTTLE_SECONDS:
                 self._send()
+
+    def on_upload_intent(self, intent: UploadIntent) -> None:
+        with self._lock:
+            key = intent.key
+            before = self._intents.get(key)
+            if before is None or intent.since < before.since:
+                self._intents[key] = IntentRecord(key, intent.since)
+            if not self._send(required=True):
+                # Not in status: forget it and refuse, so the engine does not create the upload.
+                if before is None:
+                    self._intents.pop(key, None)
+                else:
+                    self._intents[key] = before
+                raise IntentNotRecorded(f"upload intent for key {key!r} could not be recorded in status")
+
+    def on_intent_cleared(self, intent: UploadIntent) -> None:
+        with self._lock:
+            recorded = self._intents.get(intent.key)
+            # An older intent on the same key (an earlier attempt's) covers uploads the engine's cleanup did not
+            # look for: keep that one for the successor or the janitor.
+            if recorded is not None and recorded.since.replace(microsecond=0) >= intent.since.replace(microsecond=0):
+                del self._intents[intent.key]
+                self._send(required=True)
 
     def on_upload_opened(self, upload: OpenUpload) -> None:
         with self._lock:
@@ -80,21 +122,33 @@ class StatusReporter:
             bytes_migrated=p.bytes_migrated if p else 0,
             listing_done=p.listing_done if p else False,
             open_uploads=tuple(self._uploads.values()),
+            upload_intents=tuple(self._intents.values()),
+            bytes_skipped=p.bytes_skipped if p else 0,
+            destination_written=p.destination_written if p else False,
+            objects_retained=p.objects_retained if p else 0,
+            retained_keys=p.retained_keys if p else (),
         )
 
-    def _send(self, *, required: bool = False) -> None:
-        """Patch status.workers[<index>]; a required patch (upload IDs, final state) is retried until it lands."""
+    def _send(self, *, required: bool = False) -> bool:
+        """Patch status.workers[<index>]; a required patch (intents, upload IDs, final state) is retried, bounded.
+
+        Returns whether the patch landed.
+        """
         patch = {"status": {"workers": {str(self._index): self._report().to_status()}}}
-        for attempt in range(10 if required else 1):
+        attempts = REQUIRED_PATCH_ATTEMPTS if required else 1
+        for attempt in range(attempts):
             try:
                 self._api.patch_namespaced_custom_object_status(
                     GROUP, VERSION, self._namespace, PLURAL, self._name, patch, _content_type=MERGE_PATCH
                 )
                 self._sent_at = time.monotonic()
-                return
-            except ApiException as error:
+                return True
+            except Exception as error:  # ApiException, or the API server unreachable (urllib3 errors)
+                status = error.status if isinstance(error, ApiException) else type(error).__name__
                 log.warning("event=status-patch-failed job=%s/%s index=%d status=%s attempt=%d", self._namespace,
-                            self._name, self._index, error.status, attempt)
-                if error.status == 404:
-                    return
-                time.sleep(min(0.2 * 2**attempt, 2.0))
+                            self._name, self._index, status, attempt)
+                if isinstance(error, ApiException) and error.status == 404:
+                    return False
+                if attempt + 1 < attempts:
+                    time.sleep(min(0.2 * 2**attempt, 2.0))
+        return False

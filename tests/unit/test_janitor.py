@@ -1,0 +1,36 @@
+"""The operator's janitor (moto): aborts recorded upload IDs and every upload of ours on the intended keys."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from datamover.api import IntentRecord, MigrationSpec, UploadRecord, WorkerReport, WorkerState
+from datamover.backends.base import ObjectAttributes
+from datamover.controller import handlers
+from tests.unit import moto_s3, store
+
+
+def test_janitor_closes_intended_keys_and_recorded_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    with moto_s3():
+        destination = store("dst", "", "b")
+        since = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        unrecorded = destination.create_multipart("moved/a", ObjectAttributes())  # its ID never reached status
+        recorded = destination.create_multipart("moved/b", ObjectAttributes())
+        foreign = destination.create_multipart("moved/c", ObjectAttributes())
+        monkeypatch.setattr(handlers, "open_store", lambda config: destination)
+        events: list[dict[str, Any]] = []
+        monkeypatch.setattr(handlers, "_event", lambda body, **kwargs: events.append(kwargs))
+        report = WorkerReport(state=WorkerState.FAILED, upload_intents=(IntentRecord("moved/a", since),),
+                              open_uploads=(UploadRecord("moved/b", recorded),))
+        body = {"metadata": {"namespace": "ns", "name": "job"}, "status": {"workers": {"0": report.to_status()}}}
+        spec = MigrationSpec.from_spec({"source": {"bucket": "src"}, "destination": {"bucket": "dst"}})
+
+        patch = handlers._janitor(body, spec)
+
+        assert patch == {"0": {"openUploads": [], "uploadIntents": []}}
+        left = [u["UploadId"] for u in destination.client.list_multipart_uploads(Bucket="dst").get("Uploads", [])]
+        assert left == [foreign] and unrecorded not in left
+        assert events and events[0]["reason"] == "UploadsAborted" and events[0]["type"] == "Normal"

@@ -1,0 +1,54 @@
+"""The worker's status reporter: an upload intent is a required patch, and refusing it stops the create."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from datamover.engine import Progress, UploadIntent
+from datamover.worker import reporting
+from datamover.worker.reporting import IntentNotRecorded, StatusReporter
+
+
+class FakeApi:
+    def __init__(self, fail: int = 0, status: int = 500) -> None:
+        self.patches: list[dict[str, Any]] = []
+        self.fail, self.status = fail, status
+
+    def patch_namespaced_custom_object_status(self, *args: Any, **_: Any) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise ApiException(status=self.status)
+        self.patches.append(args[-1]["status"]["workers"]["0"])
+
+
+@pytest.fixture(autouse=True)
+def no_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reporting.time, "sleep", lambda _: None)
+
+
+SINCE = dt.datetime(2025, 5, 6, 7, 8, 9, tzinfo=dt.UTC)
+
+
+def test_an_intent_is_in_status_before_on_upload_intent_returns_and_gone_once_cleared() -> None:
+    api = FakeApi(fail=2)
+    reporter = StatusReporter(api, "ns", "job", 0, "pod")  # type: ignore[arg-type]
+    reporter.on_upload_intent(UploadIntent("k", SINCE))
+    assert api.patches[-1]["uploadIntents"] == [{"key": "k", "since": "2025-05-06T07:08:09Z"}]
+    reporter.on_intent_cleared(UploadIntent("k", SINCE))
+    assert api.patches[-1]["uploadIntents"] == []
+
+
+@pytest.mark.parametrize("status", [500, 404])
+def test_an_intent_that_cannot_be_recorded_raises(status: int) -> None:
+    api = FakeApi(fail=100, status=status)
+    reporter = StatusReporter(api, "ns", "job", 0, "pod")  # type: ignore[arg-type]
+    with pytest.raises(IntentNotRecorded):
+        reporter.on_upload_intent(UploadIntent("k", SINCE))
+    api.fail = 0
+    reporter.on_progress(Progress(state="running", destination_written=True, bytes_skipped=3))
+    assert api.patches[-1]["uploadIntents"] == []  # the refused intent is not left behind
+    assert api.patches[-1]["destinationWritten"] is True and api.patches[-1]["bytesSkipped"] == 3
