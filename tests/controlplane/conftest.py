@@ -93,6 +93,19 @@ class Cluster:
             self.namespace, field_selector=f"involvedObject.name={name}").items
         return [f"{e.type} {e.reason}: {e.message}" for e in items]
 
+    def wait_event(self, name: str, predicate: Callable[[str], bool], what: str, timeout: float = 30) -> str:
+        """The first Event on `name` (as "<type> <reason>: <message>") that satisfies `predicate`, waiting for kopf
+        to post it: Events are posted asynchronously, after the status patch a phase wait has already seen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            events = self.events(name)
+            for event in events:
+                if predicate(event):
+                    return event
+            if time.monotonic() > deadline:
+                raise AssertionError(f"MigrationJob {name}: no Event {what} after {timeout}s; Events: {events}")
+            time.sleep(0.1)
+
     def jobs(self) -> list[Any]:
         return list(client.BatchV1Api(self.api).list_namespaced_job(self.namespace).items)
 

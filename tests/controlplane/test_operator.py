@@ -123,7 +123,7 @@ def test_migration_succeeds_and_rclone_agrees(cluster: Cluster, cloud_a: Any, cl
     header = table.splitlines()[0].split()
     assert header == ["NAME", "PHASE", "PROGRESS", "OBJECTS", "BYTES", "AGE"], table
     assert "succeeded" in table and "100%" in table and "200/200" in table
-    assert any("Succeeded" in e for e in cluster.events("happy"))
+    cluster.wait_event("happy", lambda e: "Succeeded" in e, "Succeeded")
     assert len(cluster.jobs()) == 1
 
 
@@ -152,8 +152,8 @@ def test_abort_mid_migration_stops_cleanly_and_moves_only_verified_objects(
     migrated = assert_invariant(cloud_a, src, cloud_b, dst, contents, remain_source=False)
     assert migrated < len(contents), "the abort came too late to stop anything"
     assert all(not w.get("openUploads") for w in final["status"]["workers"].values())
-    events = cluster.events("stopme")
-    assert any("AbortRequested" in e for e in events) and any("Aborted" in e for e in events)
+    cluster.wait_event("stopme", lambda e: "AbortRequested" in e, "AbortRequested")
+    cluster.wait_event("stopme", lambda e: "Aborted" in e, "Aborted")
 
 
 def test_deleting_a_running_job_aborts_it_first(cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:
@@ -256,7 +256,7 @@ def test_frozen_worker_is_killed_after_the_grace_period_and_its_uploads_aborted_
     assert phase_of(final) == "aborted", final["status"]
     assert open_uploads(cloud_b, dst) == [], "the janitor must abort what the frozen worker left open"
     assert final["status"]["workers"]["0"]["openUploads"] == []
-    assert any("UploadsAborted" in e and "aborted 1 multipart" in e for e in cluster.events("frozen"))
+    cluster.wait_event("frozen", lambda e: "UploadsAborted" in e and "aborted 1 multipart" in e, "UploadsAborted")
     assert_invariant(cloud_a, src, cloud_b, dst, contents, remain_source=True)
 
 
@@ -292,7 +292,7 @@ def test_missing_secret_fails_naming_it_and_starts_nothing(cluster: Cluster, clo
     assert phase_of(final) == "failed"
     failed = condition(final, "Failed")
     assert failed["status"] == "True" and "does-not-exist" in failed["message"]
-    assert any("does-not-exist" in e and e.startswith("Warning") for e in cluster.events("nosecret"))
+    cluster.wait_event("nosecret", lambda e: "does-not-exist" in e and e.startswith("Warning"), "Warning naming it")
     assert cluster.jobs() == []
     assert assert_invariant(cloud_a, src, cloud_b, dst, contents, remain_source=False) == 0
 
@@ -314,7 +314,7 @@ def test_bad_credentials_or_bucket_fail_fast_naming_what_is_wrong(
     message = condition(final, "Failed")["message"]
     assert cloud_b.endpoint in message and dst in message, message
     assert "not-the-secret" not in message
-    assert any(e.startswith("Warning") and dst in e for e in cluster.events("bad"))
+    cluster.wait_event("bad", lambda e: e.startswith("Warning") and dst in e, "Warning naming the bucket")
     assert all(digest(cloud_a, src, key) == md5 for key, md5 in contents.items())
 
 

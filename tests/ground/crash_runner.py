@@ -1,0 +1,130 @@
+"""A worker stand-in for the crash matrix: runs `datamover.engine.migrate()` and SIGKILLs itself at a chosen place.
+
+    DM_CRASH_SPEC='{"source": {...}, "destination": {...}, "mode": "move", "kill": "between_parts", "occurrence": 3,
+                    "record": "/tmp/.../record.json", "options": {...}}' python -m tests.ground.crash_runner
+
+The spec travels in the environment (it holds credentials; argv is visible in ps). `kill` is a checkpoint name
+(killed the `occurrence`-th time any thread reaches it), "on_upload_opened" (killed inside that sink call, before the
+upload ID is recorded: the worst case, as when a status patch has not happened yet), or "none" (the parent kills it
+after a delay). The sink stands in for the worker's status record: every upload intent (before CreateMultipartUpload)
+and every upload ID is written to `record` as JSON and fsynced before the engine goes on, so what the file says
+survives the kill exactly as a durable status record would. Prints one line per event for the trial's log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from datamover.backends import open_store
+from datamover.backends.s3 import S3Config
+from datamover.engine import AbortSignal, MigrationOptions, OpenUpload, Progress, migrate
+
+
+def die(where: str) -> None:
+    print(f"KILL {where}", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class DurableRecord:
+    """Intents and uploads, rewritten atomically (tmp file, fsync, rename, fsync dir) on every change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.data: dict[str, list[dict[str, str]]] = {"intents": [], "cleared": [], "opened": [], "closed": []}
+        self._write()
+
+    def add(self, kind: str, entry: dict[str, str]) -> None:
+        with self.lock:
+            self.data[kind].append(entry)
+            self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w") as file:
+            json.dump(self.data, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, self.path)
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _intent_entry(intent: Any) -> dict[str, str]:
+    return {"key": str(intent.key), "since": intent.since.isoformat()}
+
+
+class RecordingSink:
+    """The status record's stand-in; kills the process inside on_upload_opened when asked."""
+
+    def __init__(self, record: DurableRecord, kill: str, occurrence: int) -> None:
+        self.record = record
+        self.kill = kill
+        self.occurrence = occurrence
+        self.opened = 0
+        self.lock = threading.Lock()
+
+    def on_progress(self, progress: Progress) -> None:
+        pass
+
+    def on_upload_intent(self, intent: Any) -> None:
+        self.record.add("intents", _intent_entry(intent))
+        print(f"INTENT {intent.key}", flush=True)
+
+    def on_intent_cleared(self, intent: Any) -> None:
+        self.record.add("cleared", _intent_entry(intent))
+
+    def on_upload_opened(self, upload: OpenUpload) -> None:
+        with self.lock:
+            self.opened += 1
+            fire = self.kill == "on_upload_opened" and self.opened == self.occurrence
+        if fire:
+            die(f"on_upload_opened #{self.occurrence} {upload.key}")
+        self.record.add("opened", {"bucket": upload.bucket, "key": upload.key, "upload_id": upload.upload_id})
+        print(f"OPENED {upload.key} {upload.upload_id}", flush=True)
+
+    def on_upload_closed(self, upload: OpenUpload) -> None:
+        self.record.add("closed", {"bucket": upload.bucket, "key": upload.key, "upload_id": upload.upload_id})
+
+
+def killer(kill: str, occurrence: int) -> AbortSignal:
+    hits = 0
+    lock = threading.Lock()
+
+    def hook(name: str, key: str | None) -> None:
+        nonlocal hits
+        if name != kill:
+            return
+        with lock:
+            hits += 1
+            fire = hits == occurrence
+        if fire:
+            die(f"{name} #{occurrence} {key}")
+
+    return AbortSignal(on_checkpoint=hook)
+
+
+def main() -> int:
+    spec = json.loads(os.environ["DM_CRASH_SPEC"])
+    record = DurableRecord(Path(spec["record"]))
+    source = open_store(S3Config(**spec["source"]))
+    destination = open_store(S3Config(**spec["destination"]))
+    options = MigrationOptions(remain_source=spec["mode"] == "copy", **spec["options"])
+    sink = RecordingSink(record, spec["kill"], spec["occurrence"])
+    print("STARTED", flush=True)
+    result = migrate(source, destination, options, killer(spec["kill"], spec["occurrence"]), sink)
+    print(f"FINISHED {result.outcome.value} {result.error}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
