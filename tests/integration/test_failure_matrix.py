@@ -356,14 +356,19 @@ def _get(request: Request) -> bool:
 
 
 FAULTS: dict[str, tuple[str, Callable[[random.Random], list[Rule]]]] = {
-    # name -> (side behind the proxy, seeded rules)
+    # name -> (side behind the proxy, seeded rules). The first rule of each fires on the first matching request, so
+    # every trial is sure to meet its fault; the seeded one after it adds more at random, within what retries absorb.
     "reset_mid_request_body": ("destination", lambda rng: [
-        Rule("reset_request", match=_body, probability=rng.uniform(0.15, 0.35), limit=4)]),
+        Rule("reset_request", match=_body, limit=1),
+        Rule("reset_request", match=_body, probability=rng.uniform(0.15, 0.35), limit=1)]),
     "reset_mid_response_body": ("source", lambda rng: [
-        Rule("reset_response", match=_get, probability=rng.uniform(0.15, 0.35), limit=4)]),
+        Rule("reset_response", match=_get, limit=1),
+        Rule("reset_response", match=_get, probability=rng.uniform(0.15, 0.35), limit=1)]),
     "slowdown_503": ("destination", lambda rng: [
-        Rule("slowdown", probability=rng.uniform(0.1, 0.3), limit=6)]),
+        Rule("slowdown", limit=1),
+        Rule("slowdown", probability=rng.uniform(0.1, 0.3), limit=1)]),
     "latency": ("destination", lambda rng: [
+        Rule("latency", delay=rng.uniform(0.01, 0.1), limit=1),
         Rule("latency", probability=0.5, delay=rng.uniform(0.01, 0.1))]),
     "cut_create_multipart_response": ("destination", lambda rng: [
         Rule("cut_response", match=Request.is_create_multipart, limit=rng.randint(1, 2))]),
