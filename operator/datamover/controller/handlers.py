@@ -355,7 +355,8 @@ def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = A
 
     phase = Phase(status["phase"]) if status.get("phase") else None
     reference_error = None
-    if not children.job_exists and phase is Phase.PENDING and place.admitted and not spec.abort:
+    finalized = FINALIZER in (meta.get("finalizers") or [])
+    if not children.job_exists and phase is Phase.PENDING and place.admitted and finalized and not spec.abort:
         reference_error = _reference_error(namespace, spec)
     requested = status.get("abortRequestedTime")
     decision = decide(Observation(
@@ -374,7 +375,7 @@ def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = A
         pods_alive=len(children.pods),
         workers=worker_reports(status),
     ))
-    if decision.create_job and FINALIZER not in (meta.get("finalizers") or []):
+    if decision.create_job and not finalized:
         # The finalizer (added by kopf once the job holds a slot) must be there before anything needs cleaning up:
         # its patch is an event, and that event brings the next step.
         decision = replace(decision, create_job=False)
