@@ -279,3 +279,40 @@ def test_abort_uploads_reports_closed_exactly_the_aborted_and_the_already_gone(m
     destination.abort_multipart = refuse  # type: ignore[method-assign]
     assert abort_uploads(destination, [stuck]) == []
     assert [u["UploadId"] for u in open_uploads(destination)] == [stuck.upload_id]
+
+
+def test_a_server_side_copy_overwritten_before_verify_fails_and_is_removed(moto: None) -> None:
+    source, destination = store("src", "", "a"), store("dst", "", "a")  # same credentials: CopyObject
+    body = os.urandom(3000)
+    put(source, VICTIM, body)
+    original = destination.copy_object
+
+    def copy_then_overwrite(*args: Any, **kwargs: Any) -> str:
+        etag = original(*args, **kwargs)
+        put(destination, VICTIM, flipped(body))  # another writer, between the copy and its verification
+        return etag
+
+    destination.copy_object = copy_then_overwrite  # type: ignore[method-assign]
+    result = migrate(source, destination, options(False), AbortSignal(), RecordingSink())
+    assert result.outcome is Outcome.FAILED and result.failed_keys == (VICTIM,)
+    assert read(destination, VICTIM) is None and read(source, VICTIM) == body
+
+
+@pytest.mark.parametrize("remain_source", MODES)
+def test_without_destination_listing_missing_and_impostor_objects_are_still_copied(
+    moto: None, remain_source: bool,
+) -> None:
+    from tests.unit.test_backend_s3 import fail_first
+
+    source, destination = store("src", "", "a"), store("dst", "", "b")
+    bodies = {"absent": os.urandom(2000), "impostor": os.urandom(2000)}
+    for key, body in bodies.items():
+        put(source, key, body)
+    put(destination, "impostor", os.urandom(2000))  # same size, other bytes
+    fail_first(destination, "ListObjectsV2", 100, 403, "AccessDenied")  # checked with HEAD, object by object
+    result = migrate(source, destination, options(remain_source), AbortSignal(), RecordingSink())
+    assert result.outcome is Outcome.SUCCEEDED, result.error
+    assert result.progress.objects_skipped == 0
+    for key, body in bodies.items():
+        assert read(destination, key) == body
+        assert read(source, key) == (body if remain_source else None)
