@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kubernetes import client, config
 
 from tests.ground.fleet import FINAL_PHASES, FleetWatch, Timeline, count_requests, create_all
+from tests.ground.procs import pids_with_environment
 from tests.ground.stack import Stack, local_stack
 
 MiB = 1024 * 1024
@@ -130,21 +131,6 @@ def fleet_run(stack: Stack, api: client.ApiClient, namespace: str, jobs: int, li
     print("  by kind: " + ", ".join(f"{k} {v}" for k, v in top))
 
 
-def _worker_pids(job: str) -> list[int]:
-    """Local processes of the node agent's pods for one MigrationJob (read from their environment)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"DATAMOVER_MIGRATIONJOB={job}".encode() in environ and b"DATAMOVER_NAMESPACE=queued" in environ:
-            pids.append(int(proc.name))
-    return pids
-
-
 def queued_cost(stack: Stack, api: client.ApiClient, namespace: str, queued: int, window: float) -> None:
     """One job holds the only slot (its worker frozen with SIGSTOP: it reports nothing, so what the window counts is
     the queue's own cost); `queued` jobs wait. Requests in a quiet window, per queued job."""
@@ -156,7 +142,7 @@ def queued_cost(stack: Stack, api: client.ApiClient, namespace: str, queued: int
     with FleetWatch(api, namespace) as fleet:
         create_all(api, namespace, manifests[:1], fleet)
         fleet.wait(["blocker"], lambda t: t.running is not None, "running", timeout=120)
-        frozen = _worker_pids("blocker")
+        frozen = pids_with_environment("DATAMOVER_MIGRATIONJOB=blocker", f"DATAMOVER_NAMESPACE={namespace}")
         for pid in frozen:
             os.kill(pid, signal.SIGSTOP)
         create_all(api, namespace, manifests[1:], fleet)

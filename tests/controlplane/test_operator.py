@@ -16,6 +16,7 @@ import yaml
 from kubernetes import client
 
 from tests.controlplane.conftest import Cluster, migration_job
+from tests.ground.procs import pids_with_environment
 from tests.ground.s3 import rclone_check
 from tests.ground.stack import OperatorProcess
 
@@ -190,7 +191,9 @@ def test_abort_of_a_finished_job_is_refused_by_the_api_server(cluster: Cluster, 
     src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
     fill(cloud_a, src, small=3, large=0)
     cluster.apply(migration_job("finished", cloud_a, src, cloud_b, dst))
-    before = cluster.wait_phase("finished", {"succeeded"}, timeout=120)
+    # Settled: succeeded, and the finalizer gone (kopf drops it once nothing is left to clean up, which is a write).
+    before = cluster.wait("finished", lambda o: phase_of(o) == "succeeded" and not o["metadata"].get("finalizers"),
+                          "succeeded and settled", timeout=120)
     result = cluster.kubectl("patch", "mj", "finished", "-n", cluster.namespace, "--type", "merge",
                              "-p", '{"spec":{"abort":true}}', check=False)
     assert result.returncode != 0
@@ -204,17 +207,9 @@ def test_abort_of_a_finished_job_is_refused_by_the_api_server(cluster: Cluster, 
 
 def _kill_pod_process(pod: str, sig: int = signal.SIGKILL) -> int:
     """Signal the local process that runs a pod (found by the pod name in its environment); SIGKILL by default."""
-    needle = f"DATAMOVER_POD={pod}".encode()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if needle in environ:
-            os.kill(int(proc.name), sig)
-            return int(proc.name)
+    for pid in pids_with_environment(f"DATAMOVER_POD={pod}"):
+        os.kill(pid, sig)
+        return pid
     raise AssertionError(f"no process runs pod {pod}")
 
 

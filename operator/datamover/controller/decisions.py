@@ -101,7 +101,8 @@ def _abort_reason(obs: Observation) -> str:
     return "MigrationJob deleted" if obs.deleting else "spec.abort"
 
 
-def _queued_message(place: QueuePlace) -> str:
+def queued_message(place: QueuePlace) -> str:
+    """What a queued job's status says about its place."""
     return (f"waiting for a slot: position {place.position} of {place.length} in the queue; "
             f"at most {place.limit} MigrationJob(s) run at once")
 
@@ -118,7 +119,7 @@ def decide(obs: Observation) -> Decision:
         if obs.reference_error:
             return Decision(Phase.FAILED, obs.reference_error.reason, obs.reference_error.message)
         if not obs.queue.admitted:
-            return Decision(Phase.PENDING, "Queued", _queued_message(obs.queue))
+            return Decision(Phase.PENDING, "Queued", queued_message(obs.queue))
         # A new job gets its answer first (one status write); its Job is created on the next step.
         return Decision(Phase.PENDING, "WorkersStarting", f"starting {obs.parallelism} worker(s)",
                         create_job=obs.phase is Phase.PENDING)

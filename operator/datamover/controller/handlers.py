@@ -61,6 +61,7 @@ from datamover.controller.decisions import (
     QueuePlace,
     admissions,
     decide,
+    queued_message,
 )
 from datamover.controller.workqueue import WorkQueue
 from datamover.engine import OpenUpload, abort_uploads
@@ -574,13 +575,8 @@ class Controller:
                 body = self.current(key)
                 if body is None:
                     continue
-                if place.admitted or (body.get("status") or {}).get("message") != _queued(place):
+                if place.admitted or (body.get("status") or {}).get("message") != queued_message(place):
                     self.queue.add(key)
-
-
-def _queued(place: QueuePlace) -> str:
-    return decide(Observation(phase=Phase.PENDING, abort_requested=False, parallelism=1, grace_seconds=0,
-                              now=dt.datetime.now(dt.UTC), queue=place)).message
 
 
 CONTROLLER = Controller()
