@@ -49,6 +49,12 @@ SECRET_KEYS_REQUIRED = ("accessKeyId", "secretAccessKey")
 SECRET_KEYS_OPTIONAL = ("sessionToken",)
 
 
+# A running worker reports at least this often, progress or not; one silent for the timeout is taken for frozen (or
+# cut off from the API server) and restarted by the operator.
+HEARTBEAT_SECONDS = 10.0
+HEARTBEAT_TIMEOUT_SECONDS = 60.0
+
+
 class Phase(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +253,39 @@ def test_frozen_worker_is_killed_after_the_grace_period_and_its_uploads_aborted_
     assert open_uploads(cloud_b, dst) == [], "the janitor must abort what the frozen worker left open"
     assert final["status"]["workers"]["0"]["openUploads"] == []
     cluster.wait_event("frozen", lambda e: "UploadsAborted" in e and "aborted 1 multipart" in e, "UploadsAborted")
+    assert_invariant(cloud_a, src, cloud_b, dst, contents, remain_source=True)
+
+
+@pytest.fixture
+def impatient_operator(operator: OperatorProcess) -> Iterator[OperatorProcess]:
+    """The session's operator, restarted to take a worker silent for 20 s for frozen (an operator flag)."""
+    operator.stop()
+    operator.env["DATAMOVER_WORKER_HEARTBEAT_TIMEOUT"] = "20"
+    operator.start()
+    yield operator
+    operator.stop()
+    operator.env.pop("DATAMOVER_WORKER_HEARTBEAT_TIMEOUT")
+    operator.start()
+
+
+@pytest.mark.local_processes
+def test_worker_frozen_without_an_abort_is_restarted_when_its_heartbeat_stops_and_the_job_succeeds(
+        cluster: Cluster, impatient_operator: OperatorProcess, cloud_a: Any, cloud_b: Any) -> None:
+    src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
+    contents = fill(cloud_a, src, small=5, large=4)
+    cluster.apply(migration_job("stalled", cloud_a, src, cloud_b, dst, concurrency=1, partSize="5Mi"))
+    mid = cluster.wait("stalled", lambda o: bool((o.get("status") or {}).get("workers", {}).get("0", {})
+                                                  .get("openUploads")), "an open multipart upload")
+    frozen = mid["status"]["workers"]["0"]["pod"]
+    _kill_pod_process(frozen, signal.SIGSTOP)  # alive to the node, silent to the operator
+
+    final = cluster.wait_phase("stalled", {"succeeded", "failed", "aborted"}, timeout=300)
+    assert phase_of(final) == "succeeded", final["status"]
+    cluster.wait_event("stalled", lambda e: "WorkerUnresponsive" in e and f"pod {frozen}" in e, "WorkerUnresponsive")
+    assert final["status"]["workers"]["0"]["pod"] != frozen
+    assert open_uploads(cloud_b, dst) == [], "the successor must close what the frozen worker left open"
+    check = rclone_check(cloud_a, src, cloud_b, dst)
+    assert check.returncode == 0, check.stdout + check.stderr
     assert_invariant(cloud_a, src, cloud_b, dst, contents, remain_source=True)
 
 

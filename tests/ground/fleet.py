@@ -21,6 +21,8 @@ from kubernetes import client, watch
 
 GROUP, VERSION, PLURAL = "datamover.io", "v1alpha1", "migrationjobs"
 FINAL_PHASES = frozenset({"succeeded", "failed", "aborted", "cancelled"})
+# Phases only move forward: pending, then running, then aborting, then a final one (any step may be skipped).
+PHASE_RANK = {"pending": 0, "running": 1, "aborting": 2, **dict.fromkeys(FINAL_PHASES, 3)}
 
 
 def holds_slot(status: dict[str, Any]) -> bool:
@@ -56,6 +58,7 @@ class FleetWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleet-watch", daemon=True)
         self.errors: list[str] = []
+        self.regressions: list[str] = []  # a phase seen after a later one: status written from stale memory
 
     def __enter__(self) -> FleetWatch:
         self._thread.start()
@@ -105,6 +108,10 @@ class FleetWatch:
                 timeline.first_status = now
             if status.get("reason"):
                 timeline.reasons.add(str(status["reason"]))
+            before = timeline.phase
+            if before and (PHASE_RANK.get(str(phase), -1) < PHASE_RANK.get(before, 0)
+                           or (before in FINAL_PHASES and phase != before)):
+                self.regressions.append(f"{name}: {before} -> {phase}")
             timeline.phase = phase
             if holds_slot(status):
                 if timeline.admitted is None:

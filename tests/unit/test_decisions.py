@@ -40,9 +40,9 @@ def test_new_job_is_answered_pending_first_and_its_workers_start_next() -> None:
 
 def test_job_is_running_once_a_worker_writes_to_the_destination() -> None:
     listing = {0: WorkerReport(WorkerState.RUNNING)}
-    assert decide(obs(phase=Phase.PENDING, job_exists=True, pods_alive=2, workers=listing)) == Decision()
+    assert decide(obs(phase=Phase.PENDING, job_exists=True, alive_pods=("p-0", "p-1"), workers=listing)) == Decision()
     writing = {0: WorkerReport(WorkerState.RUNNING, destination_written=True)}
-    d = decide(obs(phase=Phase.PENDING, job_exists=True, pods_alive=2, workers=writing))
+    d = decide(obs(phase=Phase.PENDING, job_exists=True, alive_pods=("p-0", "p-1"), workers=writing))
     assert d.phase is Phase.RUNNING and d.reason == "Migrating"
 
 
@@ -59,7 +59,7 @@ def test_abort_before_start_cancels_without_workers() -> None:
 
 
 def test_abort_before_any_write_ends_cancelled_even_after_workers_started() -> None:
-    d = decide(obs(phase=Phase.ABORTING, job_exists=True, pods_alive=0, abort_requested=True,
+    d = decide(obs(phase=Phase.ABORTING, job_exists=True, alive_pods=(), abort_requested=True,
                    workers={0: done(WorkerState.ABORTED, wrote=False)}))
     assert d.phase is Phase.CANCELLED and d.run_janitor
 
@@ -79,35 +79,35 @@ def test_restart_after_job_creation_does_not_create_a_second_job() -> None:
 
 def test_running_unchanged_while_workers_work() -> None:
     workers = {0: done(WorkerState.RUNNING)}
-    assert decide(obs(phase=Phase.RUNNING, job_exists=True, pods_alive=2, workers=workers)) == Decision()
+    assert decide(obs(phase=Phase.RUNNING, job_exists=True, alive_pods=("p-0", "p-1"), workers=workers)) == Decision()
 
 
 def test_abort_while_running_moves_to_aborting_and_stops_the_job() -> None:
-    d = decide(obs(phase=Phase.RUNNING, job_exists=True, pods_alive=2, abort_requested=True))
+    d = decide(obs(phase=Phase.RUNNING, job_exists=True, alive_pods=("p-0", "p-1"), abort_requested=True))
     assert d.phase is Phase.ABORTING and d.stop_job and not d.kill_pods
 
 
 def test_aborting_waits_for_pods_within_grace() -> None:
-    d = decide(obs(phase=Phase.ABORTING, job_exists=True, pods_alive=1, abort_requested=True,
+    d = decide(obs(phase=Phase.ABORTING, job_exists=True, alive_pods=("p-0",), abort_requested=True,
                    abort_requested_at=NOW - dt.timedelta(seconds=10)))
     assert d.phase is None and not d.kill_pods
 
 
 def test_aborting_kills_pods_after_grace() -> None:
-    d = decide(obs(phase=Phase.ABORTING, job_exists=True, pods_alive=1, abort_requested=True,
+    d = decide(obs(phase=Phase.ABORTING, job_exists=True, alive_pods=("p-0",), abort_requested=True,
                    abort_requested_at=NOW - dt.timedelta(seconds=61)))
     assert d.phase is None and d.kill_pods
 
 
 def test_aborting_ends_aborted_with_janitor_once_pods_are_gone() -> None:
-    d = decide(obs(phase=Phase.ABORTING, job_exists=True, pods_alive=0, abort_requested=True,
+    d = decide(obs(phase=Phase.ABORTING, job_exists=True, alive_pods=(), abort_requested=True,
                    workers={0: done(WorkerState.ABORTED), 1: done()}))
     assert d.phase is Phase.ABORTED and d.run_janitor
 
 
 def test_aborted_move_names_objects_left_in_both_places() -> None:
     left = WorkerReport(WorkerState.ABORTED, destination_written=True, objects_retained=1, retained_keys=("a/b",))
-    d = decide(obs(phase=Phase.ABORTING, job_exists=True, pods_alive=0, abort_requested=True, workers={0: left}))
+    d = decide(obs(phase=Phase.ABORTING, job_exists=True, alive_pods=(), abort_requested=True, workers={0: left}))
     assert d.phase is Phase.ABORTED and "1 moved object(s) are in both places" in d.message and "a/b" in d.message
 
 
@@ -136,7 +136,7 @@ def test_failed_job_reports_the_workers_message() -> None:
 
 def test_failed_job_waits_for_its_last_pods_before_the_janitor_runs() -> None:
     failed = WorkerReport(WorkerState.FAILED, message="boom")
-    d = decide(obs(phase=Phase.RUNNING, job_exists=True, job_failed_message="PodFailurePolicy", pods_alive=1,
+    d = decide(obs(phase=Phase.RUNNING, job_exists=True, job_failed_message="PodFailurePolicy", alive_pods=("p-0",),
                    workers={0: failed}))
     assert d == Decision()
 
@@ -176,3 +176,28 @@ def test_admission_never_exceeds_the_limit() -> None:
 @pytest.mark.parametrize("phase", [Phase.SUCCEEDED, Phase.FAILED, Phase.ABORTED, Phase.CANCELLED])
 def test_final_phases_are_final(phase: Phase) -> None:
     assert decide(obs(phase=phase, abort_requested=True, job_exists=True)) == Decision()
+
+
+def beating(seconds_ago: float, pod: str, state: WorkerState = WorkerState.RUNNING) -> WorkerReport:
+    return WorkerReport(state, pod=pod, destination_written=True,
+                        heartbeat=(NOW - dt.timedelta(seconds=seconds_ago)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def test_a_worker_whose_heartbeat_stopped_is_restarted_and_named() -> None:
+    workers = {0: beating(5, "p-0"), 1: beating(61, "p-1")}
+    d = decide(obs(phase=Phase.RUNNING, job_exists=True, alive_pods=("p-0", "p-1"), workers=workers,
+                   heartbeat_timeout=60))
+    assert d.restart_pods == ("p-1",) and d.phase is None and d.reason == "WorkerUnresponsive"
+    assert "worker 1 (pod p-1)" in d.message
+
+
+@pytest.mark.parametrize("case", ["beating", "finished", "successor", "already-deleted", "aborting"])
+def test_no_restart_for_a_live_finished_replaced_or_stopping_worker(case: str) -> None:
+    worker = {"beating": beating(59, "p-0"), "finished": beating(600, "p-0", WorkerState.SUCCEEDED),
+              "successor": beating(600, "p-0-old"), "already-deleted": beating(600, "p-0"),
+              "aborting": beating(600, "p-0")}[case]
+    d = decide(obs(phase=Phase.ABORTING if case == "aborting" else Phase.RUNNING, job_exists=True,
+                   abort_requested=case == "aborting", abort_requested_at=NOW, alive_pods=("p-0",),
+                   terminating_pods=("p-0",) if case == "already-deleted" else (), workers={0: worker},
+                   heartbeat_timeout=60))
+    assert d.restart_pods == ()

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from datamover.api import WorkerState
 from datamover.engine import Progress, UploadIntent
 from datamover.worker import reporting
 from datamover.worker.reporting import IntentNotRecorded, StatusReporter
@@ -52,3 +53,21 @@ def test_an_intent_that_cannot_be_recorded_raises(status: int) -> None:
     reporter.on_progress(Progress(state="running", destination_written=True, bytes_skipped=3))
     assert api.patches[-1]["uploadIntents"] == []  # the refused intent is not left behind
     assert api.patches[-1]["destinationWritten"] is True and api.patches[-1]["bytesSkipped"] == 3
+
+
+def test_a_running_worker_beats_without_progress_and_a_finished_one_falls_silent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(reporting.time, "monotonic", lambda: clock[0])
+    api = FakeApi()
+    reporter = StatusReporter(api, "ns", "job", 0, "pod")  # type: ignore[arg-type]
+    reporter.start(aborting=False)
+    reporter.beat()
+    assert len(api.patches) == 1  # just reported: nothing to add
+    clock[0] += reporting.HEARTBEAT_SECONDS
+    reporter.beat()
+    assert len(api.patches) == 2 and api.patches[-1]["state"] == "running"
+    reporter.finish(WorkerState.SUCCEEDED, Progress(state="done"), "")
+    clock[0] += 10 * reporting.HEARTBEAT_SECONDS
+    reporter.beat()
+    assert len(api.patches) == 3 and api.patches[-1]["state"] == "succeeded"

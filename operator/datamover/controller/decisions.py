@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from datamover.api import Phase, WorkerReport, WorkerState
+from datamover.api import HEARTBEAT_TIMEOUT_SECONDS, Phase, WorkerReport, WorkerState, parse_time
 
 
 @dataclass(frozen=True)
@@ -51,8 +51,10 @@ class Observation:
     job_exists: bool = False
     job_complete: bool = False
     job_failed_message: str | None = None  # the Job's Failed condition, when it has one
-    pods_alive: int = 0  # worker pods not yet finished (running, pending or terminating)
+    alive_pods: tuple[str, ...] = ()  # worker pods not yet finished (running, pending or terminating)
+    terminating_pods: tuple[str, ...] = ()  # of those, the ones already being deleted
     workers: Mapping[int, WorkerReport] = field(default_factory=dict)
+    heartbeat_timeout: float = HEARTBEAT_TIMEOUT_SECONDS  # a running worker silent this long is taken for frozen
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class Decision:
     stop_job: bool = False  # suspend the Job: no new or retried pods, running pods get SIGTERM
     kill_pods: bool = False  # grace period over: delete the remaining pods at once
     run_janitor: bool = False  # abort every multipart upload the workers recorded an intent or an ID for
+    restart_pods: tuple[str, ...] = ()  # frozen workers' pods: delete them, the Job starts successors
 
 
 def _worker_failure(workers: Mapping[int, WorkerReport]) -> tuple[str, str] | None:
@@ -95,6 +98,22 @@ def _retained_note(obs: Observation) -> str:
         return ""
     keys = [k for index in sorted(obs.workers) for k in obs.workers[index].retained_keys][:5]
     return f"; {count} moved object(s) are in both places because their source delete failed: {', '.join(keys)}"
+
+
+def unresponsive_workers(obs: Observation) -> dict[int, str]:
+    """Workers whose pod is alive but whose heartbeat stopped (index -> pod): frozen, or cut off from the API server.
+
+    Only the pod that wrote a report is judged by it; a successor that has not reported yet is not judged by its
+    predecessor's last heartbeat.
+    """
+    stale: dict[int, str] = {}
+    for index, report in sorted(obs.workers.items()):
+        if (report.state.final or not report.heartbeat or report.pod not in obs.alive_pods
+                or report.pod in obs.terminating_pods):
+            continue
+        if (obs.now - parse_time(report.heartbeat)).total_seconds() >= obs.heartbeat_timeout:
+            stale[index] = report.pod
+    return stale
 
 
 def _abort_reason(obs: Observation) -> str:
@@ -131,7 +150,7 @@ def decide(obs: Observation) -> Decision:
             return Decision(Phase.ABORTING, "AbortRequested",
                             f"{_abort_reason(obs)}: stopping workers at their next checkpoint", stop_job=True)
         if obs.job_failed_message is not None:
-            if obs.pods_alive:
+            if obs.alive_pods:
                 # The Job controller is stopping the other workers; the janitor must not race one still writing.
                 return Decision()
             failed = _worker_failure(obs.workers)
@@ -146,6 +165,12 @@ def decide(obs: Observation) -> Decision:
                 return Decision(Phase.FAILED, "ObjectsFailed",
                                 f"{failed_objects} object(s) could not be migrated{detail}", run_janitor=True)
             return Decision(Phase.SUCCEEDED, "Succeeded", "all objects migrated and verified", run_janitor=True)
+        stale = unresponsive_workers(obs)
+        if stale:
+            named = ", ".join(f"worker {index} (pod {pod})" for index, pod in stale.items())
+            return Decision(reason="WorkerUnresponsive", restart_pods=tuple(stale.values()),
+                            message=f"{named} sent no heartbeat for {obs.heartbeat_timeout:.0f}s; restarting it "
+                                    "(its successor closes the uploads it left open)")
         if _wrote(obs):
             if obs.phase is not Phase.RUNNING:
                 return Decision(Phase.RUNNING, "Migrating", f"{obs.parallelism} worker(s) writing to the destination")
@@ -155,7 +180,7 @@ def decide(obs: Observation) -> Decision:
         return Decision()
 
     # aborting
-    if obs.pods_alive == 0:
+    if not obs.alive_pods:
         if obs.job_complete and _all_succeeded(obs):
             return Decision(Phase.SUCCEEDED, "Succeeded", "finished before the abort took effect", run_janitor=True)
         if not _wrote(obs):

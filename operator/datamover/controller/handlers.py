@@ -22,8 +22,8 @@ import datetime as dt
 import functools
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import kopf
@@ -33,6 +33,7 @@ from kubernetes.client.exceptions import ApiException
 from datamover.api import (
     FINALIZER,
     GROUP,
+    HEARTBEAT_TIMEOUT_SECONDS,
     LABEL_JOB,
     LABEL_MANAGED_BY,
     MANAGER,
@@ -63,6 +64,7 @@ from datamover.controller.decisions import (
     decide,
     queued_message,
 )
+from datamover.controller.peering import PEERING_GROUP, PEERING_VERSION, PeeringObject, is_active
 from datamover.controller.workqueue import WorkQueue
 from datamover.engine import OpenUpload, abort_uploads
 from datamover.locations import s3_config
@@ -70,6 +72,7 @@ from datamover.locations import s3_config
 log = logging.getLogger("datamover.operator")
 
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 WORKER_SETTINGS = resources.WorkerSettings.from_env()
 # Reconcilers working at once; each holds a thread of the pool only while it talks to the API server.
 RECONCILERS = 8
@@ -80,6 +83,8 @@ RESYNC_SECONDS = 60.0
 QUEUE_REFRESH_SECONDS = 10.0
 # How often a deletion looks again whether its workers have stopped.
 FINALIZE_LOOK_SECONDS = 0.5
+# How often a replica under kopf peering reads the peering objects to know whether it is the active one.
+PEERING_LOOK_SECONDS = 2.0
 # Default of --max-concurrent-jobs: MigrationJobs whose workers run at once (0 = no limit).
 DEFAULT_MAX_CONCURRENT_JOBS = 20
 
@@ -159,13 +164,18 @@ def _stop_workers(namespace: str, name: str, pods: list[str], *, suspended: bool
             if not _not_found(error):
                 raise
     if kill:
-        core = client.CoreV1Api(_api_client())
-        for pod in pods:
-            try:
-                core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
-            except ApiException as error:
-                if not _not_found(error):
-                    raise
+        _delete_pods(namespace, pods)
+
+
+def _delete_pods(namespace: str, pods: Iterable[str]) -> None:
+    """Delete worker pods at once (no grace: they are past it, or frozen and would not act on SIGTERM)."""
+    core = client.CoreV1Api(_api_client())
+    for pod in pods:
+        try:
+            core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
+        except ApiException as error:
+            if not _not_found(error):
+                raise
 
 
 def _janitor(body: Mapping[str, Any], spec: MigrationSpec) -> dict[str, Any]:
@@ -336,10 +346,11 @@ class Children:
     job_complete: bool = False
     job_failed_message: str | None = None
     pods: tuple[str, ...] = ()  # worker pods not yet finished
+    terminating: tuple[str, ...] = ()  # of those, the ones being deleted
 
 
-def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = ADMITTED, *,
-              deleting: bool = False) -> tuple[Decision, Mapping[str, Any] | None]:
+def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = ADMITTED, *, deleting: bool = False,
+              heartbeat_timeout: float = HEARTBEAT_TIMEOUT_SECONDS) -> tuple[Decision, Mapping[str, Any] | None]:
     """One step for one MigrationJob; returns what was decided and the object as written (if it was)."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
@@ -357,7 +368,7 @@ def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = A
     phase = Phase(status["phase"]) if status.get("phase") else None
     reference_error = None
     finalized = FINALIZER in (meta.get("finalizers") or [])
-    if not children.job_exists and phase is Phase.PENDING and place.admitted and finalized and not spec.abort:
+    if not children.job_exists and phase is Phase.PENDING and place.admitted and not spec.abort:
         reference_error = _reference_error(namespace, spec)
     requested = status.get("abortRequestedTime")
     decision = decide(Observation(
@@ -373,18 +384,18 @@ def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = A
         job_exists=children.job_exists,
         job_complete=children.job_complete,
         job_failed_message=children.job_failed_message,
-        pods_alive=len(children.pods),
+        alive_pods=children.pods,
+        terminating_pods=children.terminating,
         workers=worker_reports(status),
+        heartbeat_timeout=heartbeat_timeout,
     ))
-    if decision.create_job and not finalized:
-        # The finalizer (added by kopf once the job holds a slot) must be there before anything needs cleaning up:
-        # its patch is an event, and that event brings the next step.
-        decision = replace(decision, create_job=False)
-    if decision.create_job:
-        _start_workers(body, spec)
     if decision.stop_job:
         _stop_workers(namespace, name, list(children.pods), suspended=children.job_suspended,
                       kill=decision.kill_pods)
+    if decision.restart_pods:
+        log.warning("event=workers-unresponsive job=%s/%s pods=%s", namespace, name, ",".join(decision.restart_pods))
+        _delete_pods(namespace, decision.restart_pods)
+        _event(body, type="Warning", reason=decision.reason, message=decision.message)
     patch = _status_for(body, decision, deleting)
     # An Event says what happened: a new phase or reason. A queued job's new place is a status update, not news.
     before = (status.get("phase"), status.get("reason"))
@@ -393,14 +404,38 @@ def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = A
         workers_patch = _janitor(body, spec)
         if workers_patch:
             patch["workers"] = workers_patch
-    if not patch:
-        return decision, None
-    written = _patch_status(namespace, name, patch)
+    result = _patch_status(namespace, name, patch) if patch else None
     if decision.phase is not None and phase_changed:
         log.info("event=phase job=%s/%s phase=%s reason=%s", namespace, name, decision.phase.value, decision.reason)
         event_type = "Warning" if decision.phase is Phase.FAILED else "Normal"
         _event(body, type=event_type, reason=decision.reason, message=decision.message)
-    return decision, written
+    # The status goes first: with it the job no longer reads Queued, so kopf keeps the finalizer we add next.
+    if decision.create_job and (finalized or _hold_finalizer(result or body)):
+        _start_workers(body, spec)
+    return decision, result
+
+
+def _hold_finalizer(body: Mapping[str, Any]) -> bool:
+    """Add our finalizer to an admitted job before its Job exists, so that deleting it always runs the janitor.
+
+    kopf would add it too once it sees the new status, but only after a round trip through its own queue of watch
+    events, which is slow while hundreds of jobs report progress; an admitted job should start at once. The patch
+    holds only if nobody changed the object since `body` (resourceVersion test): otherwise its next event brings the
+    next step. Returns whether the finalizer is in place.
+    """
+    meta = body["metadata"]
+    finalizers = [*(meta.get("finalizers") or []), FINALIZER]
+    try:
+        client.CustomObjectsApi(_api_client()).patch_namespaced_custom_object(
+            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"],
+            [{"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
+             {"op": "add", "path": "/metadata/finalizers", "value": finalizers}],
+            _content_type=JSON_PATCH)
+    except ApiException as error:
+        if error.status in (404, 409, 422):
+            return False
+        raise
+    return True
 
 
 def _read_migrationjob(key: Key) -> Mapping[str, Any] | None:
@@ -418,6 +453,15 @@ def _is_final(body: Mapping[str, Any]) -> bool:
     return bool(phase) and phase in {p.value for p in Phase if p.terminal}
 
 
+def _until_next_heartbeat_deadline(body: Mapping[str, Any], timeout: float) -> float:
+    """Seconds until the earliest running worker would be taken for frozen if it stays silent (every report is an
+    event that reconciles the job again, so this wake-up matters only when the reports stop)."""
+    now = dt.datetime.now(dt.UTC)
+    waits = [(parse_time(r.heartbeat) - now).total_seconds() + timeout + 0.5
+             for r in worker_reports(body.get("status") or {}).values() if r.heartbeat and not r.state.final]
+    return min((w for w in waits if w > 0), default=RESYNC_SECONDS)
+
+
 def _resource_version(body: Mapping[str, Any] | None) -> int:
     return int(((body or {}).get("metadata") or {}).get("resourceVersion") or 0)
 
@@ -427,6 +471,7 @@ class Controller:
     """The queue, the reconcilers and what they remember between steps; lives on kopf's event loop."""
 
     max_concurrent_jobs: int = DEFAULT_MAX_CONCURRENT_JOBS
+    heartbeat_timeout: float = HEARTBEAT_TIMEOUT_SECONDS  # --worker-heartbeat-timeout
     queue: WorkQueue[Key] = field(default_factory=WorkQueue)
     pool: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(RECONCILERS, thread_name_prefix="reconcile"))
@@ -436,6 +481,11 @@ class Controller:
     last_written: dict[Key, Mapping[str, Any]] = field(default_factory=dict)
     granted: set[Key] = field(default_factory=set)  # admitted, Job not in the index yet
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # kopf peering: the objects this replica heartbeats into, its identity and priority (none: standalone).
+    peering: tuple[PeeringObject, ...] = ()
+    identity: str = ""
+    priority: int = 0
+    active: bool = True  # False while kopf has paused this replica for a live peer of higher priority
 
     def bind(self, migrationjobs: Mapping[Key, Any], jobs: Mapping[Key, Any], pods: Mapping[Key, Any]) -> None:
         self.migrationjobs, self.jobs, self.pods = migrationjobs, jobs, pods
@@ -443,6 +493,9 @@ class Controller:
     def start(self) -> None:
         self.tasks = [asyncio.create_task(self._reconciler(), name=f"reconciler-{i}") for i in range(RECONCILERS)]
         self.tasks.append(asyncio.create_task(self._refresh_queue(), name="queue-refresh"))
+        if self.peering:
+            self.active = False  # until the first look at the peering objects says otherwise
+            self.tasks.append(asyncio.create_task(self._follow_peering(), name="peering"))
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -464,11 +517,13 @@ class Controller:
     def children(self, key: Key) -> Children:
         store = self.jobs.get(key)
         job = next(iter(store), None) if store is not None else None
-        pods = tuple(sorted(p["name"] for p in (self.pods.get(key) or ()) if p["alive"]))
+        alive = [p for p in (self.pods.get(key) or ()) if p["alive"]]
+        pods = tuple(sorted(p["name"] for p in alive))
+        terminating = tuple(sorted(p["name"] for p in alive if p.get("terminating")))
         if job is None:
-            return Children(pods=pods)
+            return Children(pods=pods, terminating=terminating)
         return Children(job_exists=True, job_suspended=job["suspended"], job_complete=job["complete"],
-                        job_failed_message=job["failed"], pods=pods)
+                        job_failed_message=job["failed"], pods=pods, terminating=terminating)
 
     def places(self) -> dict[Key, QueuePlace]:
         entries = []
@@ -515,6 +570,8 @@ class Controller:
                 self.queue.done(key)
 
     async def _step(self, loop: asyncio.AbstractEventLoop, key: Key) -> None:
+        if not self.active:
+            return  # a paused replica does nothing; kopf's re-listing when it resumes brings every job back
         body = self.current(key)
         if body is None:
             self.last_written.pop(key, None)
@@ -527,7 +584,8 @@ class Controller:
             place = self.places().get(key, ADMITTED)
             if place.admitted:
                 self.granted.add(key)  # before any await: the next admission counts this slot as taken
-        decision, written = await loop.run_in_executor(self.pool, reconcile, body, children, place)
+        decision, written = await loop.run_in_executor(
+            self.pool, functools.partial(reconcile, body, children, place, heartbeat_timeout=self.heartbeat_timeout))
         if written is not None:
             self.last_written[key] = written
             if not (body.get("status") or {}).get("phase"):
@@ -537,7 +595,7 @@ class Controller:
             self.last_written.pop(key, None)
             self.kick()
             return
-        delay = RESYNC_SECONDS
+        delay = min(RESYNC_SECONDS, _until_next_heartbeat_deadline(written or body, self.heartbeat_timeout))
         if decision.stop_job and not decision.kill_pods:
             # The grace period is the one thing that nothing but time ends.
             current = written or body
@@ -568,9 +626,46 @@ class Controller:
             self.last_written[key] = written
         return decision.phase is not None and decision.phase.terminal
 
+    async def _follow_peering(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                active = await loop.run_in_executor(self.pool, self._peering_says_active)
+            except ApiException as error:
+                log.warning("event=peering-read-failed status=%s reason=%s", error.status, error.reason)
+            else:
+                if active != self.active:
+                    log.info("event=peering identity=%s priority=%d active=%s", self.identity, self.priority,
+                             str(active).lower())
+                    # What this replica remembered may have been overtaken by the peer that was active meanwhile.
+                    self.granted.clear()
+                    self.last_written.clear()
+                    self.active = active
+            await asyncio.sleep(PEERING_LOOK_SECONDS)
+
+    def _peering_says_active(self) -> bool:
+        api = client.CustomObjectsApi(_api_client())
+        now = dt.datetime.now(dt.UTC)
+        for peering in self.peering:
+            try:
+                if peering.namespace is None:
+                    body = api.get_cluster_custom_object(PEERING_GROUP, PEERING_VERSION, peering.plural, peering.name)
+                else:
+                    body = api.get_namespaced_custom_object(PEERING_GROUP, PEERING_VERSION, peering.namespace,
+                                                            peering.plural, peering.name)
+            except ApiException as error:
+                if _not_found(error):
+                    return False  # kopf pauses too while a mandatory peering object is missing
+                raise
+            if not is_active(cast(Mapping[str, Any], body).get("status") or {}, self.identity, self.priority, now):
+                return False
+        return True
+
     async def _refresh_queue(self) -> None:
         while True:
             await asyncio.sleep(QUEUE_REFRESH_SECONDS)
+            if not self.active:
+                continue
             for key, place in self.places().items():
                 body = self.current(key)
                 if body is None:
@@ -610,9 +705,12 @@ async def job_index(body: kopf.Body, namespace: str | None, labels: Mapping[str,
 @kopf.index("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGER, LABEL_JOB: kopf.PRESENT})
 async def pod_index(body: kopf.Body, namespace: str | None, name: str | None, labels: Mapping[str, str],
                     **_: Any) -> dict[Key, dict[str, Any]]:
-    """The worker pods of each MigrationJob, and whether each is still alive (running, pending or terminating)."""
+    """The worker pods of each MigrationJob: whether each is still alive (running, pending or terminating), and
+    whether it is being deleted."""
     phase = (body.get("status") or {}).get("phase")
-    return {_key(namespace, labels[LABEL_JOB]): {"name": str(name), "alive": phase not in ("Succeeded", "Failed")}}
+    deleting = bool(body.get("metadata", {}).get("deletionTimestamp"))
+    return {_key(namespace, labels[LABEL_JOB]): {"name": str(name), "alive": phase not in ("Succeeded", "Failed"),
+                                                 "terminating": deleting}}
 
 
 def _bind(kwargs: Mapping[str, Any]) -> None:
@@ -664,8 +762,9 @@ def _worth_finalizing(status: Mapping[str, Any], **_: Any) -> bool:
     """Whether deleting the job would need cleaning up after: only then does it carry the finalizer.
 
     A queued job has nothing to clean up, so it gets no finalizer (sparing a metadata patch per job when hundreds are
-    created at once); it gets one when it is admitted, and its Job is created only after that (see reconcile). A
-    final job keeps it only while uploads its workers recorded are still to be closed.
+    created at once); it gets one when it is admitted, and its Job is created only after that (reconcile adds it
+    itself, see _hold_finalizer; this predicate keeps kopf from removing it). A final job keeps it only while uploads
+    its workers recorded are still to be closed.
     """
     phase = status.get("phase")
     if phase in (Phase.RUNNING.value, Phase.ABORTING.value):

@@ -7,13 +7,15 @@ import logging
 import os
 import random
 import re
+import socket
 from typing import Any
 
 import kopf
 import kubernetes
 
-from datamover.api import FINALIZER
+from datamover.api import FINALIZER, HEARTBEAT_SECONDS, HEARTBEAT_TIMEOUT_SECONDS
 from datamover.controller import handlers  # importing it registers the handlers with kopf
+from datamover.controller.peering import PeeringObject
 
 
 @kopf.on.startup()
@@ -58,6 +60,13 @@ def main(argv: list[str] | None = None) -> None:
         help="MigrationJobs whose workers run at once; the rest wait, pending and Queued, in creation order "
              f"(0 = no limit); default: $DATAMOVER_MAX_CONCURRENT_JOBS, else {handlers.DEFAULT_MAX_CONCURRENT_JOBS}",
     )
+    parser.add_argument(
+        "--worker-heartbeat-timeout", type=float,
+        default=float(os.environ.get("DATAMOVER_WORKER_HEARTBEAT_TIMEOUT") or HEARTBEAT_TIMEOUT_SECONDS),
+        help="seconds a running worker may go without reporting before the operator takes it for frozen and "
+             "restarts its pod (workers report at least every 10 s); default: $DATAMOVER_WORKER_HEARTBEAT_TIMEOUT, "
+             f"else {HEARTBEAT_TIMEOUT_SECONDS:.0f}",
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     namespaces = args.namespace or [n for n in os.environ.get("DATAMOVER_NAMESPACES", "").split(",") if n]
@@ -69,21 +78,39 @@ def main(argv: list[str] | None = None) -> None:
         handler.addFilter(_QuietRoutine())
     if args.max_concurrent_jobs < 0:
         parser.error("--max-concurrent-jobs must be 0 (no limit) or more")
+    if args.worker_heartbeat_timeout < 2 * HEARTBEAT_SECONDS:
+        parser.error(f"--worker-heartbeat-timeout must be at least {2 * HEARTBEAT_SECONDS:.0f} (two heartbeats)")
     handlers.CONTROLLER.max_concurrent_jobs = args.max_concurrent_jobs
+    handlers.CONTROLLER.heartbeat_timeout = args.worker_heartbeat_timeout
     kubernetes.config.load_config()  # type: ignore[no-untyped-call]  # KUBECONFIG, else in-cluster
     priority = args.priority
     if args.peering is not None and priority is None:
         # kopf pauses every peer that shares the highest priority; distinct random ones leave exactly one replica
         # active, and the next one takes over when its heartbeat stops.
         priority = random.randint(1, 2**31 - 1)
+    identity = replica_identity()
+    if args.peering is not None:
+        handlers.CONTROLLER.peering = tuple(PeeringObject(args.peering, ns) for ns in namespaces) or (
+            PeeringObject(args.peering),)
+        handlers.CONTROLLER.identity, handlers.CONTROLLER.priority = identity, priority or 0
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
         standalone=args.peering is None,
         peering_name=args.peering,
         priority=priority,
+        identity=identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str that kopf does not export
         liveness_endpoint=os.environ.get("DATAMOVER_LIVENESS_ENDPOINT") or None,
     )
+
+
+def replica_identity() -> str:
+    """This replica's name among peers: the pod's name (the chart sets POD_ID), else host and process.
+
+    Given to kopf explicitly: kopf's own default asks the password database for the user's name, which fails for a
+    uid with no passwd entry (the image runs as 65532 and has none).
+    """
+    return os.environ.get("POD_ID") or f"{socket.gethostname()}-{os.getpid()}"
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, cast
@@ -25,6 +26,7 @@ from datamover.api import (
     ENV_POD,
     EXIT_PERMANENT_FAILURE,
     GROUP,
+    HEARTBEAT_SECONDS,
     PLURAL,
     SECRET_KEYS_OPTIONAL,
     SECRET_KEYS_REQUIRED,
@@ -102,6 +104,12 @@ def _watch_abort(api: client.CustomObjectsApi, namespace: str, name: str, abort:
             threading.Event().wait(1)
 
 
+def _heartbeat(reporter: StatusReporter) -> None:
+    while True:
+        time.sleep(HEARTBEAT_SECONDS / 2)
+        reporter.beat()
+
+
 def run(env: Mapping[str, str] = os.environ) -> int:
     namespace, name, index = env[ENV_NAMESPACE], env[ENV_NAME], int(env.get(ENV_INDEX, "0"))
     kubernetes.config.load_config()  # type: ignore[no-untyped-call]  # KUBECONFIG, else in-cluster
@@ -152,6 +160,7 @@ def run(env: Mapping[str, str] = os.environ) -> int:
     reporter = StatusReporter(api, namespace, name, index, env.get(ENV_POD, ""), still_open, still_intended)
 
     reporter.start(aborting=abort.requested)
+    threading.Thread(target=_heartbeat, args=(reporter,), name="heartbeat", daemon=True).start()
     result = migrate(source, destination, options, abort, reporter)
     final = {
         Outcome.SUCCEEDED: WorkerState.SUCCEEDED,

@@ -1,7 +1,8 @@
 """Turns the engine's progress into merge patches of status.workers[<index>], throttled so the API server is spared.
 
 A patch goes out at most every THROTTLE_SECONDS for counters, but at once on a state change, on the first write to
-the destination, and whenever a multipart upload is intended, opened or closed. An upload intent is a *required*
+the destination, and whenever a multipart upload is intended, opened or closed; and at least every HEARTBEAT_SECONDS
+while the worker runs, progress or not. An upload intent is a *required*
 patch: the engine creates the upload only once the intent is in status, so a successor or the operator's janitor
 finds every upload of ours by listing the intended keys, even one whose ID was never recorded.
 """
@@ -18,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from datamover.api import (
     GROUP,
+    HEARTBEAT_SECONDS,
     PLURAL,
     VERSION,
     IntentRecord,
@@ -102,6 +104,13 @@ class StatusReporter:
         with self._lock:
             self._uploads.pop((upload.key, upload.upload_id), None)
             self._send(required=True)
+
+    def beat(self) -> None:
+        """Report even when nothing moved (a long listing, one slow part), so that the operator can tell a slow
+        worker from a frozen one."""
+        with self._lock:
+            if not self._state.final and time.monotonic() - self._sent_at >= HEARTBEAT_SECONDS:
+                self._send()
 
     def finish(self, state: WorkerState, progress: Progress, message: str, reason: str = "") -> None:
         with self._lock:
