@@ -34,6 +34,7 @@ unit: venv
 lint: venv
 	$(BIN)/ruff check operator tests bench tools
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Everything end to end on the local ground, one migration watched live and a second one aborted.
 demo: ground
