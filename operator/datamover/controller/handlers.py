@@ -600,7 +600,8 @@ class Controller:
             # The grace period is the one thing that nothing but time ends.
             current = written or body
             requested = (current.get("status") or {}).get("abortRequestedTime")
-            grace = int((body.get("spec") or {}).get("abortGracePeriodSeconds", 60))
+            grace = int((body.get("spec") or {}).get("abortGracePeriodSeconds",
+                                                     MigrationSpec.abort_grace_period_seconds))
             if requested:
                 elapsed = (dt.datetime.now(dt.UTC) - parse_time(requested)).total_seconds()
                 delay = min(delay, max(0.5, grace - elapsed + 0.5))
