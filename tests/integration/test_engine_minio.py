@@ -29,8 +29,7 @@ from datamover.engine import (
     OpenUpload,
     Outcome,
     UploadIntent,
-    abort_uploads,
-    close_intended_uploads,
+    close_leftovers,
     migrate,
 )
 from tests.ground.procs import free_port
@@ -300,9 +299,9 @@ def test_sigkill_mid_multipart_leaves_an_upload_the_recorded_id_can_abort(
     assert open_ids == [upload_id]
     assert destination.list_objects_v2(Bucket=bucket).get("KeyCount") == 0  # no partial object is visible
 
-    closed = abort_uploads(open_(cloud_b, bucket), [recorded])
+    cleanup = close_leftovers(open_(cloud_b, bucket), [recorded])
 
-    assert closed == [recorded]
+    assert cleanup.closed == (recorded,)
     assert destination.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
@@ -348,7 +347,7 @@ def test_prefix_with_nothing_in_it_is_a_success_with_zero_objects(
     assert result.progress.objects_total == 0 and result.progress.listing_done
 
 
-def test_close_intended_uploads_lists_by_exact_key_under_a_folder_prefix(
+def test_the_janitor_lists_by_exact_key_under_a_folder_prefix(
     cloud_b: S3Server, bucket_factory: BucketFactory,
 ) -> None:
     bucket = bucket_factory(cloud_b)
@@ -357,7 +356,7 @@ def test_close_intended_uploads_lists_by_exact_key_under_a_folder_prefix(
     ours = store.create_multipart("moved/k", ObjectAttributes())
     foreign = store.create_multipart("moved/k2", ObjectAttributes())  # another key under the same folder
 
-    cleanup = close_intended_uploads(store, [UploadIntent("moved/k", since)])
+    cleanup = close_leftovers(store, intents=[UploadIntent("moved/k", since)])
 
     assert [u.upload_id for u in cleanup.aborted] == [ours] and cleanup.unresolved == ()
     left = cloud_b.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])

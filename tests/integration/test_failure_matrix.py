@@ -155,16 +155,11 @@ def upload_intent(key: str, since: datetime) -> Any:
 
 
 def successor_cleanup(store: ObjectStore, intents: list[Any], recorded: list[OpenUpload]) -> list[str]:
-    """What a successor (or the janitor) does: close every upload on a recorded intent.
+    """What a successor (or the janitor) does: close every upload of ours on a recorded intent's key.
 
-    Until `close_intended_uploads` lands, falls back to today's janitor (abort the recorded upload IDs) so the
-    checker still shows what that leaves behind, and says so as a problem.
+    Only the intents, not the recorded IDs: the matrix checks that intents alone leave nothing behind.
     """
-    function = getattr(engine, "close_intended_uploads", None)
-    if function is None:
-        engine.abort_uploads(store, recorded)
-        return [MISSING_API.format("close_intended_uploads") + " (fell back to aborting recorded upload IDs)"]
-    function(store, intents)
+    engine.close_leftovers(store, intents=intents)
     return []
 
 

@@ -23,7 +23,7 @@ from datamover.engine import (
     MigrationOptions,
     Outcome,
     UploadIntent,
-    close_intended_uploads,
+    close_leftovers,
     migrate,
 )
 from tests.unit import REGION, RecordingSink, moto_s3, store
@@ -143,7 +143,7 @@ def test_a_lost_create_response_leaves_exactly_one_upload_which_is_completed(mot
     assert not sink.still_intended and not sink.still_open
 
 
-def test_close_intended_uploads_aborts_only_ours_on_the_exact_key(moto: None) -> None:
+def test_the_janitor_aborts_only_uploads_of_ours_on_the_exact_intended_key(moto: None) -> None:
     destination = store("dst", "", "b")
     # An upload initiated long before the intent (moto stamps uploads of an untracked client 2010-11-10).
     other_tool = boto3.client("s3", region_name=REGION)
@@ -153,20 +153,20 @@ def test_close_intended_uploads_aborts_only_ours_on_the_exact_key(moto: None) ->
     foreign = destination.create_multipart("moved/k2", ObjectAttributes())  # another key, same prefix
     intent = UploadIntent("moved/k", since)
 
-    cleanup = close_intended_uploads(destination, [intent, UploadIntent("moved/none", since)])
+    cleanup = close_leftovers(destination, intents=[intent, UploadIntent("moved/none", since)])
 
     assert cleanup.resolved == (intent, UploadIntent("moved/none", since)) and cleanup.unresolved == ()
     assert sorted(u.upload_id for u in cleanup.aborted) == sorted(ours)
     assert sorted(u["UploadId"] for u in open_uploads(destination)) == sorted([old, foreign])
 
 
-def test_close_intended_uploads_reports_what_it_could_not_check(moto: None) -> None:
+def test_the_janitor_reports_the_intents_it_could_not_check(moto: None) -> None:
     from tests.unit.test_backend_s3 import fail_first
 
     destination = store("dst", "", "b", max_attempts=1)
     fail_first(destination, "ListMultipartUploads", 10, 503, "SlowDown")
     intent = UploadIntent("k", dt.datetime.now(dt.UTC))
-    cleanup = close_intended_uploads(destination, [intent])
+    cleanup = close_leftovers(destination, intents=[intent])
     assert cleanup.resolved == () and [i for i, _ in cleanup.unresolved] == [intent]
     assert "SlowDown" in cleanup.unresolved[0][1] and "bucket dst" in cleanup.unresolved[0][1]
 

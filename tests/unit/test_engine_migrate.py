@@ -17,11 +17,12 @@ from datamover.engine import (
     MigrationOptions,
     OpenUpload,
     Outcome,
-    abort_uploads,
+    close_leftovers,
     migrate,
     shard_of,
 )
-from datamover.engine.copy import choose_part_size, composite_etag, part_ranges
+from datamover.engine.multipart import choose_part_size, part_ranges
+from datamover.engine.verify import composite_etag
 from tests.unit import RecordingSink, moto_s3, store
 
 MiB = 1024 * 1024
@@ -264,11 +265,11 @@ def test_source_changed_during_copy_fails_that_object_only(moto: None) -> None:
     assert not list(destination.list_multipart_uploads("")) and not sink.still_open
 
 
-def test_abort_uploads_closes_recorded_uploads_and_tolerates_gone_ones(moto: None) -> None:
+def test_the_janitor_closes_recorded_uploads_and_tolerates_gone_ones(moto: None) -> None:
     destination = store("dst", "", "b")
     upload_id = destination.create_multipart("k", ObjectAttributes())
     recorded = [OpenUpload("dst", "k", upload_id), OpenUpload("dst", "gone", "no-such-upload-id")]
-    closed = abort_uploads(destination, recorded)
+    closed = close_leftovers(destination, recorded).closed
     assert recorded[0] in closed
     assert not list(destination.list_multipart_uploads(""))
 

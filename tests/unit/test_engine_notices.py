@@ -258,16 +258,17 @@ def test_abort_at_before_list_page_with_objects_in_flight(moto: None, remain_sou
         assert counts["retained"] == 0, "an aborted move left verified objects in both places"
 
 
-# -- the janitor's abort_uploads: what it reports as closed is what the caller forgets --------------------------
+# -- the janitor: what it reports as closed is what the caller forgets -------------------------------------------
 
-def test_abort_uploads_reports_closed_exactly_the_aborted_and_the_already_gone(moto: None) -> None:
+def test_the_janitor_reports_closed_exactly_the_aborted_and_the_already_gone(moto: None) -> None:
     from datamover.backends.base import ErrorKind, StoreError
-    from datamover.engine import OpenUpload, abort_uploads
+    from datamover.engine import OpenUpload, close_leftovers
 
     destination = store("dst", "", "b")
     live = OpenUpload("dst", "live", destination.create_multipart("live", ObjectAttributes()))
     gone = OpenUpload("dst", "gone", "no-such-upload-id")
-    assert abort_uploads(destination, [live, gone]) == [live, gone]
+    cleanup = close_leftovers(destination, [live, gone])
+    assert cleanup.closed == (live, gone) and cleanup.still_open == ()
     assert open_uploads(destination) == []
 
     # An upload the store refuses to abort must stay recorded (not reported closed), so the janitor tries again.
@@ -277,7 +278,8 @@ def test_abort_uploads_reports_closed_exactly_the_aborted_and_the_already_gone(m
         raise StoreError(ErrorKind.TRANSIENT, "AbortMultipartUpload failed: endpoint unreachable after retries")
 
     destination.abort_multipart = refuse  # type: ignore[method-assign]
-    assert abort_uploads(destination, [stuck]) == []
+    cleanup = close_leftovers(destination, [stuck])
+    assert cleanup.closed == () and cleanup.still_open == (stuck,)
     assert [u["UploadId"] for u in open_uploads(destination)] == [stuck.upload_id]
 
 

@@ -64,12 +64,16 @@ class ListPage:
 
 
 @dataclass(frozen=True)
-class MultipartUploadRef:
-    """A multipart upload the store still holds open."""
+class OpenUpload:
+    """An upload in parts that is neither completed nor aborted: the one handle for it, whether we just created it,
+    a status record names it, or a listing of the store found it. Equal when bucket, key and ID are."""
 
+    bucket: str
     key: str
     upload_id: str
-    initiated: dt.datetime  # aware UTC, the store's clock: tells an upload of ours (after our intent) from others
+    # When the store says it began (aware UTC, the store's clock), as a listing reports it; tells an upload of ours
+    # (initiated after our intent) from another tool's.
+    initiated: dt.datetime | None = field(default=None, compare=False)
 
 
 class ErrorKind(enum.Enum):
@@ -166,7 +170,7 @@ class ObjectStore(abc.ABC):
         """Discard an open multipart upload and its parts; NOT_FOUND if it is already gone."""
 
     @abc.abstractmethod
-    def list_multipart_uploads(self, prefix: str) -> Iterator[MultipartUploadRef]:
+    def list_multipart_uploads(self, prefix: str) -> Iterator[OpenUpload]:
         """Every multipart upload still open under `prefix`, with the time the store says it was initiated.
 
         Some stores (MinIO) list nothing for a folder-like prefix while uploads are open below it: callers that

@@ -29,11 +29,11 @@ from datamover.backends.base import (
     ErrorKind,
     EtagKind,
     ListPage,
-    MultipartUploadRef,
     ObjectAttributes,
     ObjectHead,
     ObjectStore,
     ObjectSummary,
+    OpenUpload,
     StoreError,
 )
 
@@ -441,7 +441,7 @@ class S3Store(ObjectStore):
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
             raise self._error("AbortMultipartUpload", key, error) from error
 
-    def list_multipart_uploads(self, prefix: str) -> Iterator[MultipartUploadRef]:
+    def list_multipart_uploads(self, prefix: str) -> Iterator[OpenUpload]:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
         while True:
             try:
@@ -457,7 +457,7 @@ class S3Store(ObjectStore):
                     initiated = dt.datetime.min.replace(tzinfo=dt.UTC)
                 elif initiated.tzinfo is None:
                     initiated = initiated.replace(tzinfo=dt.UTC)
-                yield MultipartUploadRef(key=upload["Key"], upload_id=upload["UploadId"], initiated=initiated)
+                yield OpenUpload(self.bucket, upload["Key"], upload["UploadId"], initiated)
             if not response.get("IsTruncated"):
                 return
             kwargs["KeyMarker"] = response.get("NextKeyMarker", "")

@@ -66,7 +66,7 @@ from datamover.controller.decisions import (
 )
 from datamover.controller.peering import PEERING_GROUP, PEERING_VERSION, PeeringObject, is_active
 from datamover.controller.workqueue import WorkQueue
-from datamover.engine import OpenUpload, abort_uploads
+from datamover.engine import OpenUpload, close_leftovers
 from datamover.locations import s3_config
 
 log = logging.getLogger("datamover.operator")
@@ -183,7 +183,7 @@ def _janitor(body: Mapping[str, Any], spec: MigrationSpec) -> dict[str, Any]:
     the uploads of ours there (also those whose ID never reached status); returns the status.workers patch."""
     # Imported here so this function stays self-contained (the rest of this module is being rewritten).
     from datamover.api import IntentRecord
-    from datamover.engine import UploadIntent, close_intended_uploads
+    from datamover.engine import UploadIntent
 
     reports = worker_reports(body.get("status") or {})
     leftovers = {index: r.open_uploads for index, r in reports.items() if r.open_uploads}
@@ -195,11 +195,10 @@ def _janitor(body: Mapping[str, Any], spec: MigrationSpec) -> dict[str, Any]:
     credentials = _read_secret(namespace, destination.secret_name) if destination.secret_name else {}
     store = open_store(s3_config(destination, credentials))
     uploads = [OpenUpload(destination.bucket, u.key, u.upload_id) for ups in leftovers.values() for u in ups]
-    closed = {(u.key, u.upload_id) for u in abort_uploads(store, uploads)}
-    remaining = {(u.key, u.upload_id) for u in uploads} - closed
-    cleanup = close_intended_uploads(store, [UploadIntent(i.key, i.since) for ins in intended.values() for i in ins])
+    cleanup = close_leftovers(store, uploads, [UploadIntent(i.key, i.since) for ins in intended.values() for i in ins])
+    remaining = {(u.key, u.upload_id) for u in cleanup.still_open}
     unresolved = {(intent.key, intent.since) for intent, _ in cleanup.unresolved}
-    aborted = len(closed) + len(cleanup.aborted)
+    aborted = len(cleanup.closed) + len(cleanup.aborted)
     log.info("event=janitor job=%s/%s aborted=%d remaining=%d intents_unresolved=%d", namespace,
              body["metadata"]["name"], aborted, len(remaining), len(unresolved))
     if aborted or remaining or unresolved:

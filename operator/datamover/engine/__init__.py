@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from datamover.engine.api import (
-    CHECKPOINTS,
-    CLOCK_SKEW_ALLOWANCE,
-    AbortSignal,
-    IntentCleanup,
-    MigrationOptions,
-    MigrationResult,
-    NullSink,
-    OpenUpload,
-    Outcome,
-    Progress,
-    ProgressSink,
-    UploadIntent,
-)
-from datamover.engine.cleanup import close_intended_uploads
+from datamover.backends.base import OpenUpload
+from datamover.engine.abort import CHECKPOINTS, AbortSignal
 from datamover.engine.fsm import OBJECT_TRANSITIONS, WORKER_TRANSITIONS, ObjectState, WorkerState
-from datamover.engine.migrate import abort_uploads, migrate, shard_of
+from datamover.engine.janitor import CLOCK_SKEW_ALLOWANCE, Cleanup, UploadIntent, close_leftovers
+from datamover.engine.migrate import migrate, shard_of
+from datamover.engine.options import MigrationOptions, MigrationResult, Outcome
+from datamover.engine.progress import NullSink, Progress, ProgressSink
 
 __all__ = [
     "CHECKPOINTS",
@@ -26,7 +16,7 @@ __all__ = [
     "OBJECT_TRANSITIONS",
     "WORKER_TRANSITIONS",
     "AbortSignal",
-    "IntentCleanup",
+    "Cleanup",
     "MigrationOptions",
     "MigrationResult",
     "NullSink",
@@ -37,8 +27,7 @@ __all__ = [
     "ProgressSink",
     "UploadIntent",
     "WorkerState",
-    "abort_uploads",
-    "close_intended_uploads",
+    "close_leftovers",
     "migrate",
     "shard_of",
 ]

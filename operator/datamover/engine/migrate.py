@@ -10,21 +10,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from datamover.backends.base import ErrorKind, ObjectStore, ObjectSummary, StoreError
-from datamover.engine.api import (
-    AbortSignal,
-    MigrationOptions,
-    MigrationResult,
-    OpenUpload,
-    Outcome,
-    ProgressSink,
-)
-from datamover.engine.copy import UNKNOWN, DestinationHint, ObjectCopy, ObjectMover, RunContext
+from datamover.engine.abort import AbortSignal
+from datamover.engine.context import ObjectCopy, RunContext
 from datamover.engine.fsm import ObjectState, WorkerState, kv, next_worker_state
-from datamover.engine.progress import ProgressTracker
+from datamover.engine.listing import DestinationHint, DestinationIndex
+from datamover.engine.mover import ObjectMover
+from datamover.engine.options import MigrationOptions, MigrationResult, Outcome
+from datamover.engine.progress import ProgressSink, ProgressTracker
+from datamover.engine.stall import StallWatch
 
 log = logging.getLogger("datamover.engine")
 
@@ -38,71 +34,6 @@ def shard_of(key: str, shard_count: int) -> int:
     """The worker that owns `key`: a stable hash (SHA-256, not Python's salted hash()) mod the worker count."""
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") % shard_count
-
-
-class _DestinationIndex:
-    """Walks the destination listing in step with the source listing, so checking an object costs no request.
-
-    Both listings come back in key order (UTF-8 byte order, which is also Python's str order), and re-rooting keys
-    from one prefix to the other keeps that order, so a merge walk finds each destination key with one page of memory.
-    If the order ever looks wrong, or the destination may not be listed, it answers UNKNOWN and objects are checked
-    with HEAD instead: slower, never wrong.
-    """
-
-    def __init__(self, destination: ObjectStore, abort: AbortSignal, shard: str) -> None:
-        self._destination = destination
-        self._abort = abort
-        self._shard = shard
-        self._page: list[ObjectSummary] = []
-        self._position = 0
-        self._token: str | None = None
-        self._exhausted = False
-        self._disabled = False
-        self._last_key: str | None = None
-
-    def _disable(self, why: str) -> None:
-        self._disabled = True
-        log.warning(kv(event="destination_index_disabled", shard=self._shard, reason=why))
-
-    def lookup(self, key: str) -> DestinationHint:
-        if self._disabled:
-            return UNKNOWN
-        if self._last_key is not None and key <= self._last_key:
-            self._disable(f"source listing out of order at {key!r}")
-            return UNKNOWN
-        self._last_key = key
-        while True:
-            while self._position < len(self._page):
-                item = self._page[self._position]
-                if item.key < key:
-                    self._position += 1
-                elif item.key == key:
-                    return DestinationHint(known=True, existing=item)
-                else:
-                    return DestinationHint(known=True, existing=None)
-            if self._exhausted:
-                return DestinationHint(known=True, existing=None)
-            if not self._next_page():
-                return UNKNOWN
-
-    def _next_page(self) -> bool:
-        if self._abort.checkpoint("before_list_page", None):
-            return False  # the dispatcher sees the abort right after this lookup
-        try:
-            page = self._destination.list_page(self._destination.prefix, self._token)
-        except StoreError as error:
-            if error.kind is not ErrorKind.PERMANENT:
-                raise
-            self._disable(error.message)  # e.g. write-only credentials: fall back to HEAD per object
-            return False
-        previous = self._page[-1].key if self._page else None
-        self._page, self._position = list(page.objects), 0
-        if previous is not None and self._page and self._page[0].key <= previous:
-            self._disable("destination listing out of order")
-            return False
-        self._token = page.next_token
-        self._exhausted = page.next_token is None
-        return True
 
 
 class _Worker:
@@ -147,14 +78,14 @@ class _Worker:
         if self.abort.requested:
             self._transition("abort", self.abort.reason)
             return self._result(None)
-        watch = _StallWatch((self.source, self.destination), self.options.stall_timeout, self.shard)
+        watch = StallWatch((self.source, self.destination), self.options.stall_timeout, self.shard)
         watch.start()
         try:
             return self._run(watch)
         finally:
             watch.stop()
 
-    def _run(self, watch: _StallWatch) -> MigrationResult:
+    def _run(self, watch: StallWatch) -> MigrationResult:
         try:
             self.source.check_access()
             self.destination.check_access()
@@ -206,7 +137,7 @@ class _Worker:
 
     def _dispatch(self, context: RunContext, pool: ThreadPoolExecutor, in_flight: set[Future[None]]) -> None:
         slots = threading.BoundedSemaphore(self.options.concurrency)
-        index = _DestinationIndex(self.destination, self.abort, self.shard)
+        index = DestinationIndex(self.destination, self.abort, self.shard)
         token: str | None = None
         while True:
             if self.abort.checkpoint("before_list_page", None) or self._stopping(context):
@@ -270,72 +201,9 @@ class _Worker:
         return self._result(None)
 
 
-class _StallWatch:
-    """The stall detector: a store whose requests have waited 3/4 of stall_timeout with no answer (no response,
-    no body bytes) stops the worker with a permanent-looking error naming the endpoint.
-
-    The store is interrupted too, so botocore's remaining retries fail at once; the attempts on the wire end within
-    the request timeout the backend derived from the same setting (a quarter of it): the worker fails within
-    stall_timeout of the endpoint's last answer, not after every retry has timed out.
-    """
-
-    def __init__(self, stores: tuple[ObjectStore, ...], stall_timeout: float, shard: str) -> None:
-        self._stores = stores
-        self._limit = stall_timeout * 3 / 4
-        self._stall_timeout = stall_timeout
-        self._shard = shard
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="datamover-stall-watch", daemon=True)
-        self.error: StoreError | None = None
-        self.on_stall: Callable[[StoreError], None] | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(min(1.0, self._limit / 4)):
-            for store in self._stores:
-                waited = store.stalled_for()
-                if waited < self._limit:
-                    continue
-                message = (f"no answer from {store.describe()} for {waited:.0f} s (stallTimeoutSeconds="
-                           f"{self._stall_timeout:g}): the endpoint accepts connections but does not respond")
-                self.error = StoreError(ErrorKind.PERMANENT, message, "Stalled")
-                log.warning(kv(event="stalled", shard=self._shard, store=store.describe(), waited=f"{waited:.1f}"))
-                for each in self._stores:
-                    each.interrupt(message)
-                if self.on_stall is not None:
-                    self.on_stall(self.error)
-                return
-
-
 def migrate(
     source: ObjectStore, destination: ObjectStore, options: MigrationOptions, abort: AbortSignal, sink: ProgressSink,
 ) -> MigrationResult:
     """Migrate this worker's shard of `source` to `destination`; blocks until done, aborted or failed; never raises
     for store errors (they end in Outcome.FAILED with a message naming endpoint, bucket and key)."""
     return _Worker(source, destination, options, abort, sink).run()
-
-
-def abort_uploads(store: ObjectStore, uploads: Iterable[OpenUpload]) -> list[OpenUpload]:
-    """Abort multipart uploads recorded by a worker that could not clean up (the operator's janitor).
-
-    Returns the uploads that are now closed: aborted here, or already gone (completed or aborted before). Uploads that
-    could not be aborted (store unreachable, access denied) are left out so the caller keeps them and retries.
-    """
-    closed: list[OpenUpload] = []
-    for upload in uploads:
-        try:
-            store.abort_multipart(upload.key, upload.upload_id)
-        except StoreError as error:
-            if error.kind is not ErrorKind.NOT_FOUND:
-                log.warning(kv(event="janitor_abort_failed", key=upload.key, upload_id=upload.upload_id,
-                               error=error.message))
-                continue
-        log.info(kv(event="janitor_upload_closed", bucket=upload.bucket, key=upload.key, upload_id=upload.upload_id))
-        closed.append(upload)
-    return closed

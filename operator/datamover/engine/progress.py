@@ -1,18 +1,80 @@
-"""Counts what a worker has done and hands throttled snapshots to the sink, from whichever thread changed them."""
+"""A worker's progress: the one counters type (`Progress`), the sink it goes to, and the thread-safe tracker that
+throttles snapshots to the sink from whichever engine thread changed them.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from dataclasses import dataclass
+from typing import Protocol
 
-from datamover.engine.api import Progress, ProgressSink
+from datamover.backends.base import OpenUpload
 from datamover.engine.fsm import ObjectState
+from datamover.engine.janitor import UploadIntent
 
 log = logging.getLogger("datamover.engine.progress")
 
 # How many keys a snapshot lists per condition (the counts are always complete): status stays small.
 MAX_REPORTED_KEYS = 100
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One snapshot of a worker's progress; totals grow as listing discovers keys of this shard."""
+
+    state: str
+    objects_total: int = 0
+    objects_migrated: int = 0
+    objects_skipped: int = 0
+    objects_failed: int = 0
+    bytes_total: int = 0
+    bytes_migrated: int = 0
+    in_flight: tuple[str, ...] = ()
+    listing_done: bool = False
+    objects_aborted: int = 0  # stopped by abort before anything reached the destination
+    objects_retained: int = 0  # in both places: verified at the destination, but the source delete failed
+    bytes_skipped: int = 0
+    bytes_in_progress: int = 0  # bytes of parts already uploaded for large objects still in flight (liveness)
+    destination_written: bool = False  # a write request (PUT, CreateMultipartUpload, CopyObject) has been started
+    retained_keys: tuple[str, ...] = ()  # the first MAX_REPORTED_KEYS source keys now in both places
+
+
+class ProgressSink(Protocol):
+    """Where progress goes. Called from engine threads: implementations must be thread-safe and quick."""
+
+    def on_progress(self, progress: Progress) -> None: ...
+
+    def on_upload_intent(self, intent: UploadIntent) -> None:
+        """Durably record the intent before the upload is created; raise if it cannot be recorded (the engine then
+        does not create the upload and that object fails as a transient error)."""
+
+    def on_intent_cleared(self, intent: UploadIntent) -> None:
+        """No upload of ours is left on intent.key (completed or aborted, and confirmed by listing): forget it."""
+
+    def on_upload_opened(self, upload: OpenUpload) -> None: ...
+
+    def on_upload_closed(self, upload: OpenUpload) -> None: ...
+
+
+class NullSink:
+    """A sink that drops everything (handy in scripts)."""
+
+    def on_progress(self, progress: Progress) -> None:
+        pass
+
+    def on_upload_intent(self, intent: UploadIntent) -> None:
+        pass
+
+    def on_intent_cleared(self, intent: UploadIntent) -> None:
+        pass
+
+    def on_upload_opened(self, upload: OpenUpload) -> None:
+        pass
+
+    def on_upload_closed(self, upload: OpenUpload) -> None:
+        pass
 
 
 class ProgressTracker:

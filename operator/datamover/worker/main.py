@@ -46,8 +46,7 @@ from datamover.engine import (
     OpenUpload,
     Outcome,
     UploadIntent,
-    abort_uploads,
-    close_intended_uploads,
+    close_leftovers,
     migrate,
 )
 from datamover.locations import s3_config
@@ -139,24 +138,22 @@ def run(env: Mapping[str, str] = os.environ) -> int:
     destination = open_store(replace(s3_config(spec.destination, _credentials("destination", env)),
                                      max_pool_connections=pool, stall_timeout=stall))
 
-    # A previous attempt of this index (a killed pod) may have left uploads open: close them before resuming.
+    # A previous attempt of this index (a killed pod) may have left uploads open: close them before resuming. Every
+    # key it intended to upload to is listed too (so also uploads whose ID never reached status); what could not be
+    # closed or checked stays recorded.
     previous = worker_reports(body.get("status") or {}).get(index)
     still_open: list[UploadRecord] = []
-    if previous and previous.open_uploads:
-        leftovers = [OpenUpload(spec.destination.bucket, u.key, u.upload_id) for u in previous.open_uploads]
-        closed = {(u.key, u.upload_id) for u in abort_uploads(destination, leftovers)}
-        still_open = [u for u in previous.open_uploads if (u.key, u.upload_id) not in closed]
-        log.info("event=leftover-uploads job=%s/%s index=%d closed=%d open=%d", namespace, name, index,
-                 len(closed), len(still_open))
-    # Every key the previous attempt intended to upload to: abort the uploads of ours there (found by listing the
-    # key, so also those whose ID never reached status); keep recorded what could not be checked.
     still_intended: list[IntentRecord] = []
-    if previous and previous.upload_intents:
-        cleanup = close_intended_uploads(destination, [UploadIntent(i.key, i.since) for i in previous.upload_intents])
+    if previous and (previous.open_uploads or previous.upload_intents):
+        recorded = [OpenUpload(spec.destination.bucket, u.key, u.upload_id) for u in previous.open_uploads]
+        intents = [UploadIntent(i.key, i.since) for i in previous.upload_intents]
+        cleanup = close_leftovers(destination, recorded, intents)
+        left = {(u.key, u.upload_id) for u in cleanup.still_open}
+        still_open = [u for u in previous.open_uploads if (u.key, u.upload_id) in left]
         unresolved = {intent.key for intent, _ in cleanup.unresolved}
         still_intended = [i for i in previous.upload_intents if i.key in unresolved]
-        log.info("event=leftover-intents job=%s/%s index=%d resolved=%d aborted=%d unresolved=%d", namespace, name,
-                 index, len(cleanup.resolved), len(cleanup.aborted), len(still_intended))
+        log.info("event=leftovers job=%s/%s index=%d closed=%d open=%d aborted=%d unresolved=%d", namespace, name,
+                 index, len(cleanup.closed), len(still_open), len(cleanup.aborted), len(still_intended))
     reporter = StatusReporter(api, namespace, name, index, env.get(ENV_POD, ""), still_open, still_intended)
 
     reporter.start(aborting=abort.requested)

@@ -1,0 +1,76 @@
+"""What one migrate() call is told (options) and what it answers (result), besides the two stores."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from datamover.engine.progress import Progress
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+# S3's limits: parts of at least 5 MiB (except the last), at most 10,000 parts, single PUT/copy of at most 5 GiB.
+MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 * GiB
+MAX_PARTS = 10_000
+MAX_SINGLE_REQUEST = 5 * GiB
+
+@dataclass(frozen=True)
+class MigrationOptions:
+    """How to move: concurrency, part sizes, sharding and move-vs-copy."""
+
+    remain_source: bool = True  # False means move: delete each source object once its copy is verified
+    concurrency: int = 4  # objects in flight per worker
+    part_size: int = 16 * MiB  # grown automatically so no object needs more than 10,000 parts
+    multipart_threshold: int = 16 * MiB  # objects larger than this use multipart (or UploadPartCopy)
+    part_concurrency: int = 4  # parts in flight per worker, shared by all objects
+    shard_index: int = 0  # this worker takes keys whose stable hash mod shard_count equals shard_index
+    shard_count: int = 1
+    chunk_size: int = 1 * MiB  # download read size: abort is checked between chunks
+    progress_interval: float = 1.0  # seconds between throttled progress snapshots
+    part_read_attempts: int = 3  # re-requests of a part whose download broke mid-body (botocore cannot retry that)
+    create_attempts: int = 4  # CreateMultipartUpload tries (each failure reconciled by listing the key's uploads)
+    # A multipart source is copied in its own part layout (so the copy's ETag equals the source's) unless its parts
+    # are larger than this: each part is buffered in memory, part_concurrency at a time.
+    max_matched_part_size: int = 128 * MiB
+    # No answer from a store for this long while requests wait: the worker fails, naming the endpoint
+    # (spec.stallTimeoutSeconds). The detector fires after 3/4 of it; requests' own timeouts cover the rest.
+    stall_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
+            raise ValueError(f"part_size must be between 5 MiB and 5 GiB, not {self.part_size}")
+        if not 0 <= self.multipart_threshold <= MAX_SINGLE_REQUEST:
+            raise ValueError("multipart_threshold must be between 0 and 5 GiB")
+        if self.concurrency < 1 or self.part_concurrency < 1:
+            raise ValueError("concurrency and part_concurrency must be at least 1")
+        if self.shard_count < 1 or not 0 <= self.shard_index < self.shard_count:
+            raise ValueError(f"shard_index must be in [0, {self.shard_count}), not {self.shard_index}")
+        if self.chunk_size < 4096:
+            raise ValueError("chunk_size must be at least 4 KiB")
+        if self.part_read_attempts < 1 or self.create_attempts < 1:
+            raise ValueError("part_read_attempts and create_attempts must be at least 1")
+        if self.stall_timeout <= 0:
+            raise ValueError("stall_timeout must be positive")
+
+
+class Outcome(enum.Enum):
+    SUCCEEDED = "succeeded"
+    ABORTED = "aborted"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    """How a migrate() call ended; `error` names endpoint, bucket and key, never a secret."""
+
+    outcome: Outcome
+    progress: Progress
+    error: str | None = None
+    failed_keys: tuple[str, ...] = field(default=())
+    # The store error that stopped the whole worker, if one did: its code (e.g. NoSuchBucket, AccessDenied,
+    # Unreachable) and whether it was PERMANENT or TRANSIENT, so callers can say what is wrong without parsing text.
+    fatal_code: str = ""
+    fatal_kind: str = ""
+    retained_keys: tuple[str, ...] = field(default=())  # moves whose source delete failed: in both places
