@@ -353,15 +353,15 @@ def test_the_janitor_lists_by_exact_key_under_a_folder_prefix(
     bucket = bucket_factory(cloud_b)
     store = open_(cloud_b, bucket, "moved/")
     since = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    ours = store.create_multipart("moved/k", ObjectAttributes())
-    foreign = store.create_multipart("moved/k2", ObjectAttributes())  # another key under the same folder
+    ours = store.create_upload("moved/k", ObjectAttributes()).upload_id
+    foreign = store.create_upload("moved/k2", ObjectAttributes())  # another key under the same folder
 
     cleanup = close_leftovers(store, intents=[UploadIntent("moved/k", since)])
 
     assert [u.upload_id for u in cleanup.aborted] == [ours] and cleanup.unresolved == ()
     left = cloud_b.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-    assert [u["UploadId"] for u in left] == [foreign]
-    store.abort_multipart("moved/k2", foreign)
+    assert [u["UploadId"] for u in left] == [foreign.upload_id]
+    store.abort_upload(foreign)
 
 
 def test_content_language_and_expires_survive_a_multipart_copy(

@@ -125,7 +125,7 @@ class RecordingSink:
 
 def digest_of(target: ObjectStore, key: str) -> str | None:
     """MD5 hex of an object's content, or None if it does not exist (streamed: fine for large objects)."""
-    if target.head(key) is None:
+    if target.stat(key) is None:
         return None
     stream = target.open_read(key, None, None, None)
     digest = hashlib.md5()
@@ -162,6 +162,11 @@ def assert_invariant(
         else:
             assert at_source == original
             counts["retained"] += 1
-    uploads = list(destination.list_multipart_uploads(destination.prefix))
-    assert uploads == [], f"multipart uploads left open: {uploads}"
+        uploads = list(destination.list_uploads(destination_key))
+        assert uploads == [], f"{key}: uploads left open: {uploads}"
     return counts
+
+
+def open_uploads(target: S3Store) -> list[dict[str, Any]]:
+    """Every upload open anywhere in the bucket, as S3 lists them (not through the store seam)."""
+    return list(target.client.list_multipart_uploads(Bucket=target.bucket).get("Uploads", []))

@@ -55,7 +55,7 @@ def test_repr_and_messages_never_show_secrets(moto: None) -> None:
     source = store("src", "", "a")
     attempts = fail_first(source, "HeadObject", 1, 403, "AccessDenied")
     with pytest.raises(StoreError) as raised:
-        source.head("k")
+        source.stat("k")
     assert attempts == ["HeadObject"]
     assert raised.value.kind is ErrorKind.PERMANENT
     assert "secret-a" not in raised.value.message
@@ -67,8 +67,8 @@ def test_transient_errors_are_retried_by_botocore(moto: None, status: int, code:
     target = store("bkt", "", "a", max_attempts=4)
     target.client.put_object(Bucket="bkt", Key="k", Body=b"x")
     attempts = fail_first(target, "HeadObject", 2, status, code)
-    head = target.head("k")
-    assert head is not None and head.size == 1
+    info = target.stat("k")
+    assert info is not None and info.size == 1
     assert len(attempts) == 3
 
 
@@ -123,9 +123,9 @@ def test_server_side_copy_needs_same_endpoint_and_credentials() -> None:
                                   "secret_access_key": "s", **overrides}
         return S3Store(S3Config(**fields))
 
-    assert make().can_copy_server_side_from(make(bucket="other"))
-    assert not make().can_copy_server_side_from(make(endpoint="http://b:9000"))
-    assert not make().can_copy_server_side_from(make(secret_access_key="other"))
+    assert make().can_copy_from(make(bucket="other"))
+    assert not make().can_copy_from(make(endpoint="http://b:9000"))
+    assert not make().can_copy_from(make(secret_access_key="other"))
 
 
 def test_etag_kinds() -> None:
@@ -146,7 +146,7 @@ def test_a_download_that_breaks_mid_body_is_requested_again(moto: None) -> None:
         """A real GET whose body dies on the first read, as a reset connection does."""
 
         def __init__(self, real: Any) -> None:
-            self.real, self.head = real, real.head
+            self.real, self.info = real, real.info
 
         def read(self, size: int) -> bytes:
             raise StoreError(ErrorKind.TRANSIENT, "download interrupted: connection reset by peer")

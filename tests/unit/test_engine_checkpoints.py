@@ -140,7 +140,7 @@ def test_abort_at_before_delete_source_finishes_that_move(
     assert result.outcome is Outcome.ABORTED, result.error
     [key] = seen
     destination_key = destination.prefix + key[len(source.prefix):]
-    assert source.head(key) is None, "the source of a verified copy was kept after abort"
-    assert destination.head(destination_key) is not None
+    assert source.stat(key) is None, "the source of a verified copy was kept after abort"
+    assert destination.stat(destination_key) is not None
     counts = assert_invariant(source, destination, originals, remain_source=False)
     assert counts["retained"] == 0 and counts["migrated"] >= 1

@@ -26,7 +26,7 @@ from datamover.engine import (
     close_leftovers,
     migrate,
 )
-from tests.unit import REGION, RecordingSink, moto_s3, store
+from tests.unit import REGION, RecordingSink, moto_s3, open_uploads, store
 
 MiB = 1024 * 1024
 SMALL = MigrationOptions(part_size=5 * MiB, multipart_threshold=5 * MiB, chunk_size=256 * 1024, progress_interval=0)
@@ -44,9 +44,6 @@ def calls_of(target: S3Store) -> list[str]:
         client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
     return calls
 
-
-def open_uploads(target: S3Store) -> list[dict[str, Any]]:
-    return list(target.client.list_multipart_uploads(Bucket=target.bucket).get("Uploads", []))
 
 
 def put_multipart(target: S3Store, key: str, parts: list[bytes], **extra: Any) -> str:
@@ -95,7 +92,7 @@ def test_a_sink_that_cannot_record_the_intent_stops_the_create(moto: None) -> No
     assert result.error is not None and "upload intent" in result.error and "'big'" in result.error
     assert "CreateMultipartUpload" not in calls
     assert not open_uploads(destination)
-    assert destination.head("small") is not None  # only that object failed
+    assert destination.stat("small") is not None  # only that object failed
 
 
 def test_create_multipart_is_never_retried_by_botocore(moto: None) -> None:
@@ -105,7 +102,7 @@ def test_create_multipart_is_never_retried_by_botocore(moto: None) -> None:
     destination.client = destination.create_client  # fail_first hooks .client: point it at the create client
     attempts = fail_first(destination, "CreateMultipartUpload", 1, 503, "SlowDown")
     with pytest.raises(StoreError) as raised:
-        destination.create_multipart("k", ObjectAttributes())
+        destination.create_upload("k", ObjectAttributes())
     assert attempts == ["CreateMultipartUpload"] and raised.value.kind is ErrorKind.TRANSIENT
 
 
@@ -149,8 +146,8 @@ def test_the_janitor_aborts_only_uploads_of_ours_on_the_exact_intended_key(moto:
     other_tool = boto3.client("s3", region_name=REGION)
     old = other_tool.create_multipart_upload(Bucket="dst", Key="moved/k")["UploadId"]
     since = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    ours = [destination.create_multipart("moved/k", ObjectAttributes()) for _ in range(2)]
-    foreign = destination.create_multipart("moved/k2", ObjectAttributes())  # another key, same prefix
+    ours = [destination.create_upload("moved/k", ObjectAttributes()).upload_id for _ in range(2)]
+    foreign = destination.create_upload("moved/k2", ObjectAttributes()).upload_id  # another key, same prefix
     intent = UploadIntent("moved/k", since)
 
     cleanup = close_leftovers(destination, intents=[intent, UploadIntent("moved/none", since)])
@@ -227,7 +224,7 @@ def test_a_same_size_destination_with_other_bytes_is_not_skipped(moto: None, siz
     assert result.progress.objects_skipped == 0 and result.progress.objects_migrated == 1
     assert hashlib.md5(destination.client.get_object(Bucket="dst", Key="k")["Body"].read()).digest() == \
         hashlib.md5(body).digest()
-    assert (source.head("k") is None) is not remain_source
+    assert (source.stat("k") is None) is not remain_source
 
 
 def test_a_metadata_only_difference_is_copied_again(moto: None) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from datamover.backends.base import ErrorKind, ObjectAttributes, StoreError
+from datamover.backends.base import S3_LIMITS, ErrorKind, ObjectAttributes, StoreError
 from datamover.backends.s3 import S3Store
 from datamover.engine import (
     AbortSignal,
@@ -23,7 +23,7 @@ from datamover.engine import (
 )
 from datamover.engine.multipart import choose_part_size, part_ranges
 from datamover.engine.verify import composite_etag
-from tests.unit import RecordingSink, moto_s3, store
+from tests.unit import RecordingSink, moto_s3, open_uploads, store
 
 MiB = 1024 * 1024
 SMALL = MigrationOptions(part_size=5 * MiB, multipart_threshold=5 * MiB, chunk_size=256 * 1024, progress_interval=0)
@@ -262,21 +262,20 @@ def test_source_changed_during_copy_fails_that_object_only(moto: None) -> None:
     assert result.failed_keys == ("moving",)
     assert result.error is not None and "PreconditionFailed" in result.error and "'moving'" in result.error
     assert read(destination, "stable") == b"s" and read(destination, "moving") is None
-    assert not list(destination.list_multipart_uploads("")) and not sink.still_open
+    assert not open_uploads(destination) and not sink.still_open
 
 
 def test_the_janitor_closes_recorded_uploads_and_tolerates_gone_ones(moto: None) -> None:
     destination = store("dst", "", "b")
-    upload_id = destination.create_multipart("k", ObjectAttributes())
-    recorded = [OpenUpload("dst", "k", upload_id), OpenUpload("dst", "gone", "no-such-upload-id")]
+    recorded = [destination.create_upload("k", ObjectAttributes()), OpenUpload("dst", "gone", "no-such-upload-id")]
     closed = close_leftovers(destination, recorded).closed
     assert recorded[0] in closed
-    assert not list(destination.list_multipart_uploads(""))
+    assert not open_uploads(destination)
 
 
 def test_part_size_grows_so_no_object_needs_more_than_10000_parts() -> None:
-    assert choose_part_size(100 * MiB, 16 * MiB) == 16 * MiB
-    grown = choose_part_size(5 * 1024**4, 16 * MiB)  # 5 TiB
+    assert choose_part_size(100 * MiB, 16 * MiB, S3_LIMITS) == 16 * MiB
+    grown = choose_part_size(5 * 1024**4, 16 * MiB, S3_LIMITS)  # 5 TiB
     assert grown % MiB == 0 and -(-5 * 1024**4 // grown) <= 10_000
     ranges = part_ranges(11 * MiB + 1, 5 * MiB)
     assert ranges == [(1, 0, 5 * MiB - 1), (2, 5 * MiB, 10 * MiB - 1), (3, 10 * MiB, 11 * MiB)]

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from datamover.backends.base import ObjectAttributes
+from datamover.backends.base import ObjectAttributes, OpenUpload
 from datamover.backends.s3 import S3Store
 from datamover.engine import AbortSignal, MigrationOptions, Outcome, Progress, migrate
-from tests.unit import RecordingSink, assert_invariant, moto_s3, store
+from tests.unit import RecordingSink, assert_invariant, moto_s3, open_uploads, store
 
 MiB = 1024 * 1024
 BASE = {"part_size": 5 * MiB, "multipart_threshold": 5 * MiB, "chunk_size": 256 * 1024, "progress_interval": 0}
@@ -75,9 +75,6 @@ def md5_b64(body: bytes) -> str:
     return base64.b64encode(hashlib.md5(body).digest()).decode()
 
 
-def open_uploads(target: S3Store) -> list[Any]:
-    return list(target.client.list_multipart_uploads(Bucket=target.bucket).get("Uploads", []))
-
 
 # -- a destination that damages what it is given, between write and verify ---------------------------------------
 
@@ -99,26 +96,26 @@ def corrupt_single_put(destination: S3Store) -> None:
 def corrupt_one_part(destination: S3Store) -> None:
     original = destination.upload_part
 
-    def upload_damaged(key: str, upload_id: str, part_number: int, body: bytes, content_md5: str) -> str:
-        if key == VICTIM and part_number == 2:
+    def upload_damaged(upload: OpenUpload, part_number: int, body: bytes, content_md5: str) -> str:
+        if upload.key == VICTIM and part_number == 2:
             body = flipped(body)
             content_md5 = md5_b64(body)
-        return original(key, upload_id, part_number, body, content_md5)
+        return original(upload, part_number, body, content_md5)
 
     destination.upload_part = upload_damaged  # type: ignore[method-assign]
 
 
 def overwrite_after_complete(destination: S3Store) -> None:
     """After the multipart upload completes and before verification, another writer puts a same-size object."""
-    original = destination.complete_multipart
+    original = destination.complete_upload
 
-    def complete_then_overwrite(key: str, upload_id: str, parts: Any) -> str:
-        etag = original(key, upload_id, parts)
-        size = destination.client.head_object(Bucket=destination.bucket, Key=key)["ContentLength"]
-        destination.client.put_object(Bucket=destination.bucket, Key=key, Body=os.urandom(size))
+    def complete_then_overwrite(upload: OpenUpload, parts: Any) -> str:
+        etag = original(upload, parts)
+        size = destination.client.head_object(Bucket=destination.bucket, Key=upload.key)["ContentLength"]
+        destination.client.put_object(Bucket=destination.bucket, Key=upload.key, Body=os.urandom(size))
         return etag
 
-    destination.complete_multipart = complete_then_overwrite  # type: ignore[method-assign]
+    destination.complete_upload = complete_then_overwrite  # type: ignore[method-assign]
 
 
 DAMAGE = {
@@ -262,22 +259,22 @@ def test_abort_at_before_list_page_with_objects_in_flight(moto: None, remain_sou
 
 def test_the_janitor_reports_closed_exactly_the_aborted_and_the_already_gone(moto: None) -> None:
     from datamover.backends.base import ErrorKind, StoreError
-    from datamover.engine import OpenUpload, close_leftovers
+    from datamover.engine import close_leftovers
 
     destination = store("dst", "", "b")
-    live = OpenUpload("dst", "live", destination.create_multipart("live", ObjectAttributes()))
+    live = destination.create_upload("live", ObjectAttributes())
     gone = OpenUpload("dst", "gone", "no-such-upload-id")
     cleanup = close_leftovers(destination, [live, gone])
     assert cleanup.closed == (live, gone) and cleanup.still_open == ()
     assert open_uploads(destination) == []
 
     # An upload the store refuses to abort must stay recorded (not reported closed), so the janitor tries again.
-    stuck = OpenUpload("dst", "stuck", destination.create_multipart("stuck", ObjectAttributes()))
+    stuck = destination.create_upload("stuck", ObjectAttributes())
 
-    def refuse(key: str, upload_id: str) -> None:
+    def refuse(upload: OpenUpload) -> None:
         raise StoreError(ErrorKind.TRANSIENT, "AbortMultipartUpload failed: endpoint unreachable after retries")
 
-    destination.abort_multipart = refuse  # type: ignore[method-assign]
+    destination.abort_upload = refuse  # type: ignore[method-assign]
     cleanup = close_leftovers(destination, [stuck])
     assert cleanup.closed == () and cleanup.still_open == (stuck,)
     assert [u["UploadId"] for u in open_uploads(destination)] == [stuck.upload_id]

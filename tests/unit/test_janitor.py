@@ -17,9 +17,9 @@ def test_janitor_closes_intended_keys_and_recorded_ids(monkeypatch: pytest.Monke
     with moto_s3():
         destination = store("dst", "", "b")
         since = dt.datetime.now(dt.UTC).replace(microsecond=0)
-        unrecorded = destination.create_multipart("moved/a", ObjectAttributes())  # its ID never reached status
-        recorded = destination.create_multipart("moved/b", ObjectAttributes())
-        foreign = destination.create_multipart("moved/c", ObjectAttributes())
+        unrecorded = destination.create_upload("moved/a", ObjectAttributes()).upload_id  # never reached status
+        recorded = destination.create_upload("moved/b", ObjectAttributes()).upload_id
+        foreign = destination.create_upload("moved/c", ObjectAttributes()).upload_id
         monkeypatch.setattr(handlers, "open_store", lambda config: destination)
         events: list[dict[str, Any]] = []
         monkeypatch.setattr(handlers, "_event", lambda body, **kwargs: events.append(kwargs))

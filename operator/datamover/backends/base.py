@@ -1,8 +1,11 @@
-"""The seam between the migration engine and a store family: what the engine may ask of any object store.
+"""The seam between the migration engine and a store family: a small required interface plus declared capabilities.
 
-The engine is written once against `ObjectStore`; each store family (S3-compatible today, Azure Blob later) lives in
-its own module and translates its client's errors into `StoreError` kinds. Nothing here knows about the FSM, abort
-checkpoints, sharding or Kubernetes.
+As rclone's `fs.Fs` and `fs.Features`: every store can list, stat, read a range, write whole, write in parts through
+an upload handle that can be aborted, delete, and find the open uploads on a key (so the janitor works). What only
+some stores can do is declared, and the engine asks for it instead of assuming S3: `Capabilities` (part limits, ETag
+layout) and optional interfaces such as `ServerSideCopy`. Each store family (S3-compatible today, Azure Blob and GCS
+later) lives in its own module, translates its client's errors into `StoreError` kinds, and passes the conformance
+suite in tests/store_conformance.py. Nothing here knows about the FSM, abort checkpoints, sharding or Kubernetes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import datetime as dt
 import enum
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,8 @@ class ObjectAttributes:
 
 
 class EtagKind(enum.Enum):
-    """What an ETag says about the bytes, so verification compares only what is comparable."""
+    """What an ETag says about the bytes, so verification compares only what is comparable (a store without MD5
+    ETags reports OPAQUE, and the engine then reads bytes back instead)."""
 
     MD5 = "md5"  # hex MD5 of the content (single-part upload, no KMS / customer-key encryption)
     MULTIPART_MD5 = "multipart_md5"  # hex MD5 of the concatenated part MD5s, then "-<part count>"
@@ -45,8 +52,8 @@ class EtagKind(enum.Enum):
 
 
 @dataclass(frozen=True)
-class ObjectHead:
-    """What HEAD tells about one object: identity (size, ETag) and the attributes to carry over."""
+class ObjectInfo:
+    """What stat tells about one object: identity (size, ETag) and the attributes to carry over."""
 
     key: str
     size: int
@@ -104,10 +111,10 @@ class StoreError(Exception):
 class ByteStream(abc.ABC):
     """A body being downloaded; read() returns b"" at the end and raises StoreError(TRANSIENT) if the wire breaks.
 
-    `head` describes the version being read (from the GET response itself), so a small object needs no HEAD first.
+    `info` describes the version being read (from the read's own response), so a small object needs no stat first.
     """
 
-    head: ObjectHead
+    info: ObjectInfo
 
     @abc.abstractmethod
     def read(self, size: int) -> bytes: ...
@@ -116,11 +123,36 @@ class ByteStream(abc.ABC):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class PartLimits:
+    """How a store takes an object in parts (a provider quirk, as data): the engine sizes parts to fit."""
+
+    min_part_size: int  # every part but the last
+    max_part_size: int
+    max_parts: int
+    max_single_write: int  # the largest object written (or copied server-side) in one request
+
+
+# S3's limits, which most S3-compatible stores share; other stores declare their own.
+S3_LIMITS = PartLimits(min_part_size=5 * MiB, max_part_size=5 * GiB, max_parts=10_000, max_single_write=5 * GiB)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a store declares beyond the required interface; the conformance suite checks each claim."""
+
+    limits: PartLimits = S3_LIMITS
+    # first_part_size() tells how an object written in parts was cut, so a copy can reproduce its layout (and ETag)
+    # and skip-identical can hash the source in the destination's layout.
+    part_layout: bool = False
+
+
 class ObjectStore(abc.ABC):
     """One bucket (and optional key prefix) in one store. Keys passed to methods are full keys, prefix included."""
 
     bucket: str
     prefix: str
+    capabilities: Capabilities = Capabilities()
 
     @abc.abstractmethod
     def describe(self, key: str | None = None) -> str:
@@ -132,19 +164,15 @@ class ObjectStore(abc.ABC):
 
     @abc.abstractmethod
     def list_page(self, prefix: str, token: str | None) -> ListPage:
-        """One page of keys under `prefix`, in key order, starting after `token`."""
+        """One page of keys under `prefix`, in key order (UTF-8 byte order), starting after `token`."""
 
     @abc.abstractmethod
-    def head(self, key: str) -> ObjectHead | None:
-        """The object's head, or None if the key does not exist."""
+    def stat(self, key: str) -> ObjectInfo | None:
+        """The object's size, ETag and attributes, or None if the key does not exist."""
 
     @abc.abstractmethod
     def open_read(self, key: str, start: int | None, end: int | None, if_match: str | None) -> ByteStream:
         """Stream the object (or the inclusive byte range start..end); fail PRECONDITION if its ETag is not if_match."""
-
-    @abc.abstractmethod
-    def first_part_size(self, key: str) -> int | None:
-        """Size of part 1 of a multipart object (HEAD with PartNumber=1), or None if the store cannot say."""
 
     @abc.abstractmethod
     def put(self, key: str, body: bytes, attributes: ObjectAttributes, content_md5: str) -> str:
@@ -154,49 +182,35 @@ class ObjectStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def create_multipart(self, key: str, attributes: ObjectAttributes) -> str:
-        """Open a multipart upload and return its upload ID."""
+    def create_upload(self, key: str, attributes: ObjectAttributes) -> OpenUpload:
+        """Begin writing `key` in parts. Sent once, never retried: a retried create whose answer was lost would leave
+        an upload nobody knows the ID of (the engine reconciles a failed create by listing the key's uploads)."""
 
     @abc.abstractmethod
-    def upload_part(self, key: str, upload_id: str, part_number: int, body: bytes, content_md5: str) -> str:
-        """Upload one part (numbered from 1); returns the part's ETag."""
+    def upload_part(self, upload: OpenUpload, part_number: int, body: bytes, content_md5: str) -> str:
+        """Write one part (numbered from 1); returns the part's ETag."""
 
     @abc.abstractmethod
-    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> str:
+    def complete_upload(self, upload: OpenUpload, parts: Sequence[tuple[int, str]]) -> str:
         """Assemble the object from (part number, ETag) pairs; returns the object's ETag."""
 
     @abc.abstractmethod
-    def abort_multipart(self, key: str, upload_id: str) -> None:
-        """Discard an open multipart upload and its parts; NOT_FOUND if it is already gone."""
+    def abort_upload(self, upload: OpenUpload) -> None:
+        """Discard an open upload and its parts; one already gone is no error, or NOT_FOUND (stores differ)."""
 
     @abc.abstractmethod
-    def list_multipart_uploads(self, prefix: str) -> Iterator[OpenUpload]:
-        """Every multipart upload still open under `prefix`, with the time the store says it was initiated.
-
-        Some stores (MinIO) list nothing for a folder-like prefix while uploads are open below it: callers that
-        look for uploads on one key pass the exact key as prefix and filter on `key`.
-        """
-
-    @abc.abstractmethod
-    def can_copy_server_side_from(self, source: ObjectStore) -> bool:
-        """True if this store can copy from `source` without the bytes passing through us (same service, same keys)."""
-
-    @abc.abstractmethod
-    def copy_object(self, source: ObjectStore, source_key: str, key: str, if_match: str) -> str:
-        """Server-side copy of a whole object, its attributes included; returns the new ETag."""
-
-    @abc.abstractmethod
-    def upload_part_copy(
-        self, source: ObjectStore, source_key: str, key: str, upload_id: str, part_number: int, start: int, end: int,
-        if_match: str,
-    ) -> str:
-        """Server-side copy of the inclusive byte range start..end into one part; returns the part's ETag."""
+    def list_uploads(self, key: str) -> Iterator[OpenUpload]:
+        """Every upload still open on exactly `key`, each with the time the store says it was initiated."""
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:
         """Delete one object (no error if it is already gone)."""
 
-    # Optional capability (a default that does nothing): liveness, for the engine's stall detector.
+    def first_part_size(self, key: str) -> int | None:
+        """Size of part 1 of an object written in parts, or None if unknown (declared by capabilities.part_layout)."""
+        return None
+
+    # Liveness, for the engine's stall detector: the defaults say "always answering".
 
     def stalled_for(self) -> float:
         """Seconds that requests have been waiting with no answer from the endpoint (0 if nothing is waiting)."""
@@ -205,3 +219,29 @@ class ObjectStore(abc.ABC):
     def interrupt(self, reason: str) -> None:
         """Make every further request (and retry) fail at once with StoreError(PERMANENT, reason)."""
         return None
+
+
+class ServerSideCopy(abc.ABC):
+    """Optional capability (rclone's Copier): the store copies from another store without the bytes passing us."""
+
+    @abc.abstractmethod
+    def can_copy_from(self, source: ObjectStore) -> bool:
+        """True if this store can copy from `source` server-side (same service, same credentials)."""
+
+    @abc.abstractmethod
+    def copy_object(self, source: ObjectStore, source_key: str, key: str, if_match: str) -> str:
+        """Copy a whole object, its attributes included; returns the new ETag."""
+
+    @abc.abstractmethod
+    def copy_part(
+        self, source: ObjectStore, source_key: str, upload: OpenUpload, part_number: int, start: int, end: int,
+        if_match: str,
+    ) -> str:
+        """Copy the inclusive byte range start..end of the source into one part; returns the part's ETag."""
+
+
+def server_side_copier(destination: ObjectStore, source: ObjectStore) -> ServerSideCopy | None:
+    """The destination as a server-side copier from `source`, or None if it cannot be one."""
+    if isinstance(destination, ServerSideCopy) and destination.can_copy_from(source):
+        return destination
+    return None

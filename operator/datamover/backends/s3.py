@@ -10,6 +10,7 @@ fails within the configured stall timeout instead of after every retry has timed
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -25,15 +26,18 @@ import botocore.exceptions
 import urllib3.exceptions
 
 from datamover.backends.base import (
+    S3_LIMITS,
     ByteStream,
+    Capabilities,
     ErrorKind,
     EtagKind,
     ListPage,
     ObjectAttributes,
-    ObjectHead,
+    ObjectInfo,
     ObjectStore,
     ObjectSummary,
     OpenUpload,
+    ServerSideCopy,
     StoreError,
 )
 
@@ -57,6 +61,11 @@ TRANSIENT_CODES = frozenset({
     "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling", "ThrottlingException",
     "RequestLimitExceeded", "TooManyRequests", "500", "502", "503", "504", "XMinioServerNotInitialized",
 })
+# ObjectAttributes field -> the S3 request parameter (and response field) that carries it; Expires apart (raw text).
+_ATTRIBUTE_PARAMETERS = {
+    "content_type": "ContentType", "content_encoding": "ContentEncoding", "cache_control": "CacheControl",
+    "content_disposition": "ContentDisposition", "content_language": "ContentLanguage",
+}
 
 
 @dataclass(frozen=True)
@@ -168,11 +177,11 @@ class _Liveness:
 class _S3Stream(ByteStream):
     """A GetObject body whose wire errors become StoreError(TRANSIENT), so the engine can re-request the range."""
 
-    def __init__(self, body: Any, where: str, head: ObjectHead, liveness: _Liveness) -> None:
+    def __init__(self, body: Any, where: str, info: ObjectInfo, liveness: _Liveness) -> None:
         self._body = body
         self._where = where
         self._liveness = liveness
-        self.head = head
+        self.info = info
 
     def read(self, size: int) -> bytes:
         try:
@@ -186,8 +195,10 @@ class _S3Stream(ByteStream):
         self._body.close()
 
 
-class S3Store(ObjectStore):
+class S3Store(ObjectStore, ServerSideCopy):
     """One bucket of an S3-compatible service."""
+
+    capabilities = Capabilities(limits=S3_LIMITS, part_layout=True)
 
     def __init__(self, config: S3Config, client: S3Client | None = None,
                  create_client: S3Client | None = None) -> None:
@@ -258,6 +269,14 @@ class S3Store(ObjectStore):
         text = f"endpoint {endpoint} bucket {self.bucket}"
         return f"{text} key {key!r}" if key is not None else text
 
+    @contextlib.contextmanager
+    def _errors(self, operation: str, key: str | None) -> Iterator[None]:
+        """What botocore raises once its retries are spent becomes a StoreError naming endpoint, bucket and key."""
+        try:
+            yield
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
+            raise self._error(operation, key, error) from error
+
     def _error(self, operation: str, key: str | None, error: Exception) -> StoreError:
         where = self.describe(key)
         if isinstance(error, Interrupted):
@@ -310,10 +329,8 @@ class S3Store(ObjectStore):
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": self.config.list_page_size}
         if token:
             kwargs["ContinuationToken"] = token
-        try:
+        with self._errors("ListObjectsV2", prefix):
             response = self.client.list_objects_v2(**kwargs)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
-            raise self._error("ListObjectsV2", prefix, error) from error
         objects = [
             ObjectSummary(key=item["Key"], size=int(item.get("Size", 0)), etag=_strip_etag(item.get("ETag")))
             for item in response.get("Contents", [])
@@ -321,25 +338,21 @@ class S3Store(ObjectStore):
         next_token = response.get("NextContinuationToken") if response.get("IsTruncated") else None
         return ListPage(objects=objects, next_token=next_token)
 
-    def head(self, key: str) -> ObjectHead | None:
+    def stat(self, key: str) -> ObjectInfo | None:
         try:
-            response = self.client.head_object(Bucket=self.bucket, Key=key)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
-            store_error = self._error("HeadObject", key, error)
-            if store_error.kind is ErrorKind.NOT_FOUND:
+            with self._errors("HeadObject", key):
+                response = self.client.head_object(Bucket=self.bucket, Key=key)
+        except StoreError as error:
+            if error.kind is ErrorKind.NOT_FOUND:
                 return None
-            raise store_error from error
-        return self._head_from(key, response, int(response.get("ContentLength", 0)))
+            raise
+        return self._info_from(key, response, int(response.get("ContentLength", 0)))
 
     @staticmethod
-    def _head_from(key: str, response: Any, size: int) -> ObjectHead:
-        """An ObjectHead from the headers of a HeadObject or GetObject response."""
+    def _info_from(key: str, response: Any, size: int) -> ObjectInfo:
+        """An ObjectInfo from the headers of a HeadObject or GetObject response."""
         attributes = ObjectAttributes(
-            content_type=response.get("ContentType"),
-            content_encoding=response.get("ContentEncoding"),
-            cache_control=response.get("CacheControl"),
-            content_disposition=response.get("ContentDisposition"),
-            content_language=response.get("ContentLanguage"),
+            **{name: response.get(parameter) for name, parameter in _ATTRIBUTE_PARAMETERS.items()},
             # The raw header, not botocore's parsed datetime: an exact copy carries the same text.
             expires=(response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("expires")
                      or response.get("ExpiresString")),
@@ -347,7 +360,7 @@ class S3Store(ObjectStore):
         )
         etag = _strip_etag(response.get("ETag"))
         kind = etag_kind(etag, response.get("ServerSideEncryption"), bool(response.get("SSECustomerAlgorithm")))
-        return ObjectHead(key=key, size=size, etag=etag, attributes=attributes, etag_kind=kind)
+        return ObjectInfo(key=key, size=size, etag=etag, attributes=attributes, etag_kind=kind)
 
     def open_read(self, key: str, start: int | None, end: int | None, if_match: str | None) -> ByteStream:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
@@ -355,115 +368,94 @@ class S3Store(ObjectStore):
             kwargs["Range"] = f"bytes={start}-{end}"
         if if_match:
             kwargs["IfMatch"] = f'"{if_match}"'
-        try:
+        with self._errors("GetObject", key):
             response = self.client.get_object(**kwargs)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
-            raise self._error("GetObject", key, error) from error
         size = int(response.get("ContentLength", 0))
         content_range = response.get("ContentRange")  # "bytes 0-99/12345": the whole object's size follows the slash
         if content_range and "/" in content_range and not content_range.endswith("*"):
             size = int(content_range.rsplit("/", 1)[1])
-        return _S3Stream(response["Body"], self.describe(key), self._head_from(key, response, size), self._liveness)
+        return _S3Stream(response["Body"], self.describe(key), self._info_from(key, response, size), self._liveness)
 
     def first_part_size(self, key: str) -> int | None:
         try:
-            response = self.client.head_object(Bucket=self.bucket, Key=key, PartNumber=1)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
-            store_error = self._error("HeadObject PartNumber=1", key, error)
-            if store_error.kind in (ErrorKind.NOT_FOUND, ErrorKind.OTHER):
+            with self._errors("HeadObject PartNumber=1", key):
+                response = self.client.head_object(Bucket=self.bucket, Key=key, PartNumber=1)
+        except StoreError as error:
+            if error.kind in (ErrorKind.NOT_FOUND, ErrorKind.OTHER):
                 return None  # gone, or the store does not support part HEADs: the caller falls back
-            raise store_error from error
+            raise
         return int(response.get("ContentLength", 0)) or None
 
     @staticmethod
     def _attribute_args(attributes: ObjectAttributes) -> dict[str, Any]:
-        args: dict[str, Any] = {"Metadata": dict(attributes.user_metadata)}
-        if attributes.content_type:
-            args["ContentType"] = attributes.content_type
-        if attributes.content_encoding:
-            args["ContentEncoding"] = attributes.content_encoding
-        if attributes.cache_control:
-            args["CacheControl"] = attributes.cache_control
-        if attributes.content_disposition:
-            args["ContentDisposition"] = attributes.content_disposition
-        if attributes.content_language:
-            args["ContentLanguage"] = attributes.content_language
+        args: dict[str, Any] = {parameter: getattr(attributes, name) for name, parameter in
+                                _ATTRIBUTE_PARAMETERS.items() if getattr(attributes, name)}
         if attributes.expires:
             args["Expires"] = attributes.expires  # botocore parses the HTTP date and sends it back in HTTP format
-        return args
+        return {"Metadata": dict(attributes.user_metadata), **args}
 
     def put(self, key: str, body: bytes, attributes: ObjectAttributes, content_md5: str) -> str:
-        try:
+        with self._errors("PutObject", key):
             response = self.client.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentMD5=content_md5,
-                **self._attribute_args(attributes),
+                Bucket=self.bucket, Key=key, Body=body, ContentMD5=content_md5, **self._attribute_args(attributes),
             )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
-            raise self._error("PutObject", key, error) from error
         etag = _strip_etag(response.get("ETag"))
         kind = etag_kind(etag, response.get("ServerSideEncryption"), bool(response.get("SSECustomerKeyMD5")))
         return etag if kind is EtagKind.MD5 else ""
 
-    def create_multipart(self, key: str, attributes: ObjectAttributes) -> str:
-        try:
+    def create_upload(self, key: str, attributes: ObjectAttributes) -> OpenUpload:
+        with self._errors("CreateMultipartUpload", key):
             response = self.create_client.create_multipart_upload(
                 Bucket=self.bucket, Key=key, **self._attribute_args(attributes),
             )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
-            raise self._error("CreateMultipartUpload", key, error) from error
-        return response["UploadId"]
+        return OpenUpload(self.bucket, key, response["UploadId"])
 
-    def upload_part(
-        self, key: str, upload_id: str, part_number: int, body: bytes, content_md5: str,
-    ) -> str:
-        try:
+    def upload_part(self, upload: OpenUpload, part_number: int, body: bytes, content_md5: str) -> str:
+        with self._errors(f"UploadPart {part_number}", upload.key):
             response = self.client.upload_part(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part_number, Body=body,
+                Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id, PartNumber=part_number, Body=body,
                 ContentMD5=content_md5,
             )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
-            raise self._error(f"UploadPart {part_number}", key, error) from error
         return _strip_etag(response.get("ETag"))
 
-    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[tuple[int, str]]) -> str:
-        try:
+    def complete_upload(self, upload: OpenUpload, parts: Sequence[tuple[int, str]]) -> str:
+        with self._errors("CompleteMultipartUpload", upload.key):
             response = self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id,
+                Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id,
                 MultipartUpload={"Parts": [{"PartNumber": number, "ETag": f'"{etag}"'} for number, etag in parts]},
             )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
-            raise self._error("CompleteMultipartUpload", key, error) from error
         return _strip_etag(response.get("ETag"))
 
-    def abort_multipart(self, key: str, upload_id: str) -> None:
-        try:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
-            raise self._error("AbortMultipartUpload", key, error) from error
+    def abort_upload(self, upload: OpenUpload) -> None:
+        with self._errors("AbortMultipartUpload", upload.key):
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id)
 
-    def list_multipart_uploads(self, prefix: str) -> Iterator[OpenUpload]:
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
-        while True:
-            try:
-                response = self.client.list_multipart_uploads(**kwargs)
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
-                raise self._error("ListMultipartUploads", prefix, error) from error
-            for upload in response.get("Uploads", []):
-                initiated = upload.get("Initiated")
-                if not isinstance(initiated, dt.datetime):
-                    # Without a time we cannot tell ours from another tool's: report it as old, so it is never
-                    # aborted as ours (a leak is recoverable; aborting someone else's upload is not).
-                    log.warning("event=upload_without_initiated bucket=%s key=%r", self.bucket, upload["Key"])
-                    initiated = dt.datetime.min.replace(tzinfo=dt.UTC)
-                elif initiated.tzinfo is None:
-                    initiated = initiated.replace(tzinfo=dt.UTC)
-                yield OpenUpload(self.bucket, upload["Key"], upload["UploadId"], initiated)
-            if not response.get("IsTruncated"):
-                return
-            kwargs["KeyMarker"] = response.get("NextKeyMarker", "")
-            kwargs["UploadIdMarker"] = response.get("NextUploadIdMarker", "")
+    def list_uploads(self, key: str) -> Iterator[OpenUpload]:
+        # The exact key as prefix (MinIO lists nothing for a folder-like prefix while uploads are open below it),
+        # then only that very key (the prefix also matches "key-longer").
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=key)
+        with self._errors("ListMultipartUploads", key):
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Key"] == key:
+                        yield OpenUpload(self.bucket, key, upload["UploadId"], self._initiated(upload))
 
-    def can_copy_server_side_from(self, source: ObjectStore) -> bool:
+    def _initiated(self, upload: Any) -> dt.datetime:
+        initiated = upload.get("Initiated")
+        if not isinstance(initiated, dt.datetime):
+            # Without a time we cannot tell ours from another tool's: report it as old, so it is never aborted as
+            # ours (a leak is recoverable; aborting someone else's upload is not).
+            log.warning("event=upload_without_initiated bucket=%s key=%r", self.bucket, upload["Key"])
+            return dt.datetime.min.replace(tzinfo=dt.UTC)
+        return initiated if initiated.tzinfo is not None else initiated.replace(tzinfo=dt.UTC)
+
+    def delete(self, key: str) -> None:
+        with self._errors("DeleteObject", key):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    # -- ServerSideCopy -----------------------------------------------------------------------------------------
+
+    def can_copy_from(self, source: ObjectStore) -> bool:
         if not isinstance(source, S3Store):
             return False
         mine, theirs = self.config, source.config
@@ -476,31 +468,21 @@ class S3Store(ObjectStore):
         )
 
     def copy_object(self, source: ObjectStore, source_key: str, key: str, if_match: str) -> str:
-        try:
+        with self._errors(f"CopyObject from {source.bucket}/{source_key!r}", key):
             response = self.client.copy_object(
                 Bucket=self.bucket, Key=key, CopySource={"Bucket": source.bucket, "Key": source_key},
                 CopySourceIfMatch=f'"{if_match}"', MetadataDirective="COPY",
             )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
-            raise self._error(f"CopyObject from {source.bucket}/{source_key!r}", key, error) from error
         return _strip_etag(response.get("CopyObjectResult", {}).get("ETag"))
 
-    def upload_part_copy(
-        self, source: ObjectStore, source_key: str, key: str, upload_id: str, part_number: int, start: int, end: int,
+    def copy_part(
+        self, source: ObjectStore, source_key: str, upload: OpenUpload, part_number: int, start: int, end: int,
         if_match: str,
     ) -> str:
-        try:
+        with self._errors(f"UploadPartCopy {part_number}", upload.key):
             response = self.client.upload_part_copy(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part_number,
+                Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id, PartNumber=part_number,
                 CopySource={"Bucket": source.bucket, "Key": source_key}, CopySourceRange=f"bytes={start}-{end}",
                 CopySourceIfMatch=f'"{if_match}"',
             )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
-            raise self._error(f"UploadPartCopy {part_number}", key, error) from error
         return _strip_etag(response.get("CopyPartResult", {}).get("ETag"))
-
-    def delete(self, key: str) -> None:
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=key)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, Interrupted) as error:
-            raise self._error("DeleteObject", key, error) from error

@@ -13,7 +13,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from datamover.backends.base import ObjectHead, ObjectStore, ObjectSummary, OpenUpload, StoreError
+from datamover.backends.base import ObjectInfo, ObjectStore, ObjectSummary, OpenUpload, ServerSideCopy, StoreError
 from datamover.engine.abort import AbortSignal
 from datamover.engine.fsm import ObjectState
 from datamover.engine.janitor import UploadIntent
@@ -41,7 +41,7 @@ class RunContext:
     tracker: ProgressTracker
     part_pool: ThreadPoolExecutor  # shared by all objects: bounds parts (and so part buffers) in flight per worker
     shard: str  # "i/N", carried on every log line
-    server_side: bool  # destination can copy from source without the bytes passing through us
+    copier: ServerSideCopy | None  # the destination, if it can copy from the source without the bytes passing us
     stop_worker: threading.Event = field(default_factory=threading.Event)  # a permanent error: stop like an abort
     fatal_error: StoreError | None = None
     _fatal_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -76,7 +76,7 @@ class ObjectCopy:
     source: ObjectSummary  # the key as listing saw it (size and ETag at listing time)
     destination_key: str  # the source key re-rooted from the source prefix to the destination prefix
     state: ObjectState = ObjectState.PENDING  # position in OBJECT_TRANSITIONS
-    source_head: ObjectHead | None = None  # the version copied: from the GET itself, or a HEAD (pins If-Match)
+    source_info: ObjectInfo | None = None  # the version copied: from the read itself, or a stat (pins If-Match)
     destination_existed: bool = False  # the key was at the destination (with other content) before we wrote it
     strategy: str = ""  # "single", "multipart", "server_copy" or "server_part_copy" once chosen
     part_size: int = 0  # bytes per part for the multipart strategies

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 
-from datamover.backends.base import ErrorKind, ObjectHead, ObjectStore, StoreError
+from datamover.backends.base import ErrorKind, ObjectInfo, ObjectStore, StoreError
 from datamover.engine.context import ObjectCopy, RunContext
 from datamover.engine.fsm import kv
 
@@ -15,10 +15,10 @@ log = logging.getLogger("datamover.engine")
 def read_range(
     ctx: RunContext, copy: ObjectCopy, key: str, start: int | None, end: int | None, if_match: str | None,
     limit: int | None = None,
-) -> tuple[bytes, bytes, ObjectHead] | None:
+) -> tuple[bytes, bytes, ObjectInfo] | None:
     """Download the source object or a range (abort checked between chunks).
 
-    Returns (bytes, MD5 digest, head of the version read), or None if a whole-object read would exceed `limit`.
+    Returns (bytes, MD5 digest, info of the version read), or None if a whole-object read would exceed `limit`.
     A body that breaks mid-read is re-requested here, bounded, with jittered backoff: botocore retries failed
     requests but not a response body that dies while being read.
     """
@@ -26,7 +26,7 @@ def read_range(
     for attempt in range(1, attempts + 1):
         copy.checkpoint(ctx, "between_chunks", key)
         stream = ctx.source.open_read(key, start, end, if_match)
-        expected = stream.head.size if start is None or end is None else end - start + 1
+        expected = stream.info.size if start is None or end is None else end - start + 1
         if limit is not None and expected > limit:
             stream.close()
             return None
@@ -46,7 +46,7 @@ def read_range(
                 raise StoreError(ErrorKind.TRANSIENT, f"short read ({received} of {expected} bytes) on "
                                                       f"{ctx.source.describe(key)}")
             # join() briefly holds the chunks and the joined copy: up to 2 x part size per part thread.
-            return b"".join(chunks), digest.digest(), stream.head
+            return b"".join(chunks), digest.digest(), stream.info
         except StoreError as error:
             if error.kind is not ErrorKind.TRANSIENT or attempt == attempts:
                 raise

@@ -59,18 +59,17 @@ class Cleanup:
 def uploads_of_ours(store: ObjectStore, intent: UploadIntent) -> list[OpenUpload]:
     """Open uploads on exactly intent.key initiated at or after intent.since - CLOCK_SKEW_ALLOWANCE.
 
-    Lists with the exact key as prefix (MinIO lists nothing for a folder prefix while an upload is open below it)
-    and keeps only uploads on that very key (the prefix also matches "key-longer").
+    An upload the store gives no time for counts as not ours: a leak is recoverable, aborting another tool's is not.
     """
     earliest = intent.since - CLOCK_SKEW_ALLOWANCE
-    return [upload for upload in store.list_multipart_uploads(intent.key)
-            if upload.key == intent.key and upload.initiated is not None and upload.initiated >= earliest]
+    return [upload for upload in store.list_uploads(intent.key)
+            if upload.initiated is not None and upload.initiated >= earliest]
 
 
 def _abort(store: ObjectStore, upload: OpenUpload) -> None:
     """Abort one upload; one already gone (completed or aborted before) counts as closed."""
     try:
-        store.abort_multipart(upload.key, upload.upload_id)
+        store.abort_upload(upload)
     except StoreError as error:
         if error.kind is not ErrorKind.NOT_FOUND:
             raise

@@ -12,7 +12,7 @@ import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
-from datamover.backends.base import ErrorKind, ObjectStore, ObjectSummary, StoreError
+from datamover.backends.base import ErrorKind, ObjectStore, ObjectSummary, StoreError, server_side_copier
 from datamover.engine.abort import AbortSignal
 from datamover.engine.context import ObjectCopy, RunContext
 from datamover.engine.fsm import ObjectState, WorkerState, kv, next_worker_state
@@ -94,9 +94,9 @@ class _Worker:
             self._transition("fatal_error", cause.message)
             return self._result(cause.message, cause)
         self._transition("start")
-        server_side = self.destination.can_copy_server_side_from(self.source)
+        copier = server_side_copier(self.destination, self.source)
         log.info(kv(event="plan", shard=self.shard, source=self.source.describe(),
-                    destination=self.destination.describe(), server_side_copy=server_side,
+                    destination=self.destination.describe(), server_side_copy=copier is not None,
                     remain_source=self.options.remain_source))
         with (
             ThreadPoolExecutor(self.options.concurrency, thread_name_prefix="datamover-object") as object_pool,
@@ -104,7 +104,7 @@ class _Worker:
         ):
             context = RunContext(
                 source=self.source, destination=self.destination, options=self.options, abort=self.abort,
-                sink=self.sink, tracker=self.tracker, part_pool=part_pool, shard=self.shard, server_side=server_side,
+                sink=self.sink, tracker=self.tracker, part_pool=part_pool, shard=self.shard, copier=copier,
             )
             watch.on_stall = context.report_fatal
             if watch.error is not None:

@@ -58,7 +58,7 @@ class ObjectMover:
             self._cleanup()
             self._transition(self._error_event())
         finally:
-            size = self.copy.source_head.size if self.copy.source_head else self.copy.source.size
+            size = self.copy.source_info.size if self.copy.source_info else self.copy.source.size
             self.ctx.tracker.finished(key, self.copy.state, size, self.copy.parts_bytes)
         return self.copy
 
@@ -90,27 +90,27 @@ class ObjectMover:
     def _copy(self) -> None:
         """Choose the mechanism: a single request each way, server-side, or in parts (streamed or server-side)."""
         ctx, copy = self.ctx, self.copy
-        if copy.source.size <= ctx.options.multipart_threshold and not ctx.server_side:
+        if copy.source.size <= ctx.options.multipart_threshold and ctx.copier is None:
             # Small object: one GET (its response describes the version read, so no HEAD) and one PUT.
             copy.strategy = "single"
             if single.copy_single(ctx, copy):
                 return
             copy.strategy = ""  # it grew past the threshold since listing: copy it as a large object
-        head = verify.head_source(ctx, copy)
-        if head.size <= ctx.options.multipart_threshold:
-            if ctx.server_side:
+        info = verify.stat_source(ctx, copy)
+        if info.size <= ctx.options.multipart_threshold:
+            if ctx.copier:
                 copy.strategy = "server_copy"
-                server_copy.copy_whole(ctx, copy, head)
+                server_copy.copy_whole(ctx, copy, info)
             else:
                 copy.strategy = "single"
                 if not single.copy_single(ctx, copy):
                     raise StoreError(ErrorKind.PRECONDITION, f"object keeps changing size while being copied: "
-                                                             f"{ctx.source.describe(head.key)}")
+                                                             f"{ctx.source.describe(info.key)}")
             return
-        copy.strategy = "server_part_copy" if ctx.server_side else "multipart"
-        copy.part_size, copy.matched_layout = multipart.part_layout(ctx, head)
-        writer = server_copy.copy_part if ctx.server_side else multipart.stream_part
-        multipart.copy_in_parts(ctx, copy, head, writer)
+        copy.strategy = "server_part_copy" if ctx.copier else "multipart"
+        copy.part_size, copy.matched_layout = multipart.part_layout(ctx, info)
+        writer = server_copy.copy_part if ctx.copier else multipart.stream_part
+        multipart.copy_in_parts(ctx, copy, info, writer)
 
     def _delete_source(self) -> None:
         """Finish the move of this object: its copy is verified, so the delete (one request) is done even if abort

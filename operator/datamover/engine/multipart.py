@@ -13,25 +13,33 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 
-from datamover.backends.base import ErrorKind, EtagKind, ObjectAttributes, ObjectHead, OpenUpload, StoreError
+from datamover.backends.base import (
+    ErrorKind,
+    EtagKind,
+    MiB,
+    ObjectAttributes,
+    ObjectInfo,
+    OpenUpload,
+    PartLimits,
+    StoreError,
+)
 from datamover.engine.context import ObjectCopy, RunContext, b64
 from datamover.engine.download import read_range
 from datamover.engine.fsm import kv
 from datamover.engine.janitor import UploadIntent, close_intent
-from datamover.engine.options import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, MiB
 
 log = logging.getLogger("datamover.engine")
 
 # Writes part `number` (bytes start..end of the source) into copy.upload and records its ETag in copy.part_etags.
-PartWriter = Callable[[RunContext, ObjectCopy, ObjectHead, int, int, int], None]
+PartWriter = Callable[[RunContext, ObjectCopy, ObjectInfo, int, int, int], None]
 
 
-def choose_part_size(size: int, requested: int) -> int:
-    """The requested part size, grown (in whole MiB) until the object fits in 10,000 parts."""
-    minimum = -(-size // MAX_PARTS)
+def choose_part_size(size: int, requested: int, limits: PartLimits) -> int:
+    """The requested part size, grown (in whole MiB) until the object fits in the store's part count."""
+    minimum = -(-size // limits.max_parts)
     if minimum <= requested:
         return requested
-    return min(MAX_PART_SIZE, -(-minimum // MiB) * MiB)
+    return min(limits.max_part_size, -(-minimum // MiB) * MiB)
 
 
 def part_ranges(size: int, part_size: int) -> list[tuple[int, int, int]]:
@@ -40,40 +48,40 @@ def part_ranges(size: int, part_size: int) -> list[tuple[int, int, int]]:
             for number, start in enumerate(range(0, size, part_size), start=1)]
 
 
-def part_layout(ctx: RunContext, head: ObjectHead) -> tuple[int, bool]:
+def part_layout(ctx: RunContext, info: ObjectInfo) -> tuple[int, bool]:
     """(part size, matches the source's layout). A multipart source is copied with its own part size (from HEAD
     PartNumber=1), so the copy's ETag equals the source's and a re-run recognises it without reading anything;
-    otherwise (single-part source, or parts too large to buffer) our part size."""
-    ours = choose_part_size(head.size, ctx.options.part_size)
-    if head.etag_kind is not EtagKind.MULTIPART_MD5:
+    otherwise (single-part source, a source that cannot tell its layout, or parts too large to buffer) our size."""
+    limits = ctx.destination.capabilities.limits
+    ours = choose_part_size(info.size, ctx.options.part_size, limits)
+    if info.etag_kind is not EtagKind.MULTIPART_MD5 or not ctx.source.capabilities.part_layout:
         return ours, False
-    parts = int(head.etag.rsplit("-", 1)[1])
-    size = ctx.source.first_part_size(head.key)
-    limit = MAX_PART_SIZE if ctx.server_side else max(ctx.options.max_matched_part_size, ours)
-    if size and (size >= MIN_PART_SIZE or parts == 1) and size <= limit and -(-head.size // size) == parts:
+    parts = int(info.etag.rsplit("-", 1)[1])
+    size = ctx.source.first_part_size(info.key)
+    limit = limits.max_part_size if ctx.copier else max(ctx.options.max_matched_part_size, ours)
+    if size and (size >= limits.min_part_size or parts == 1) and size <= limit and -(-info.size // size) == parts:
         return size, True
     return ours, False
 
 
-def copy_in_parts(ctx: RunContext, copy: ObjectCopy, head: ObjectHead, write_part: PartWriter) -> None:
+def copy_in_parts(ctx: RunContext, copy: ObjectCopy, info: ObjectInfo, write_part: PartWriter) -> None:
     # Exactly the source's attributes: nothing of ours is added to the copy.
-    upload_id = _create_upload(ctx, copy, head.attributes)
     # The undo is registered where the resource is created: from here on any stop aborts this upload.
-    copy.upload = OpenUpload(bucket=ctx.destination.bucket, key=copy.destination_key, upload_id=upload_id)
-    ctx.checkpoint("after_create_multipart", head.key)
-    log.info(kv(event="upload_opened", shard=ctx.shard, key=copy.destination_key, upload_id=upload_id))
+    copy.upload = upload = _create_upload(ctx, copy, info.attributes)
+    ctx.checkpoint("after_create_multipart", info.key)
+    log.info(kv(event="upload_opened", shard=ctx.shard, key=copy.destination_key, upload_id=upload.upload_id))
     # The ID is announced before the first part (the intent already covers a crash before this line).
     ctx.sink.on_upload_opened(copy.upload)
 
-    ranges = part_ranges(head.size, copy.part_size)
+    ranges = part_ranges(info.size, copy.part_size)
     pending: set[Future[None]] = set()
     try:
         next_index = 0
         while next_index < len(ranges) or pending:
             while next_index < len(ranges) and len(pending) < ctx.options.part_concurrency:
-                ctx.checkpoint("between_parts", head.key)
+                ctx.checkpoint("between_parts", info.key)
                 number, start, end = ranges[next_index]
-                pending.add(ctx.part_pool.submit(write_part, ctx, copy, head, number, start, end))
+                pending.add(ctx.part_pool.submit(write_part, ctx, copy, info, number, start, end))
                 next_index += 1
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -90,22 +98,22 @@ def copy_in_parts(ctx: RunContext, copy: ObjectCopy, head: ObjectHead, write_par
                     future.result()
         raise
     parts = sorted(copy.part_etags.items())
-    copy.written_etag = ctx.destination.complete_multipart(copy.destination_key, upload_id, parts)
+    copy.written_etag = ctx.destination.complete_upload(upload, parts)
     copy.wrote_destination = True
-    closed, copy.upload = copy.upload, None
-    log.info(kv(event="upload_completed", shard=ctx.shard, key=copy.destination_key, upload_id=upload_id))
-    announce_closed(ctx, closed)
+    copy.upload = None
+    log.info(kv(event="upload_completed", shard=ctx.shard, key=copy.destination_key, upload_id=upload.upload_id))
+    announce_closed(ctx, upload)
     # One listing (multipart objects are large, so it is cheap in proportion): nothing else of ours stays open.
     close_intent_of(ctx, copy)
 
 
-def stream_part(ctx: RunContext, copy: ObjectCopy, head: ObjectHead, number: int, start: int, end: int) -> None:
+def stream_part(ctx: RunContext, copy: ObjectCopy, info: ObjectInfo, number: int, start: int, end: int) -> None:
     """Read one part's bytes from the source and upload them with their MD5."""
     assert copy.upload is not None
-    read = read_range(ctx, copy, head.key, start, end, head.etag)
+    read = read_range(ctx, copy, info.key, start, end, info.etag)
     assert read is not None  # no limit on ranged reads
     body, digest, _ = read
-    etag = ctx.destination.upload_part(copy.destination_key, copy.upload.upload_id, number, body, b64(digest))
+    etag = ctx.destination.upload_part(copy.upload, number, body, b64(digest))
     # No per-part ETag comparison: Content-MD5 already made the store reject a damaged part (BadDigest), and under
     # SSE-KMS a part's ETag is not its MD5. The whole object is checked by verify.
     copy.part_digests[number] = digest
@@ -113,8 +121,8 @@ def stream_part(ctx: RunContext, copy: ObjectCopy, head: ObjectHead, number: int
     copy.part_done(ctx, end - start + 1)
 
 
-def _create_upload(ctx: RunContext, copy: ObjectCopy, attributes: ObjectAttributes) -> str:
-    """Record the intent, then CreateMultipartUpload, sent once per try (the backend does not retry it).
+def _create_upload(ctx: RunContext, copy: ObjectCopy, attributes: ObjectAttributes) -> OpenUpload:
+    """Record the intent, then create the upload, sent once per try (the backend does not retry it).
 
     A failed create may still have created an upload whose ID we never saw (the answer was lost): before trying
     again, every upload of ours on the key is aborted (listed by key, initiated after the intent), so at most one
@@ -133,7 +141,7 @@ def _create_upload(ctx: RunContext, copy: ObjectCopy, attributes: ObjectAttribut
     for attempt in range(1, attempts + 1):
         ctx.writing()
         try:
-            return ctx.destination.create_multipart(key, attributes)
+            return ctx.destination.create_upload(key, attributes)
         except StoreError as error:
             if error.kind is ErrorKind.PERMANENT or attempt == attempts:
                 raise
@@ -151,7 +159,7 @@ def abort_upload_of(ctx: RunContext, copy: ObjectCopy) -> None:
     if copy.upload is not None:
         upload, copy.upload = copy.upload, None
         try:
-            ctx.destination.abort_multipart(upload.key, upload.upload_id)
+            ctx.destination.abort_upload(upload)
         except StoreError as error:
             if error.kind is not ErrorKind.NOT_FOUND:
                 # Left announced-but-not-closed on purpose: the caller's janitor aborts it from the recorded ID.

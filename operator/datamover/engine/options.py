@@ -5,16 +5,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from datamover.backends.base import S3_LIMITS, MiB
 from datamover.engine.progress import Progress
 
-MiB = 1024 * 1024
-GiB = 1024 * MiB
-
-# S3's limits: parts of at least 5 MiB (except the last), at most 10,000 parts, single PUT/copy of at most 5 GiB.
-MIN_PART_SIZE = 5 * MiB
-MAX_PART_SIZE = 5 * GiB
-MAX_PARTS = 10_000
-MAX_SINGLE_REQUEST = 5 * GiB
+# Options are checked against S3's limits, the ones every store we support shares; the part size of each object is
+# then fitted to its destination's own limits (multipart.choose_part_size).
+LIMITS = S3_LIMITS
 
 @dataclass(frozen=True)
 class MigrationOptions:
@@ -39,9 +35,9 @@ class MigrationOptions:
     stall_timeout: float = 60.0
 
     def __post_init__(self) -> None:
-        if not MIN_PART_SIZE <= self.part_size <= MAX_PART_SIZE:
+        if not LIMITS.min_part_size <= self.part_size <= LIMITS.max_part_size:
             raise ValueError(f"part_size must be between 5 MiB and 5 GiB, not {self.part_size}")
-        if not 0 <= self.multipart_threshold <= MAX_SINGLE_REQUEST:
+        if not 0 <= self.multipart_threshold <= LIMITS.max_single_write:
             raise ValueError("multipart_threshold must be between 0 and 5 GiB")
         if self.concurrency < 1 or self.part_concurrency < 1:
             raise ValueError("concurrency and part_concurrency must be at least 1")

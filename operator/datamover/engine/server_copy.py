@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from datamover.backends.base import ObjectHead
+from datamover.backends.base import ObjectInfo
 from datamover.engine.context import ObjectCopy, RunContext
 
 
-def copy_whole(ctx: RunContext, copy: ObjectCopy, head: ObjectHead) -> None:
-    """One server-side copy of the object, attributes included, pinned to the version read (If-Match)."""
+def copy_whole(ctx: RunContext, copy: ObjectCopy, info: ObjectInfo) -> None:
+    """One server-side copy of the object, attributes included, pinned to the version stat'ed (If-Match)."""
+    assert ctx.copier is not None
     ctx.writing()
-    copy.written_etag = ctx.destination.copy_object(ctx.source, head.key, copy.destination_key, head.etag)
+    copy.written_etag = ctx.copier.copy_object(ctx.source, info.key, copy.destination_key, info.etag)
     copy.wrote_destination = True
 
 
-def copy_part(ctx: RunContext, copy: ObjectCopy, head: ObjectHead, number: int, start: int, end: int) -> None:
+def copy_part(ctx: RunContext, copy: ObjectCopy, info: ObjectInfo, number: int, start: int, end: int) -> None:
     """A multipart.PartWriter: the store copies bytes start..end of the source into part `number`."""
-    assert copy.upload is not None
-    copy.part_etags[number] = ctx.destination.upload_part_copy(
-        ctx.source, head.key, copy.destination_key, copy.upload.upload_id, number, start, end, head.etag,
-    )
+    assert ctx.copier is not None and copy.upload is not None
+    copy.part_etags[number] = ctx.copier.copy_part(ctx.source, info.key, copy.upload, number, start, end, info.etag)
     copy.part_done(ctx, end - start + 1)

@@ -12,12 +12,12 @@ def copy_single(ctx: RunContext, copy: ObjectCopy) -> bool:
     read = read_range(ctx, copy, copy.source.key, None, None, None, limit=ctx.options.multipart_threshold)
     if read is None:
         return False
-    body, digest, head = read
-    copy.source_head = head
+    body, digest, info = read
+    copy.source_info = info
     copy.content_md5 = digest.hex()
-    if head.etag_kind is EtagKind.MD5 and copy.content_md5 != head.etag:
-        raise IntegrityError(f"bytes read do not match the source ETag {head.etag} ({ctx.source.describe(head.key)})")
+    if info.etag_kind is EtagKind.MD5 and copy.content_md5 != info.etag:
+        raise IntegrityError(f"bytes read do not match the source ETag {info.etag} ({ctx.source.describe(info.key)})")
     ctx.writing()
-    copy.written_etag = ctx.destination.put(copy.destination_key, body, head.attributes, b64(digest))
+    copy.written_etag = ctx.destination.put(copy.destination_key, body, info.attributes, b64(digest))
     copy.wrote_destination = True
     return True

@@ -6,7 +6,7 @@ import email.utils
 import hashlib
 import logging
 
-from datamover.backends.base import ErrorKind, EtagKind, ObjectAttributes, ObjectHead, ObjectSummary, StoreError
+from datamover.backends.base import ErrorKind, EtagKind, ObjectAttributes, ObjectInfo, ObjectSummary, StoreError
 from datamover.engine.context import IntegrityError, ObjectCopy, RunContext
 from datamover.engine.download import digest
 from datamover.engine.fsm import kv
@@ -45,12 +45,12 @@ def same_attributes(a: ObjectAttributes, b: ObjectAttributes) -> bool:
     )
 
 
-def head_source(ctx: RunContext, copy: ObjectCopy) -> ObjectHead:
-    head = ctx.source.head(copy.source.key)
-    if head is None:
+def stat_source(ctx: RunContext, copy: ObjectCopy) -> ObjectInfo:
+    info = ctx.source.stat(copy.source.key)
+    if info is None:
         raise StoreError(ErrorKind.NOT_FOUND, f"object vanished after listing: {ctx.source.describe(copy.source.key)}")
-    copy.source_head = head
-    return head
+    copy.source_info = info
+    return info
 
 
 def already_at_destination(ctx: RunContext, copy: ObjectCopy, hint: DestinationHint) -> bool:
@@ -65,16 +65,16 @@ def already_at_destination(ctx: RunContext, copy: ObjectCopy, hint: DestinationH
         existing = hint.existing
         written = None
     else:
-        written = ctx.destination.head(copy.destination_key)
+        written = ctx.destination.stat(copy.destination_key)
         existing = ObjectSummary(written.key, written.size, written.etag) if written else None
     copy.destination_existed = existing is not None
     if existing is None or existing.size != copy.source.size:
         return False
     if written is None:
-        written = ctx.destination.head(copy.destination_key)
+        written = ctx.destination.stat(copy.destination_key)
         if written is None:
             return False
-    source = head_source(ctx, copy)
+    source = stat_source(ctx, copy)
     if source.size != written.size:
         return False
     if not same_attributes(source.attributes, written.attributes):
@@ -83,7 +83,7 @@ def already_at_destination(ctx: RunContext, copy: ObjectCopy, hint: DestinationH
     return _same_bytes(ctx, copy, source, written)
 
 
-def _same_bytes(ctx: RunContext, copy: ObjectCopy, source: ObjectHead, written: ObjectHead) -> bool:
+def _same_bytes(ctx: RunContext, copy: ObjectCopy, source: ObjectInfo, written: ObjectInfo) -> bool:
     if EtagKind.OPAQUE in (source.etag_kind, written.etag_kind):
         return False  # an opaque ETag (SSE-KMS, SSE-C, own scheme) proves nothing cheaply: copy again
     if source.etag == written.etag:
@@ -94,7 +94,7 @@ def _same_bytes(ctx: RunContext, copy: ObjectCopy, source: ObjectHead, written: 
         whole = digest(ctx, copy, ctx.source, source.key, 0, source.size - 1, source.etag) if source.size else b""
         return (whole.hex() if whole else hashlib.md5().hexdigest()) == written.etag
     parts = int(written.etag.rsplit("-", 1)[1])
-    part_size = ctx.destination.first_part_size(written.key)
+    part_size = ctx.destination.first_part_size(written.key) if ctx.destination.capabilities.part_layout else None
     if not part_size or -(-source.size // part_size) != parts:
         return False  # a layout we cannot reproduce: copy again
     digests = [digest(ctx, copy, ctx.source, source.key, start, end, source.etag)
@@ -102,14 +102,14 @@ def _same_bytes(ctx: RunContext, copy: ObjectCopy, source: ObjectHead, written: 
     return composite_etag(digests) == written.etag
 
 
-def _expected_etag(copy: ObjectCopy, head: ObjectHead) -> str | None:
+def _expected_etag(copy: ObjectCopy, info: ObjectInfo) -> str | None:
     """The ETag the destination must report, or None if only a re-read can tell."""
     if copy.strategy == "single":
         return copy.content_md5
     if copy.strategy == "multipart":
         return composite_etag([copy.part_digests[n] for n in sorted(copy.part_digests)])
     if copy.strategy == "server_copy":
-        return head.etag if head.etag_kind is not EtagKind.OPAQUE else copy.written_etag or None
+        return info.etag if info.etag_kind is not EtagKind.OPAQUE else copy.written_etag or None
     etags = [copy.part_etags[n] for n in sorted(copy.part_etags)]
     try:
         return composite_etag([bytes.fromhex(etag) for etag in etags])
@@ -119,20 +119,20 @@ def _expected_etag(copy: ObjectCopy, head: ObjectHead) -> str | None:
 
 def verify(ctx: RunContext, copy: ObjectCopy) -> None:
     """Raise IntegrityError unless the destination now holds exactly the bytes copied."""
-    head = copy.source_head
-    assert head is not None
+    info = copy.source_info
+    assert info is not None
     if copy.strategy == "single" and _is_md5(copy.written_etag):
         # The PUT carried Content-MD5 and its Content-Length, and the store answered with the same MD5: the
         # destination reported exactly our bytes, so no HEAD is needed.
         if copy.written_etag != copy.content_md5:
             raise IntegrityError(f"destination ETag {copy.written_etag}, expected {copy.content_md5}")
         return
-    written = ctx.destination.head(copy.destination_key)
+    written = ctx.destination.stat(copy.destination_key)
     if written is None:
         raise IntegrityError("the copy is not at the destination after writing it")
-    if written.size != head.size:
-        raise IntegrityError(f"size {written.size} at the destination, {head.size} at the source")
-    expected = _expected_etag(copy, head)
+    if written.size != info.size:
+        raise IntegrityError(f"size {written.size} at the destination, {info.size} at the source")
+    expected = _expected_etag(copy, info)
     if written.etag_kind is not EtagKind.OPAQUE and expected is not None:
         if written.etag != expected:
             raise IntegrityError(f"destination ETag {written.etag}, expected {expected}")
@@ -142,7 +142,7 @@ def verify(ctx: RunContext, copy: ObjectCopy) -> None:
     # Server-side copies into a store with opaque ETags: the store copied its own bytes; size is what we can check.
 
 
-def _verify_by_rereading(ctx: RunContext, copy: ObjectCopy, written: ObjectHead) -> None:
+def _verify_by_rereading(ctx: RunContext, copy: ObjectCopy, written: ObjectInfo) -> None:
     """The destination's ETag is not an MD5: read the copy back and compare with what we hashed going in."""
     if copy.strategy == "single":
         if digest(ctx, copy, ctx.destination, written.key, None, None, None).hex() != copy.content_md5:
