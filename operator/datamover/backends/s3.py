@@ -48,19 +48,22 @@ log = logging.getLogger("datamover.backends.s3")
 
 AddressingStyle = Literal["auto", "path", "virtual"]
 
-# Error codes that no retry and no other object can fix: the worker should stop and say what is misconfigured.
-# "403" is what a HEAD request reports for AccessDenied (HEAD responses carry no error body).
-PERMANENT_CODES = frozenset({
-    "AccessDenied", "403", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidBucketName",
-    "AllAccessDisabled", "AccountProblem", "InvalidToken", "ExpiredToken", "AuthorizationHeaderMalformed",
-    "PermanentRedirect", "InvalidRequest", "MissingSecurityHeader", "NotImplemented", "XMinioAdminNoSuchUser",
-})
-NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchUpload"})
-PRECONDITION_CODES = frozenset({"PreconditionFailed", "412"})
-TRANSIENT_CODES = frozenset({
-    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling", "ThrottlingException",
-    "RequestLimitExceeded", "TooManyRequests", "500", "502", "503", "504", "XMinioServerNotInitialized",
-})
+# How the engine should react to each S3 error code (a provider quirk table: MinIO's own codes are in it); any other
+# code is ErrorKind.OTHER. "403"/"404"/"412" are what HEAD requests report (their responses carry no error body).
+ERROR_KINDS: dict[str, ErrorKind] = {
+    # No retry and no other object can fix these: the worker stops and says what is misconfigured.
+    **dict.fromkeys((
+        "AccessDenied", "403", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidBucketName",
+        "AllAccessDisabled", "AccountProblem", "InvalidToken", "ExpiredToken", "AuthorizationHeaderMalformed",
+        "PermanentRedirect", "InvalidRequest", "MissingSecurityHeader", "NotImplemented", "XMinioAdminNoSuchUser",
+    ), ErrorKind.PERMANENT),
+    **dict.fromkeys(("NoSuchKey", "404", "NotFound", "NoSuchUpload"), ErrorKind.NOT_FOUND),
+    **dict.fromkeys(("PreconditionFailed", "412"), ErrorKind.PRECONDITION),
+    **dict.fromkeys((
+        "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling", "ThrottlingException",
+        "RequestLimitExceeded", "TooManyRequests", "500", "502", "503", "504", "XMinioServerNotInitialized",
+    ), ErrorKind.TRANSIENT),
+}
 # ObjectAttributes field -> the S3 request parameter (and response field) that carries it; Expires apart (raw text).
 _ATTRIBUTE_PARAMETERS = {
     "content_type": "ContentType", "content_encoding": "ContentEncoding", "cache_control": "CacheControl",
@@ -284,16 +287,7 @@ class S3Store(ObjectStore, ServerSideCopy):
         if isinstance(error, botocore.exceptions.ClientError):
             code = str(error.response.get("Error", {}).get("Code", ""))
             message = str(error.response.get("Error", {}).get("Message", "")) or code
-            if code in PERMANENT_CODES:
-                kind = ErrorKind.PERMANENT
-            elif code in NOT_FOUND_CODES:
-                kind = ErrorKind.NOT_FOUND
-            elif code in PRECONDITION_CODES:
-                kind = ErrorKind.PRECONDITION
-            elif code in TRANSIENT_CODES:
-                kind = ErrorKind.TRANSIENT
-            else:
-                kind = ErrorKind.OTHER
+            kind = ERROR_KINDS.get(code, ErrorKind.OTHER)
             return StoreError(kind, f"{operation} failed on {where}: {code}: {message}", code)
         if isinstance(error, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
             message = f"{operation} failed on {where}: no usable credentials"

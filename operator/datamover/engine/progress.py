@@ -42,39 +42,30 @@ class Progress:
 
 
 class ProgressSink(Protocol):
-    """Where progress goes. Called from engine threads: implementations must be thread-safe and quick."""
+    """Where progress goes. Called from engine threads: implementations must be thread-safe and quick. Every
+    method does nothing unless a sink overrides it, so `NullSink` is the protocol itself."""
 
-    def on_progress(self, progress: Progress) -> None: ...
+    def on_progress(self, progress: Progress) -> None:
+        return None
 
     def on_upload_intent(self, intent: UploadIntent) -> None:
         """Durably record the intent before the upload is created; raise if it cannot be recorded (the engine then
         does not create the upload and that object fails as a transient error)."""
+        return None
 
     def on_intent_cleared(self, intent: UploadIntent) -> None:
         """No upload of ours is left on intent.key (completed or aborted, and confirmed by listing): forget it."""
-
-    def on_upload_opened(self, upload: OpenUpload) -> None: ...
-
-    def on_upload_closed(self, upload: OpenUpload) -> None: ...
-
-
-class NullSink:
-    """A sink that drops everything (handy in scripts)."""
-
-    def on_progress(self, progress: Progress) -> None:
-        pass
-
-    def on_upload_intent(self, intent: UploadIntent) -> None:
-        pass
-
-    def on_intent_cleared(self, intent: UploadIntent) -> None:
-        pass
+        return None
 
     def on_upload_opened(self, upload: OpenUpload) -> None:
-        pass
+        return None
 
     def on_upload_closed(self, upload: OpenUpload) -> None:
-        pass
+        return None
+
+
+class NullSink(ProgressSink):
+    """A sink that drops everything (handy in scripts)."""
 
 
 class ProgressTracker:

@@ -21,10 +21,6 @@ def composite_etag(part_digests: list[bytes]) -> str:
     return f"{hashlib.md5(b''.join(part_digests)).hexdigest()}-{len(part_digests)}"
 
 
-def _is_md5(etag: str) -> bool:
-    return len(etag) == 32 and all(c in "0123456789abcdef" for c in etag)
-
-
 def _http_date(value: str | None) -> object:
     """Expires compared as a time when it parses (stores format HTTP dates differently), else as text."""
     if not value:
@@ -121,9 +117,9 @@ def verify(ctx: RunContext, copy: ObjectCopy) -> None:
     """Raise IntegrityError unless the destination now holds exactly the bytes copied."""
     info = copy.source_info
     assert info is not None
-    if copy.strategy == "single" and _is_md5(copy.written_etag):
-        # The PUT carried Content-MD5 and its Content-Length, and the store answered with the same MD5: the
-        # destination reported exactly our bytes, so no HEAD is needed.
+    if copy.strategy == "single" and copy.written_etag:
+        # The PUT carried Content-MD5 and its Content-Length, and the store answered with an MD5 (put returns its
+        # ETag only when it is one): if it is ours, the destination reported exactly our bytes, so no stat is needed.
         if copy.written_etag != copy.content_md5:
             raise IntegrityError(f"destination ETag {copy.written_etag}, expected {copy.content_md5}")
         return
