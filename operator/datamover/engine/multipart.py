@@ -65,7 +65,7 @@ def part_layout(ctx: RunContext, info: ObjectInfo) -> tuple[int, bool]:
 
 
 def copy_in_parts(ctx: RunContext, copy: ObjectCopy, info: ObjectInfo, write_part: PartWriter) -> None:
-    # Exactly the source's attributes: nothing of ours is added to the copy.
+    """Create the upload with exactly the source's attributes, write every part, complete, confirm by listing."""
     # The undo is registered where the resource is created: from here on any stop aborts this upload.
     copy.upload = upload = _create_upload(ctx, copy, info.attributes)
     ctx.checkpoint("after_create_multipart", info.key)
