@@ -12,6 +12,7 @@ from datamover.engine.progress import Progress
 # then fitted to its destination's own limits (multipart.choose_part_size).
 LIMITS = S3_LIMITS
 
+
 @dataclass(frozen=True)
 class MigrationOptions:
     """How to move: concurrency, part sizes, sharding and move-vs-copy."""
