@@ -1,6 +1,8 @@
 """The MigrationJob contract: names, typed spec, status shapes and the worker's environment, in one place.
 
-Everything else imports this module; it imports nothing of ours. The API server validates first (the CRD's schema and
+The operator and the worker import this module. It sits above the engine: a worker's report *is* the engine's
+progress snapshot (one counters type, one WorkerState) plus who said it and what it left open, so it imports the
+engine's vocabulary and nothing else of ours. The API server validates first (the CRD's schema and
 CEL rules in crds/); the parsing here turns an already-validated spec into typed values and catches what a schema
 cannot (e.g. a quantity suffix it does not know).
 """
@@ -11,8 +13,11 @@ import datetime as dt
 import enum
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+from datamover.engine import OpenUpload, Progress, UploadIntent
+from datamover.engine.fsm import WorkerState
 
 GROUP = "datamover.io"
 VERSION = "v1alpha1"
@@ -70,21 +75,6 @@ class Phase(enum.StrEnum):
 
 
 TERMINAL_PHASES = frozenset({Phase.ABORTED, Phase.CANCELLED, Phase.SUCCEEDED, Phase.FAILED})
-
-
-class WorkerState(enum.StrEnum):
-    """What a worker reports in status.workers[i].state; 'succeeded', 'aborted' and 'failed' are final."""
-
-    STARTING = "starting"
-    RUNNING = "running"
-    ABORTING = "aborting"
-    SUCCEEDED = "succeeded"
-    ABORTED = "aborted"
-    FAILED = "failed"
-
-    @property
-    def final(self) -> bool:
-        return self in (WorkerState.SUCCEEDED, WorkerState.ABORTED, WorkerState.FAILED)
 
 
 class SpecError(ValueError):
@@ -194,66 +184,47 @@ class MigrationSpec:
         )
 
 
-@dataclass(frozen=True)
-class UploadRecord:
-    """A multipart upload a worker has open on the destination bucket."""
-
-    key: str
-    upload_id: str
-
-    def to_status(self) -> dict[str, str]:
-        return {"key": self.key, "uploadId": self.upload_id}
-
-    @classmethod
-    def from_status(cls, raw: Mapping[str, Any]) -> UploadRecord:
-        return cls(key=str(raw["key"]), upload_id=str(raw["uploadId"]))
+def open_upload_status(upload: OpenUpload) -> dict[str, str]:
+    """An open upload as status.workers[i].openUploads records it (the bucket is the job's destination bucket)."""
+    return {"key": upload.key, "uploadId": upload.upload_id}
 
 
-@dataclass(frozen=True)
-class IntentRecord:
-    """A destination key a worker may have an upload on since `since` (recorded before CreateMultipartUpload).
-
-    Whoever cleans up lists the key's uploads and aborts those initiated since then (minus a clock-skew allowance),
-    which also finds an upload whose ID never reached status (a crash, or a lost create response).
-    """
-
-    key: str
-    since: dt.datetime  # aware UTC; recorded to the second, rounded down (so the record never claims too late)
-
-    def to_status(self) -> dict[str, str]:
-        return {"key": self.key, "since": self.since.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
-
-    @classmethod
-    def from_status(cls, raw: Mapping[str, Any]) -> IntentRecord:
-        return cls(key=str(raw["key"]), since=parse_time(str(raw["since"])))
+def upload_intent_status(intent: UploadIntent) -> dict[str, str]:
+    """An upload intent as status.workers[i].uploadIntents records it: to the second, rounded down (so the record
+    never claims a later start than the truth)."""
+    return {"key": intent.key, "since": intent.since.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
 # How many keys status.workers[i].retainedKeys lists (objectsRetained always counts them all).
 MAX_STATUS_KEYS = 100
 
+# The engine's progress counters that status.workers[i] (and, summed, status.progress) carry, by their engine name;
+# the status key is its camelCase. The rest of Progress (objects in flight, bytes of parts in flight) is the worker's
+# own business.
+REPORTED_COUNTERS = ("objects_total", "objects_migrated", "objects_skipped", "objects_failed", "objects_retained",
+                     "bytes_total", "bytes_migrated", "bytes_skipped")
+REPORTED_FLAGS = ("listing_done", "destination_written")
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
 
 @dataclass(frozen=True)
-class WorkerReport:
-    """status.workers[i]: what worker i last said about itself."""
+class WorkerReport(Progress):
+    """status.workers[i]: worker i's last progress snapshot, plus who said it, when, and what it left to clean up."""
 
-    state: WorkerState
     pod: str = ""
     heartbeat: str = ""
     message: str = ""
-    objects_total: int = 0
-    objects_migrated: int = 0
-    objects_skipped: int = 0
-    objects_failed: int = 0
-    bytes_total: int = 0
-    bytes_migrated: int = 0
-    bytes_skipped: int = 0
-    listing_done: bool = False
-    destination_written: bool = False  # a write request (PUT, create, copy) has started: the job is past pending
     reason: str = ""  # with state failed: a condition reason such as CredentialsRejected or BucketNotFound
-    open_uploads: tuple[UploadRecord, ...] = field(default_factory=tuple)
-    upload_intents: tuple[IntentRecord, ...] = field(default_factory=tuple)
-    objects_retained: int = 0  # moved objects in both places: verified copy, but the source delete failed
-    retained_keys: tuple[str, ...] = field(default_factory=tuple)  # the first MAX_STATUS_KEYS of them
+    open_uploads: tuple[OpenUpload, ...] = field(default_factory=tuple)
+    upload_intents: tuple[UploadIntent, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def of(cls, progress: Progress, **report: Any) -> WorkerReport:
+        return cls(**{**{f.name: getattr(progress, f.name) for f in fields(Progress)}, **report})
 
     def to_status(self) -> dict[str, Any]:
         return {
@@ -261,54 +232,43 @@ class WorkerReport:
             "pod": self.pod,
             "heartbeat": self.heartbeat,
             "message": self.message,
-            "objectsTotal": self.objects_total,
-            "objectsMigrated": self.objects_migrated,
-            "objectsSkipped": self.objects_skipped,
-            "objectsFailed": self.objects_failed,
-            "bytesTotal": self.bytes_total,
-            "bytesMigrated": self.bytes_migrated,
-            "bytesSkipped": self.bytes_skipped,
-            "listingDone": self.listing_done,
-            "destinationWritten": self.destination_written,
             "reason": self.reason,
-            "openUploads": [u.to_status() for u in self.open_uploads],
-            "uploadIntents": [i.to_status() for i in self.upload_intents],
-            "objectsRetained": self.objects_retained,
+            **{_camel(name): getattr(self, name) for name in REPORTED_COUNTERS + REPORTED_FLAGS},
+            "openUploads": [open_upload_status(u) for u in self.open_uploads],
+            "uploadIntents": [upload_intent_status(i) for i in self.upload_intents],
             "retainedKeys": list(self.retained_keys[:MAX_STATUS_KEYS]),
         }
 
     @classmethod
-    def from_status(cls, raw: Mapping[str, Any]) -> WorkerReport:
+    def from_status(cls, raw: Mapping[str, Any], bucket: str) -> WorkerReport:
+        """Read one status.workers entry; `bucket` is the job's destination bucket, where its uploads are."""
         try:
-            state = WorkerState(raw.get("state", WorkerState.STARTING))
+            state = WorkerState(raw.get("state", WorkerState.PENDING))
         except ValueError:
-            state = WorkerState.STARTING
+            state = WorkerState.PENDING
+        counters: dict[str, Any] = {name: int(raw.get(_camel(name), 0)) for name in REPORTED_COUNTERS}
+        flags: dict[str, Any] = {name: bool(raw.get(_camel(name), False)) for name in REPORTED_FLAGS}
         return cls(
             state=state,
             pod=str(raw.get("pod", "")),
             heartbeat=str(raw.get("heartbeat", "")),
             message=str(raw.get("message", "")),
-            objects_total=int(raw.get("objectsTotal", 0)),
-            objects_migrated=int(raw.get("objectsMigrated", 0)),
-            objects_skipped=int(raw.get("objectsSkipped", 0)),
-            objects_failed=int(raw.get("objectsFailed", 0)),
-            bytes_total=int(raw.get("bytesTotal", 0)),
-            bytes_migrated=int(raw.get("bytesMigrated", 0)),
-            bytes_skipped=int(raw.get("bytesSkipped", 0)),
-            listing_done=bool(raw.get("listingDone", False)),
-            destination_written=bool(raw.get("destinationWritten", False)),
             reason=str(raw.get("reason", "")),
-            open_uploads=tuple(UploadRecord.from_status(u) for u in raw.get("openUploads") or ()),
-            upload_intents=tuple(IntentRecord.from_status(i) for i in raw.get("uploadIntents") or ()),
-            objects_retained=int(raw.get("objectsRetained", 0)),
+            **counters,
+            **flags,
+            open_uploads=tuple(OpenUpload(bucket, str(u["key"]), str(u["uploadId"]))
+                               for u in raw.get("openUploads") or ()),
+            upload_intents=tuple(UploadIntent(str(i["key"]), parse_time(str(i["since"])))
+                                 for i in raw.get("uploadIntents") or ()),
             retained_keys=tuple(str(k) for k in raw.get("retainedKeys") or ()),
         )
 
 
-def worker_reports(status: Mapping[str, Any]) -> dict[int, WorkerReport]:
-    """status.workers keyed by worker index."""
-    raw = status.get("workers") or {}
-    return {int(index): WorkerReport.from_status(entry) for index, entry in raw.items() if entry}
+def worker_reports(body: Mapping[str, Any]) -> dict[int, WorkerReport]:
+    """A MigrationJob's status.workers, keyed by worker index."""
+    bucket = str(((body.get("spec") or {}).get("destination") or {}).get("bucket", ""))
+    raw = (body.get("status") or {}).get("workers") or {}
+    return {int(index): WorkerReport.from_status(entry, bucket) for index, entry in raw.items() if entry}
 
 
 def now_rfc3339() -> str:
@@ -329,31 +289,20 @@ def human_bytes(n: int) -> str:
 
 
 def progress_status(reports: Mapping[int, WorkerReport]) -> dict[str, Any]:
-    """status.progress: the sum of the workers' reports, plus the strings the printer columns show."""
-    total = sum(r.objects_total for r in reports.values())
-    migrated = sum(r.objects_migrated for r in reports.values())
-    skipped = sum(r.objects_skipped for r in reports.values())
-    failed = sum(r.objects_failed for r in reports.values())
-    bytes_total = sum(r.bytes_total for r in reports.values())
-    bytes_migrated = sum(r.bytes_migrated for r in reports.values())
-    bytes_skipped = sum(r.bytes_skipped for r in reports.values())
-    done = migrated + skipped
+    """status.progress: the workers' counters summed, plus the strings the printer columns show."""
+    sums = {name: sum(getattr(r, name) for r in reports.values()) for name in REPORTED_COUNTERS}
+    done = sums["objects_migrated"] + sums["objects_skipped"]
+    done_bytes = sums["bytes_migrated"] + sums["bytes_skipped"]
     # Bytes, not objects: one large object left to copy is most of the work however many small ones are done.
     # Skipped (already identical) objects count as done bytes, so a resumed job reaches 100%. A listing of empty
     # objects only has no bytes to count: then objects are the measure.
-    if bytes_total:
-        percent = 100 * (bytes_migrated + bytes_skipped) // bytes_total
+    if sums["bytes_total"]:
+        percent = 100 * done_bytes // sums["bytes_total"]
     else:
-        percent = 100 * done // total if total else 0
+        percent = 100 * done // sums["objects_total"] if sums["objects_total"] else 0
     return {
-        "objectsTotal": total,
-        "objectsMigrated": migrated,
-        "objectsSkipped": skipped,
-        "objectsFailed": failed,
-        "bytesTotal": bytes_total,
-        "bytesMigrated": bytes_migrated,
-        "bytesSkipped": bytes_skipped,
+        **{_camel(name): value for name, value in sums.items()},
         "percent": f"{percent}%",
-        "objects": f"{done}/{total}",
-        "bytes": f"{human_bytes(bytes_migrated + bytes_skipped)}/{human_bytes(bytes_total)}",
+        "objects": f"{done}/{sums['objects_total']}",
+        "bytes": f"{human_bytes(done_bytes)}/{human_bytes(sums['bytes_total'])}",
     }

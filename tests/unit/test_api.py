@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
+import yaml
 
 from datamover.api import (
-    IntentRecord,
     MigrationSpec,
     SpecError,
-    UploadRecord,
     WorkerReport,
-    WorkerState,
     credential_env,
     parse_quantity,
     progress_status,
     worker_reports,
 )
+from datamover.engine import OpenUpload, UploadIntent, WorkerState
 
 SPEC = {"source": {"bucket": "a", "credentialsSecretRef": {"name": "s"}}, "destination": {"bucket": "b"}}
 
@@ -53,8 +53,9 @@ def test_credential_env_names() -> None:
 
 
 def test_worker_report_round_trips_through_status() -> None:
-    report = WorkerReport(WorkerState.RUNNING, objects_total=3, open_uploads=(UploadRecord("k", "u1"),))
-    assert worker_reports({"workers": {"2": report.to_status()}}) == {2: report}
+    report = WorkerReport(WorkerState.RUNNING, objects_total=3, open_uploads=(OpenUpload("dst", "k", "u1"),))
+    body = {"spec": {"destination": {"bucket": "dst"}}, "status": {"workers": {"2": report.to_status()}}}
+    assert worker_reports(body) == {2: report}
 
 
 def test_progress_sums_workers_and_renders_columns() -> None:
@@ -83,7 +84,7 @@ def test_progress_percent_counts_bytes_not_objects() -> None:
 def test_intents_and_the_new_counters_round_trip_through_status() -> None:
     since = dt.datetime(2025, 1, 2, 3, 4, 5, 999999, tzinfo=dt.UTC)
     report = WorkerReport(
-        state=WorkerState.RUNNING, upload_intents=(IntentRecord("moved/a b", since),), bytes_skipped=7,
+        state=WorkerState.RUNNING, upload_intents=(UploadIntent("moved/a b", since),), bytes_skipped=7,
         destination_written=True, objects_retained=1, retained_keys=("k",),
     )
     raw = report.to_status()
@@ -91,7 +92,20 @@ def test_intents_and_the_new_counters_round_trip_through_status() -> None:
     assert raw["uploadIntents"] == [{"key": "moved/a b", "since": "2025-01-02T03:04:05Z"}]
     assert raw["destinationWritten"] is True and raw["bytesSkipped"] == 7
     assert raw["objectsRetained"] == 1 and raw["retainedKeys"] == ["k"]
-    back = WorkerReport.from_status(raw)
-    assert back.upload_intents == (IntentRecord("moved/a b", since.replace(microsecond=0)),)
+    back = WorkerReport.from_status(raw, "dst")
+    assert back.upload_intents == (UploadIntent("moved/a b", since.replace(microsecond=0)),)
     assert back.destination_written and back.bytes_skipped == 7 and back.retained_keys == ("k",)
-    assert WorkerReport.from_status({"state": "running"}).upload_intents == ()
+    assert WorkerReport.from_status({"state": "running"}, "dst").upload_intents == ()
+
+
+def test_the_crd_schema_declares_every_status_field_the_code_writes() -> None:
+    """A field the schema does not declare is pruned by the API server (or, under preserve-unknown-fields, left
+    undocumented): what the workers and the operator write must be in the schema, and nothing it declares unused."""
+    crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "crds" / "datamover.io_migrationjobs.yaml").read_text())
+    status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    report = WorkerReport(WorkerState.RUNNING, open_uploads=(OpenUpload("b", "k", "u"),),
+                          upload_intents=(UploadIntent("k", dt.datetime(2026, 1, 1, tzinfo=dt.UTC)),))
+    workers = status["workers"]["additionalProperties"]["properties"]
+    assert set(workers) == set(report.to_status())
+    assert set(status["progress"]["properties"]) == set(progress_status({0: report}))
+    assert set(workers["state"]["enum"]) == {s.value for s in WorkerState}

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from datamover.api import Phase, WorkerReport, WorkerState
+from datamover.api import Phase, WorkerReport
 from datamover.controller.decisions import (
     Decision,
     MissingReference,
@@ -16,6 +16,7 @@ from datamover.controller.decisions import (
     admissions,
     decide,
 )
+from datamover.engine import WorkerState
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

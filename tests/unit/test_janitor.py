@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from datamover.api import IntentRecord, MigrationSpec, UploadRecord, WorkerReport, WorkerState
+from datamover.api import MigrationSpec, WorkerReport
 from datamover.backends.base import ObjectAttributes
 from datamover.controller import handlers
+from datamover.engine import OpenUpload, UploadIntent, WorkerState
 from tests.unit import moto_s3, store
 
 
@@ -23,10 +24,12 @@ def test_janitor_closes_intended_keys_and_recorded_ids(monkeypatch: pytest.Monke
         monkeypatch.setattr(handlers, "open_store", lambda config: destination)
         events: list[dict[str, Any]] = []
         monkeypatch.setattr(handlers, "_event", lambda body, **kwargs: events.append(kwargs))
-        report = WorkerReport(state=WorkerState.FAILED, upload_intents=(IntentRecord("moved/a", since),),
-                              open_uploads=(UploadRecord("moved/b", recorded),))
-        body = {"metadata": {"namespace": "ns", "name": "job"}, "status": {"workers": {"0": report.to_status()}}}
-        spec = MigrationSpec.from_spec({"source": {"bucket": "src"}, "destination": {"bucket": "dst"}})
+        report = WorkerReport(state=WorkerState.FAILED, upload_intents=(UploadIntent("moved/a", since),),
+                              open_uploads=(OpenUpload("dst", "moved/b", recorded),))
+        raw_spec = {"source": {"bucket": "src"}, "destination": {"bucket": "dst"}}
+        body = {"metadata": {"namespace": "ns", "name": "job"}, "spec": raw_spec,
+                "status": {"workers": {"0": report.to_status()}}}
+        spec = MigrationSpec.from_spec(raw_spec)
 
         patch = handlers._janitor(body, spec)
 

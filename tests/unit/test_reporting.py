@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from datamover.api import WorkerState
-from datamover.engine import Progress, UploadIntent
+from datamover.engine import Progress, UploadIntent, WorkerState
 from datamover.worker import reporting
 from datamover.worker.reporting import IntentNotRecorded, StatusReporter
 
@@ -50,7 +49,7 @@ def test_an_intent_that_cannot_be_recorded_raises(status: int) -> None:
     with pytest.raises(IntentNotRecorded):
         reporter.on_upload_intent(UploadIntent("k", SINCE))
     api.fail = 0
-    reporter.on_progress(Progress(state="running", destination_written=True, bytes_skipped=3))
+    reporter.on_progress(Progress(state=WorkerState.RUNNING, destination_written=True, bytes_skipped=3))
     assert api.patches[-1]["uploadIntents"] == []  # the refused intent is not left behind
     assert api.patches[-1]["destinationWritten"] is True and api.patches[-1]["bytesSkipped"] == 3
 
@@ -67,7 +66,7 @@ def test_a_running_worker_beats_without_progress_and_a_finished_one_falls_silent
     clock[0] += reporting.HEARTBEAT_SECONDS
     reporter.beat()
     assert len(api.patches) == 2 and api.patches[-1]["state"] == "running"
-    reporter.finish(WorkerState.SUCCEEDED, Progress(state="done"), "")
+    reporter.finish(WorkerState.SUCCEEDED, Progress(state=WorkerState.SUCCEEDED), "")
     clock[0] += 10 * reporting.HEARTBEAT_SECONDS
     reporter.beat()
     assert len(api.patches) == 3 and api.patches[-1]["state"] == "succeeded"

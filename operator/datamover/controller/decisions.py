@@ -11,7 +11,8 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from datamover.api import HEARTBEAT_TIMEOUT_SECONDS, Phase, WorkerReport, WorkerState, parse_time
+from datamover.api import HEARTBEAT_TIMEOUT_SECONDS, Phase, WorkerReport, parse_time
+from datamover.engine import WorkerState
 
 
 @dataclass(frozen=True)

@@ -45,10 +45,11 @@ from datamover.api import (
     MigrationSpec,
     Phase,
     SpecError,
-    UploadRecord,
     now_rfc3339,
+    open_upload_status,
     parse_time,
     progress_status,
+    upload_intent_status,
     worker_reports,
 )
 from datamover.backends import open_store
@@ -66,7 +67,7 @@ from datamover.controller.decisions import (
 )
 from datamover.controller.peering import PEERING_GROUP, PEERING_VERSION, PeeringObject, is_active
 from datamover.controller.workqueue import WorkQueue
-from datamover.engine import OpenUpload, close_leftovers
+from datamover.engine import close_leftovers
 from datamover.locations import s3_config
 
 log = logging.getLogger("datamover.operator")
@@ -181,11 +182,7 @@ def _delete_pods(namespace: str, pods: Iterable[str]) -> None:
 def _janitor(body: Mapping[str, Any], spec: MigrationSpec) -> dict[str, Any]:
     """Close every upload the workers may have left: abort the recorded IDs, and list every intended key and abort
     the uploads of ours there (also those whose ID never reached status); returns the status.workers patch."""
-    # Imported here so this function stays self-contained (the rest of this module is being rewritten).
-    from datamover.api import IntentRecord
-    from datamover.engine import UploadIntent
-
-    reports = worker_reports(body.get("status") or {})
+    reports = worker_reports(body)
     leftovers = {index: r.open_uploads for index, r in reports.items() if r.open_uploads}
     intended = {index: r.upload_intents for index, r in reports.items() if r.upload_intents}
     if not leftovers and not intended:
@@ -194,10 +191,10 @@ def _janitor(body: Mapping[str, Any], spec: MigrationSpec) -> dict[str, Any]:
     destination: Location = spec.destination
     credentials = _read_secret(namespace, destination.secret_name) if destination.secret_name else {}
     store = open_store(s3_config(destination, credentials))
-    uploads = [OpenUpload(destination.bucket, u.key, u.upload_id) for ups in leftovers.values() for u in ups]
-    cleanup = close_leftovers(store, uploads, [UploadIntent(i.key, i.since) for ins in intended.values() for i in ins])
-    remaining = {(u.key, u.upload_id) for u in cleanup.still_open}
-    unresolved = {(intent.key, intent.since) for intent, _ in cleanup.unresolved}
+    cleanup = close_leftovers(store, [u for ups in leftovers.values() for u in ups],
+                              [i for ins in intended.values() for i in ins])
+    remaining = set(cleanup.still_open)
+    unresolved = {intent for intent, _ in cleanup.unresolved}
     aborted = len(cleanup.closed) + len(cleanup.aborted)
     log.info("event=janitor job=%s/%s aborted=%d remaining=%d intents_unresolved=%d", namespace,
              body["metadata"]["name"], aborted, len(remaining), len(unresolved))
@@ -210,11 +207,9 @@ def _janitor(body: Mapping[str, Any], spec: MigrationSpec) -> dict[str, Any]:
     for index in set(leftovers) | set(intended):
         entry: dict[str, Any] = {}
         if index in leftovers:
-            entry["openUploads"] = [UploadRecord(u.key, u.upload_id).to_status() for u in leftovers[index]
-                                    if (u.key, u.upload_id) in remaining]
+            entry["openUploads"] = [open_upload_status(u) for u in leftovers[index] if u in remaining]
         if index in intended:
-            entry["uploadIntents"] = [IntentRecord(i.key, i.since).to_status() for i in intended[index]
-                                      if (i.key, i.since) in unresolved]
+            entry["uploadIntents"] = [upload_intent_status(i) for i in intended[index] if i in unresolved]
         patch[str(index)] = entry
     return patch
 
@@ -311,7 +306,7 @@ def _status_for(body: Mapping[str, Any], decision: Decision, deleting: bool) -> 
     patch: dict[str, Any] = {}
     if status.get("observedGeneration") != generation:
         patch["observedGeneration"] = generation
-    progress = progress_status(worker_reports(status))
+    progress = progress_status(worker_reports(body))
     if status.get("workers") and progress != status.get("progress"):
         patch["progress"] = progress
     phase = decision.phase
@@ -385,7 +380,7 @@ def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = A
         job_failed_message=children.job_failed_message,
         alive_pods=children.pods,
         terminating_pods=children.terminating,
-        workers=worker_reports(status),
+        workers=worker_reports(body),
         heartbeat_timeout=heartbeat_timeout,
     ))
     if decision.stop_job:
@@ -457,7 +452,7 @@ def _until_next_heartbeat_deadline(body: Mapping[str, Any], timeout: float) -> f
     event that reconciles the job again, so this wake-up matters only when the reports stop)."""
     now = dt.datetime.now(dt.UTC)
     waits = [(parse_time(r.heartbeat) - now).total_seconds() + timeout + 0.5
-             for r in worker_reports(body.get("status") or {}).values() if r.heartbeat and not r.state.final]
+             for r in worker_reports(body).values() if r.heartbeat and not r.state.final]
     return min((w for w in waits if w > 0), default=RESYNC_SECONDS)
 
 
@@ -758,7 +753,7 @@ async def stop_reconcilers(**_: Any) -> None:
     await CONTROLLER.stop()
 
 
-def _worth_finalizing(status: Mapping[str, Any], **_: Any) -> bool:
+def _worth_finalizing(body: kopf.Body, status: Mapping[str, Any], **_: Any) -> bool:
     """Whether deleting the job would need cleaning up after: only then does it carry the finalizer.
 
     A queued job has nothing to clean up, so it gets no finalizer (sparing a metadata patch per job when hundreds are
@@ -772,7 +767,7 @@ def _worth_finalizing(status: Mapping[str, Any], **_: Any) -> bool:
     if phase == Phase.PENDING.value:
         return status.get("reason") != "Queued"
     if phase in {p.value for p in TERMINAL_PHASES}:
-        return any(w.open_uploads or w.upload_intents for w in worker_reports(status).values())
+        return any(w.open_uploads or w.upload_intents for w in worker_reports(body).values())
     return False
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datamover.backends.base import OpenUpload
 from datamover.engine.abort import CHECKPOINTS, AbortSignal
+from datamover.engine.fsm import WorkerState
 from datamover.engine.janitor import Cleanup, UploadIntent, close_leftovers
 from datamover.engine.migrate import migrate, shard_of
 from datamover.engine.options import MigrationOptions, MigrationResult, Outcome
@@ -24,6 +25,7 @@ __all__ = [
     "Progress",
     "ProgressSink",
     "UploadIntent",
+    "WorkerState",
     "close_leftovers",
     "migrate",
     "shard_of",

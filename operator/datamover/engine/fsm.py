@@ -15,7 +15,7 @@ log = logging.getLogger("datamover.engine.fsm")
 
 
 class WorkerState(enum.StrEnum):
-    """Where one worker (shard) is; Progress.state carries this name."""
+    """Where one worker (shard) is: what Progress.state carries and status.workers[i].state reports."""
 
     PENDING = "pending"
     RUNNING = "running"
@@ -24,6 +24,10 @@ class WorkerState(enum.StrEnum):
     SUCCEEDED = "succeeded"
     ABORTED = "aborted"
     FAILED = "failed"
+
+    @property
+    def final(self) -> bool:
+        return self in WORKER_TERMINAL
 
 
 class ObjectState(enum.StrEnum):

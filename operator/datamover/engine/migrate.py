@@ -50,7 +50,7 @@ class _Worker:
         self.sink = sink
         self.shard = f"{options.shard_index}/{options.shard_count}"
         self.state = WorkerState.PENDING
-        self.tracker = ProgressTracker(sink, options.progress_interval, str(self.state))
+        self.tracker = ProgressTracker(sink, options.progress_interval, self.state)
         self.failures: list[ObjectCopy] = []
         self._failures_lock = threading.Lock()
 
@@ -59,7 +59,7 @@ class _Worker:
         self.state = next_worker_state(before, event)
         log.info(kv(**{"event": "transition", "machine": "worker", "shard": self.shard, "from": before,
                        "to": self.state, "on": event, "reason": reason}))
-        self.tracker.set_state(str(self.state))
+        self.tracker.set_state(self.state)
 
     def _result(self, error: str | None, fatal: StoreError | None = None) -> MigrationResult:
         outcome = {

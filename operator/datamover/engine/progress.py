@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from datamover.backends.base import OpenUpload
-from datamover.engine.fsm import ObjectState
+from datamover.engine.fsm import ObjectState, WorkerState
 from datamover.engine.janitor import UploadIntent
 
 log = logging.getLogger("datamover.engine.progress")
@@ -24,7 +24,7 @@ MAX_REPORTED_KEYS = 100
 class Progress:
     """One snapshot of a worker's progress; totals grow as listing discovers keys of this shard."""
 
-    state: str
+    state: WorkerState
     objects_total: int = 0
     objects_migrated: int = 0
     objects_skipped: int = 0
@@ -71,7 +71,7 @@ class NullSink(ProgressSink):
 class ProgressTracker:
     """Thread-safe counters plus the throttle: at most one snapshot per interval, and a forced final one."""
 
-    def __init__(self, sink: ProgressSink, interval: float, state: str) -> None:
+    def __init__(self, sink: ProgressSink, interval: float, state: WorkerState) -> None:
         self._sink = sink
         self._interval = interval
         self._lock = threading.Lock()
@@ -127,7 +127,7 @@ class ProgressTracker:
         finally:
             self._lock.acquire()
 
-    def set_state(self, state: str) -> None:
+    def set_state(self, state: WorkerState) -> None:
         with self._lock:
             self._state = state
             self._changed(force=True)

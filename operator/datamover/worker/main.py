@@ -31,10 +31,7 @@ from datamover.api import (
     SECRET_KEYS_OPTIONAL,
     SECRET_KEYS_REQUIRED,
     VERSION,
-    IntentRecord,
     MigrationSpec,
-    UploadRecord,
-    WorkerState,
     credential_env,
     worker_reports,
 )
@@ -46,6 +43,7 @@ from datamover.engine import (
     OpenUpload,
     Outcome,
     UploadIntent,
+    WorkerState,
     close_leftovers,
     migrate,
 )
@@ -141,17 +139,13 @@ def run(env: Mapping[str, str] = os.environ) -> int:
     # A previous attempt of this index (a killed pod) may have left uploads open: close them before resuming. Every
     # key it intended to upload to is listed too (so also uploads whose ID never reached status); what could not be
     # closed or checked stays recorded.
-    previous = worker_reports(body.get("status") or {}).get(index)
-    still_open: list[UploadRecord] = []
-    still_intended: list[IntentRecord] = []
+    previous = worker_reports(body).get(index)
+    still_open: list[OpenUpload] = []
+    still_intended: list[UploadIntent] = []
     if previous and (previous.open_uploads or previous.upload_intents):
-        recorded = [OpenUpload(spec.destination.bucket, u.key, u.upload_id) for u in previous.open_uploads]
-        intents = [UploadIntent(i.key, i.since) for i in previous.upload_intents]
-        cleanup = close_leftovers(destination, recorded, intents)
-        left = {(u.key, u.upload_id) for u in cleanup.still_open}
-        still_open = [u for u in previous.open_uploads if (u.key, u.upload_id) in left]
-        unresolved = {intent.key for intent, _ in cleanup.unresolved}
-        still_intended = [i for i in previous.upload_intents if i.key in unresolved]
+        cleanup = close_leftovers(destination, previous.open_uploads, previous.upload_intents)
+        still_open = list(cleanup.still_open)
+        still_intended = [intent for intent, _ in cleanup.unresolved]
         log.info("event=leftovers job=%s/%s index=%d closed=%d open=%d aborted=%d unresolved=%d", namespace, name,
                  index, len(cleanup.closed), len(still_open), len(cleanup.aborted), len(still_intended))
     reporter = StatusReporter(api, namespace, name, index, env.get(ENV_POD, ""), still_open, still_intended)

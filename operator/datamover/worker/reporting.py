@@ -22,13 +22,10 @@ from datamover.api import (
     HEARTBEAT_SECONDS,
     PLURAL,
     VERSION,
-    IntentRecord,
-    UploadRecord,
     WorkerReport,
-    WorkerState,
     now_rfc3339,
 )
-from datamover.engine import OpenUpload, Progress, UploadIntent
+from datamover.engine import OpenUpload, Progress, UploadIntent, WorkerState
 
 log = logging.getLogger("datamover.worker")
 
@@ -45,15 +42,15 @@ class StatusReporter:
     """The engine's ProgressSink for one worker; thread-safe (engine threads call it concurrently)."""
 
     def __init__(self, api: client.CustomObjectsApi, namespace: str, name: str, index: int, pod: str,
-                 still_open: Iterable[UploadRecord] = (), still_intended: Iterable[IntentRecord] = ()) -> None:
+                 still_open: Iterable[OpenUpload] = (), still_intended: Iterable[UploadIntent] = ()) -> None:
         self._api, self._namespace, self._name, self._index, self._pod = api, namespace, name, index, pod
         self._lock = threading.Lock()
-        self._state = WorkerState.STARTING
+        self._state = WorkerState.PENDING
         self._progress: Progress | None = None
         # Uploads an earlier attempt left that could not be aborted yet stay recorded for the operator's janitor.
-        self._uploads: dict[tuple[str, str], UploadRecord] = {(u.key, u.upload_id): u for u in still_open}
+        self._uploads: dict[tuple[str, str], OpenUpload] = {(u.key, u.upload_id): u for u in still_open}
         # Intents (one per key, the earliest `since`) an earlier attempt left unresolved, and this attempt's.
-        self._intents: dict[str, IntentRecord] = {i.key: i for i in still_intended}
+        self._intents: dict[str, UploadIntent] = {i.key: i for i in still_intended}
         self._sent_at = 0.0
         self._message = ""
         self._reason = ""
@@ -65,7 +62,10 @@ class StatusReporter:
 
     def on_progress(self, progress: Progress) -> None:
         with self._lock:
-            state = WorkerState.ABORTING if progress.state.lower().startswith("abort") else self._state
+            # Only finish() reports a final state (a required patch): an engine that has drained its abort is still
+            # aborting until then.
+            aborting = progress.state in (WorkerState.ABORTING, WorkerState.ABORTED)
+            state = WorkerState.ABORTING if aborting else self._state
             changed, self._state = state is not self._state, state
             previous, self._progress = self._progress, progress
             first_write = progress.destination_written and not (previous and previous.destination_written)
@@ -77,7 +77,7 @@ class StatusReporter:
             key = intent.key
             before = self._intents.get(key)
             if before is None or intent.since < before.since:
-                self._intents[key] = IntentRecord(key, intent.since)
+                self._intents[key] = intent
             if not self._send(required=True):
                 # Not in status: forget it and refuse, so the engine does not create the upload.
                 if before is None:
@@ -97,7 +97,7 @@ class StatusReporter:
 
     def on_upload_opened(self, upload: OpenUpload) -> None:
         with self._lock:
-            self._uploads[(upload.key, upload.upload_id)] = UploadRecord(upload.key, upload.upload_id)
+            self._uploads[(upload.key, upload.upload_id)] = upload
             self._send(required=True)
 
     def on_upload_closed(self, upload: OpenUpload) -> None:
@@ -118,27 +118,10 @@ class StatusReporter:
             self._send(required=True)
 
     def _report(self) -> WorkerReport:
-        p = self._progress
-        return WorkerReport(
-            state=self._state,
-            pod=self._pod,
-            heartbeat=now_rfc3339(),
-            message=self._message,
-            reason=self._reason,
-            objects_total=p.objects_total if p else 0,
-            objects_migrated=p.objects_migrated if p else 0,
-            objects_skipped=p.objects_skipped if p else 0,
-            objects_failed=p.objects_failed if p else 0,
-            bytes_total=p.bytes_total if p else 0,
-            bytes_migrated=p.bytes_migrated if p else 0,
-            bytes_skipped=p.bytes_skipped if p else 0,
-            destination_written=p.destination_written if p else False,
-            listing_done=p.listing_done if p else False,
-            open_uploads=tuple(self._uploads.values()),
-            upload_intents=tuple(self._intents.values()),
-            objects_retained=p.objects_retained if p else 0,
-            retained_keys=p.retained_keys if p else (),
-        )
+        return WorkerReport.of(
+            self._progress or Progress(self._state), state=self._state, pod=self._pod, heartbeat=now_rfc3339(),
+            message=self._message, reason=self._reason, open_uploads=tuple(self._uploads.values()),
+            upload_intents=tuple(self._intents.values()))
 
     def _send(self, *, required: bool = False) -> bool:
         """Patch status.workers[<index>]; a required patch (intents, upload IDs, final state) is retried, bounded.
