@@ -271,6 +271,76 @@ def worker_reports(body: Mapping[str, Any]) -> dict[int, WorkerReport]:
     return {int(index): WorkerReport.from_status(entry, bucket) for index, entry in raw.items() if entry}
 
 
+@dataclass(frozen=True)
+class Condition:
+    """One of status.conditions, as Kubernetes conventions shape them (kstatus, ArgoCD and `kubectl wait` read
+    these)."""
+
+    type: str
+    status: bool
+    reason: str
+    message: str
+    observed_generation: int = 0
+    last_transition_time: str = ""  # changes only when status flips
+
+    def to_status(self) -> dict[str, Any]:
+        return {"type": self.type, "status": "True" if self.status else "False", "reason": self.reason,
+                "message": self.message, "observedGeneration": self.observed_generation,
+                "lastTransitionTime": self.last_transition_time}
+
+    @classmethod
+    def from_status(cls, raw: Mapping[str, Any]) -> Condition:
+        return cls(type=str(raw.get("type", "")), status=raw.get("status") == "True", reason=str(raw.get("reason", "")),
+                   message=str(raw.get("message", "")), observed_generation=int(raw.get("observedGeneration") or 0),
+                   last_transition_time=str(raw.get("lastTransitionTime", "")))
+
+
+@dataclass(frozen=True)
+class MigrationStatus:
+    """A MigrationJob's status, typed: what the operator writes (phase, reason, times, conditions, progress) and
+    what each worker writes (its report). Written as merge patches; read by the operator, the workers and tests."""
+
+    phase: Phase | None = None
+    reason: str = ""
+    message: str = ""
+    observed_generation: int | None = None
+    start_time: str = ""
+    completion_time: str = ""
+    abort_requested_time: str = ""
+    conditions: tuple[Condition, ...] = ()
+    progress: Mapping[str, Any] = field(default_factory=dict)  # as progress_status() rendered it
+    workers: Mapping[int, WorkerReport] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> MigrationStatus:
+        """The status of a MigrationJob object (a watch event's body, a GET, a patch response)."""
+        raw = body.get("status") or {}
+        try:
+            phase = Phase(raw["phase"]) if raw.get("phase") else None
+        except ValueError:
+            phase = None
+        generation = raw.get("observedGeneration")
+        return cls(
+            phase=phase,
+            reason=str(raw.get("reason", "")),
+            message=str(raw.get("message", "")),
+            observed_generation=int(generation) if generation is not None else None,
+            start_time=str(raw.get("startTime", "")),
+            completion_time=str(raw.get("completionTime", "")),
+            abort_requested_time=str(raw.get("abortRequestedTime", "")),
+            conditions=tuple(Condition.from_status(c) for c in raw.get("conditions") or ()),
+            progress=dict(raw.get("progress") or {}),
+            workers=worker_reports(body),
+        )
+
+    @property
+    def final(self) -> bool:
+        return self.phase is not None and self.phase.terminal
+
+    def condition(self, kind: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == kind), None)
+
+
 def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

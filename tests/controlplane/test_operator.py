@@ -16,6 +16,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from datamover.api import MigrationStatus, Phase
 from tests.controlplane.conftest import Cluster, migration_job
 from tests.ground.procs import pids_with_environment
 from tests.ground.s3 import rclone_check
@@ -82,8 +83,8 @@ def assert_invariant(source: Any, src_bucket: str, destination: Any, dst_bucket:
     return migrated
 
 
-def phase_of(obj: dict[str, Any]) -> str | None:
-    return (obj.get("status") or {}).get("phase")
+def phase_of(obj: dict[str, Any]) -> Phase | None:
+    return MigrationStatus.of(obj).phase
 
 
 def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -39,10 +39,11 @@ from datamover.api import (
     MANAGER,
     PLURAL,
     SECRET_KEYS_REQUIRED,
-    TERMINAL_PHASES,
     VERSION,
+    Condition,
     Location,
     MigrationSpec,
+    MigrationStatus,
     Phase,
     SpecError,
     now_rfc3339,
@@ -214,8 +215,8 @@ def _janitor(body: Mapping[str, Any], spec: MigrationSpec) -> dict[str, Any]:
     return patch
 
 
-def _conditions(current: list[dict[str, Any]], phase: Phase, reason: str, message: str, abort_reason: str,
-                generation: int) -> list[dict[str, Any]]:
+def _conditions(current: MigrationStatus, phase: Phase, reason: str, message: str, abort_reason: str,
+                generation: int) -> tuple[Condition, ...]:
     """Kubernetes-style conditions, each saying what happened to it (kstatus reads Ready; kubectl waits on any).
 
     Ready: the migration succeeded. Complete: it reached a final phase. Failed: it failed, and why. AbortRequested:
@@ -231,22 +232,14 @@ def _conditions(current: list[dict[str, Any]], phase: Phase, reason: str, messag
         "AbortRequested": (bool(abort_reason), "AbortRequested" if abort_reason else "NotRequested",
                            f"abort requested by {abort_reason}" if abort_reason else "spec.abort is not set"),
     }
-    existing = {c["type"]: c for c in current}
     now = now_rfc3339()
     result = []
     for kind, (truth, why, text) in wanted.items():
-        status = "True" if truth else "False"
-        old = existing.get(kind)
-        changed = old is None or old.get("status") != status
-        result.append({
-            "type": kind,
-            "status": status,
-            "reason": why,
-            "message": text,
-            "observedGeneration": generation,
-            "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),  # type: ignore[union-attr]
-        })
-    return result
+        old = current.condition(kind)
+        flipped = old is None or old.status != truth
+        result.append(Condition(kind, truth, why, text, generation,
+                                now if flipped or old is None else old.last_transition_time or now))
+    return tuple(result)
 
 
 def _patch_status(namespace: str, name: str, status: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -301,30 +294,30 @@ def _abort_source(body: Mapping[str, Any], deleting: bool) -> str:
 
 
 def _status_for(body: Mapping[str, Any], decision: Decision, deleting: bool) -> dict[str, Any]:
-    status = body.get("status") or {}
+    """The merge patch that brings status to what `decision` says: only what changed."""
+    status = MigrationStatus.of(body)
     generation = int(body["metadata"].get("generation") or 0)
     patch: dict[str, Any] = {}
-    if status.get("observedGeneration") != generation:
+    if status.observed_generation != generation:
         patch["observedGeneration"] = generation
-    progress = progress_status(worker_reports(body))
-    if status.get("workers") and progress != status.get("progress"):
+    progress = progress_status(status.workers)
+    if status.workers and progress != status.progress:
         patch["progress"] = progress
     phase = decision.phase
-    if phase is None or (phase.value == status.get("phase") and decision.message == status.get("message")
-                         and decision.reason == status.get("reason")):
+    if phase is None or (phase, decision.message, decision.reason) == (status.phase, status.message, status.reason):
         return patch
     patch["observedGeneration"] = generation
     patch.update(
         phase=phase.value,
         reason=decision.reason,
         message=decision.message,
-        conditions=_conditions(status.get("conditions") or [], phase, decision.reason, decision.message,
-                               _abort_source(body, deleting), generation),
+        conditions=[c.to_status() for c in _conditions(status, phase, decision.reason, decision.message,
+                                                        _abort_source(body, deleting), generation)],
     )
     now = now_rfc3339()
-    if phase is Phase.RUNNING and not status.get("startTime"):
+    if phase is Phase.RUNNING and not status.start_time:
         patch["startTime"] = now
-    if phase in (Phase.ABORTING, Phase.CANCELLED) and not status.get("abortRequestedTime"):
+    if phase in (Phase.ABORTING, Phase.CANCELLED) and not status.abort_requested_time:
         patch["abortRequestedTime"] = now
     if phase.terminal:
         patch["completionTime"] = now
@@ -348,25 +341,24 @@ def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = A
     """One step for one MigrationJob; returns what was decided and the object as written (if it was)."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    status = body.get("status") or {}
+    status = MigrationStatus.of(body)
     try:
         spec = MigrationSpec.from_spec(body.get("spec") or {})
     except SpecError as error:
         invalid = Decision(Phase.FAILED, "InvalidSpec", str(error))
-        if status.get("phase") in {p.value for p in Phase if p.terminal}:
+        if status.final:
             return Decision(), None
         written = _patch_status(namespace, name, _status_for(body, invalid, deleting))
         _event(body, type="Warning", reason=invalid.reason, message=invalid.message)
         return invalid, written
 
-    phase = Phase(status["phase"]) if status.get("phase") else None
     reference_error = None
     finalized = FINALIZER in (meta.get("finalizers") or [])
-    if not children.job_exists and phase is Phase.PENDING and place.admitted and not spec.abort:
+    if not children.job_exists and status.phase is Phase.PENDING and place.admitted and not spec.abort:
         reference_error = _reference_error(namespace, spec)
-    requested = status.get("abortRequestedTime")
+    requested = status.abort_requested_time
     decision = decide(Observation(
-        phase=phase,
+        phase=status.phase,
         abort_requested=spec.abort or deleting,
         deleting=deleting,
         parallelism=spec.parallelism,
@@ -380,7 +372,7 @@ def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = A
         job_failed_message=children.job_failed_message,
         alive_pods=children.pods,
         terminating_pods=children.terminating,
-        workers=worker_reports(body),
+        workers=status.workers,
         heartbeat_timeout=heartbeat_timeout,
     ))
     if decision.stop_job:
@@ -392,8 +384,7 @@ def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = A
         _event(body, type="Warning", reason=decision.reason, message=decision.message)
     patch = _status_for(body, decision, deleting)
     # An Event says what happened: a new phase or reason. A queued job's new place is a status update, not news.
-    before = (status.get("phase"), status.get("reason"))
-    phase_changed = "phase" in patch and (patch["phase"], patch["reason"]) != before
+    phase_changed = "phase" in patch and (patch["phase"], patch["reason"]) != (status.phase, status.reason)
     if decision.run_janitor:
         workers_patch = _janitor(body, spec)
         if workers_patch:
@@ -443,8 +434,7 @@ def _read_migrationjob(key: Key) -> Mapping[str, Any] | None:
 
 
 def _is_final(body: Mapping[str, Any]) -> bool:
-    phase = (body.get("status") or {}).get("phase")
-    return bool(phase) and phase in {p.value for p in Phase if p.terminal}
+    return MigrationStatus.of(body).final
 
 
 def _until_next_heartbeat_deadline(body: Mapping[str, Any], timeout: float) -> float:
@@ -582,7 +572,7 @@ class Controller:
             self.pool, functools.partial(reconcile, body, children, place, heartbeat_timeout=self.heartbeat_timeout))
         if written is not None:
             self.last_written[key] = written
-            if not (body.get("status") or {}).get("phase"):
+            if MigrationStatus.of(body).phase is None:
                 self.queue.add(key)  # answered; now the next step (check references, create the Job) at once
         if decision.phase is not None and decision.phase.terminal:
             self.granted.discard(key)
@@ -592,8 +582,7 @@ class Controller:
         delay = min(RESYNC_SECONDS, _until_next_heartbeat_deadline(written or body, self.heartbeat_timeout))
         if decision.stop_job and not decision.kill_pods:
             # The grace period is the one thing that nothing but time ends.
-            current = written or body
-            requested = (current.get("status") or {}).get("abortRequestedTime")
+            requested = MigrationStatus.of(written or body).abort_requested_time
             grace = int((body.get("spec") or {}).get("abortGracePeriodSeconds",
                                                      MigrationSpec.abort_grace_period_seconds))
             if requested:
@@ -665,7 +654,7 @@ class Controller:
                 body = self.current(key)
                 if body is None:
                     continue
-                if place.admitted or (body.get("status") or {}).get("message") != queued_message(place):
+                if place.admitted or MigrationStatus.of(body).message != queued_message(place):
                     self.queue.add(key)
 
 
@@ -726,7 +715,7 @@ async def migrationjob_event(event: Mapping[str, Any], body: kopf.Body, namespac
         return
     # A job without a phase has had no answer yet: it goes first, so a new job's status comes within a second even
     # while hundreds of running jobs report progress.
-    CONTROLLER.queue.add(key, urgent=not (body.get("status") or {}).get("phase"))
+    CONTROLLER.queue.add(key, urgent=MigrationStatus.of(body).phase is None)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGER, LABEL_JOB: kopf.PRESENT})
@@ -753,7 +742,7 @@ async def stop_reconcilers(**_: Any) -> None:
     await CONTROLLER.stop()
 
 
-def _worth_finalizing(body: kopf.Body, status: Mapping[str, Any], **_: Any) -> bool:
+def _worth_finalizing(body: kopf.Body, **_: Any) -> bool:
     """Whether deleting the job would need cleaning up after: only then does it carry the finalizer.
 
     A queued job has nothing to clean up, so it gets no finalizer (sparing a metadata patch per job when hundreds are
@@ -761,13 +750,13 @@ def _worth_finalizing(body: kopf.Body, status: Mapping[str, Any], **_: Any) -> b
     itself, see _hold_finalizer; this predicate keeps kopf from removing it). A final job keeps it only while uploads
     its workers recorded are still to be closed.
     """
-    phase = status.get("phase")
-    if phase in (Phase.RUNNING.value, Phase.ABORTING.value):
+    current = MigrationStatus.of(body)
+    if current.phase in (Phase.RUNNING, Phase.ABORTING):
         return True
-    if phase == Phase.PENDING.value:
-        return status.get("reason") != "Queued"
-    if phase in {p.value for p in TERMINAL_PHASES}:
-        return any(w.open_uploads or w.upload_intents for w in worker_reports(body).values())
+    if current.phase is Phase.PENDING:
+        return current.reason != "Queued"
+    if current.final:
+        return any(w.open_uploads or w.upload_intents for w in current.workers.values())
     return False
 
 

@@ -1,0 +1,41 @@
+"""The typed status: read from any MigrationJob body, and conditions that move lastTransitionTime only on a flip."""
+
+from __future__ import annotations
+
+from datamover.api import Condition, MigrationStatus, Phase
+from datamover.controller.handlers import _conditions
+from datamover.engine import WorkerState
+
+EARLIER = "2026-01-01T00:00:00Z"
+
+
+def test_status_reads_what_the_operator_and_the_workers_wrote() -> None:
+    body = {
+        "spec": {"destination": {"bucket": "dst"}},
+        "status": {
+            "phase": "aborting", "reason": "AbortRequested", "message": "m", "observedGeneration": 2,
+            "abortRequestedTime": EARLIER,
+            "conditions": [{"type": "Ready", "status": "False", "reason": "AbortRequested", "message": "m",
+                            "observedGeneration": 2, "lastTransitionTime": EARLIER}],
+            "workers": {"0": {"state": "aborting", "openUploads": [{"key": "k", "uploadId": "u"}]}},
+        },
+    }
+    status = MigrationStatus.of(body)
+    assert status.phase is Phase.ABORTING and not status.final and status.observed_generation == 2
+    assert status.condition("Ready") == Condition("Ready", False, "AbortRequested", "m", 2, EARLIER)
+    assert status.condition("Complete") is None
+    assert status.workers[0].state is WorkerState.ABORTING
+    assert [(u.bucket, u.key, u.upload_id) for u in status.workers[0].open_uploads] == [("dst", "k", "u")]
+    assert MigrationStatus.of({}) == MigrationStatus()
+    assert MigrationStatus.of({"status": {"phase": "not-a-phase"}}).phase is None
+
+
+def test_a_condition_keeps_its_transition_time_until_its_status_flips() -> None:
+    running = MigrationStatus(conditions=tuple(
+        Condition(kind, False, "Migrating", "", 1, EARLIER) for kind in ("Ready", "Complete", "Failed")))
+    still = {c.type: c for c in _conditions(running, Phase.ABORTING, "AbortRequested", "stop", "spec.abort", 1)}
+    assert still["Ready"].last_transition_time == EARLIER and still["Ready"].reason == "AbortRequested"
+    assert still["AbortRequested"].status and still["AbortRequested"].last_transition_time != EARLIER  # new
+    done = {c.type: c for c in _conditions(running, Phase.SUCCEEDED, "Succeeded", "ok", "", 1)}
+    assert done["Ready"].status and done["Ready"].last_transition_time != EARLIER
+    assert done["Complete"].reason == "Succeeded" and done["Failed"].last_transition_time == EARLIER
