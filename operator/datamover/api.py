@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from datamover.engine import OpenUpload, Progress, UploadIntent
+from datamover.engine import ObjectFilter, OpenUpload, Progress, UploadIntent, check_pattern
 from datamover.engine.fsm import WorkerState
 
 GROUP = "datamover.io"
@@ -139,6 +139,63 @@ class Location:
         return f"bucket {self.bucket!r} at {self.endpoint or 'AWS S3'}"
 
 
+_DURATION = re.compile(r"^(?:[0-9]+(?:\.[0-9]+)?(?:w|d|h|m|s))+$")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(w|d|h|m|s)")
+_DURATION_UNIT = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_time_bound(value: str, field_name: str) -> dt.datetime | dt.timedelta:
+    """An RFC 3339 time, or an age such as 720h or 1d12h (rclone's --max-age/--min-age units up to weeks)."""
+    text = value.strip()
+    if _DURATION.match(text):
+        return dt.timedelta(seconds=sum(float(n) * _DURATION_UNIT[u] for n, u in _DURATION_PART.findall(text)))
+    try:
+        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise SpecError(f"{field_name}: {value!r} is neither an RFC 3339 time nor an age such as 720h") from None
+    if parsed.tzinfo is None:
+        raise SpecError(f"{field_name}: {value!r} has no time zone (add Z for UTC)")
+    return parsed.astimezone(dt.UTC)
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """spec.filter: which objects of the source move. An age (720h) is counted back from the MigrationJob's
+    creation, so every worker and every retry of a job selects the same objects."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    min_size: int | None = None
+    max_size: int | None = None
+    modified_after: dt.datetime | dt.timedelta | None = None
+    modified_before: dt.datetime | dt.timedelta | None = None
+
+    @classmethod
+    def from_spec(cls, raw: Mapping[str, Any]) -> FilterSpec:
+        for name in ("include", "exclude"):
+            for pattern in raw.get(name) or ():
+                problem = check_pattern(str(pattern))
+                if problem:
+                    raise SpecError(f"spec.filter.{name}: {problem}")
+        sizes = {name: parse_quantity(raw[name], f"spec.filter.{name}") if raw.get(name) is not None else None
+                 for name in ("minSize", "maxSize")}
+        if sizes["minSize"] is not None and sizes["maxSize"] is not None and sizes["minSize"] > sizes["maxSize"]:
+            raise SpecError("spec.filter: minSize is larger than maxSize, so no object could be selected")
+        times = {name: parse_time_bound(str(raw[name]), f"spec.filter.{name}") if raw.get(name) else None
+                 for name in ("modifiedAfter", "modifiedBefore")}
+        return cls(include=tuple(str(p) for p in raw.get("include") or ()),
+                   exclude=tuple(str(p) for p in raw.get("exclude") or ()),
+                   min_size=sizes["minSize"], max_size=sizes["maxSize"],
+                   modified_after=times["modifiedAfter"], modified_before=times["modifiedBefore"])
+
+    def anchored(self, created: dt.datetime) -> ObjectFilter:
+        """The engine's filter, with ages turned into times counted back from `created`."""
+        def at(bound: dt.datetime | dt.timedelta | None) -> dt.datetime | None:
+            return created - bound if isinstance(bound, dt.timedelta) else bound
+        return ObjectFilter(self.include, self.exclude, self.min_size, self.max_size,
+                            at(self.modified_after), at(self.modified_before))
+
+
 @dataclass(frozen=True)
 class MigrationSpec:
     """spec of a MigrationJob, typed, with the schema's defaults applied.
@@ -158,6 +215,7 @@ class MigrationSpec:
     abort_grace_period_seconds: int = 60
     # No answer from an endpoint for this long while requests wait fails the job, naming the endpoint.
     stall_timeout_seconds: int = 60
+    filter: FilterSpec = field(default_factory=FilterSpec)
 
     @classmethod
     def from_spec(cls, raw: Mapping[str, Any]) -> MigrationSpec:
@@ -181,6 +239,7 @@ class MigrationSpec:
             part_size=part_size,
             abort_grace_period_seconds=max(0, int(raw.get("abortGracePeriodSeconds", cls.abort_grace_period_seconds))),
             stall_timeout_seconds=max(1, int(raw.get("stallTimeoutSeconds", cls.stall_timeout_seconds))),
+            filter=FilterSpec.from_spec(raw.get("filter") or {}),
         )
 
 
@@ -202,7 +261,7 @@ MAX_STATUS_KEYS = 100
 # the status key is its camelCase. The rest of Progress (objects in flight, bytes of parts in flight) is the worker's
 # own business.
 REPORTED_COUNTERS = ("objects_total", "objects_migrated", "objects_skipped", "objects_failed", "objects_retained",
-                     "bytes_total", "bytes_migrated", "bytes_skipped")
+                     "objects_excluded", "bytes_total", "bytes_migrated", "bytes_skipped")
 REPORTED_FLAGS = ("listing_done", "destination_written")
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from datamover.api import Location, MigrationSpec, parse_quantity
+from datamover.api import FilterSpec, Location, MigrationSpec, parse_quantity
 from datamover.controller import handlers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,7 +33,10 @@ def _schema_defaults(properties: dict[str, Any]) -> dict[str, Any]:
 
 
 def _code_defaults(cls: type) -> dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    factories = {f.name: f.default_factory() for f in dataclasses.fields(cls)
+                 if f.default_factory is not dataclasses.MISSING}
+    return {**defaults, **factories}
 
 
 def test_the_spec_model_defaults_are_the_schema_defaults() -> None:
@@ -41,6 +44,7 @@ def test_the_spec_model_defaults_are_the_schema_defaults() -> None:
     code = _code_defaults(MigrationSpec)
     assert schema, "the CRD declares no defaults: is this the right schema?"
     schema["part_size"] = parse_quantity(schema["part_size"], "partSize")
+    schema["filter"] = FilterSpec.from_spec(schema["filter"])  # {}: the filter that selects everything
     assert {k: code.get(k, "<no default in MigrationSpec>") for k in schema} == schema
     # ... and a spec with nothing optional set gets exactly those values.
     minimal = MigrationSpec.from_spec({"source": {"bucket": "a"}, "destination": {"bucket": "b"}})

@@ -27,6 +27,7 @@ class ObjectSummary:
     key: str
     size: int
     etag: str
+    last_modified: dt.datetime | None = None  # aware UTC, when the listing says (spec.filter's time bounds)
 
 
 @dataclass(frozen=True)

@@ -326,7 +326,8 @@ class S3Store(ObjectStore, ServerSideCopy):
         with self._errors("ListObjectsV2", prefix):
             response = self.client.list_objects_v2(**kwargs)
         objects = [
-            ObjectSummary(key=item["Key"], size=int(item.get("Size", 0)), etag=_strip_etag(item.get("ETag")))
+            ObjectSummary(key=item["Key"], size=int(item.get("Size", 0)), etag=_strip_etag(item.get("ETag")),
+                          last_modified=item.get("LastModified"))
             for item in response.get("Contents", [])
         ]
         next_token = response.get("NextContinuationToken") if response.get("IsTruncated") else None

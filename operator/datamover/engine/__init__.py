@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datamover.backends.base import OpenUpload
 from datamover.engine.abort import CHECKPOINTS, AbortSignal
+from datamover.engine.filters import ObjectFilter, check_pattern
 from datamover.engine.fsm import WorkerState
 from datamover.engine.janitor import Cleanup, UploadIntent, close_leftovers
 from datamover.engine.migrate import migrate, shard_of
@@ -20,12 +21,14 @@ __all__ = [
     "MigrationOptions",
     "MigrationResult",
     "NullSink",
+    "ObjectFilter",
     "OpenUpload",
     "Outcome",
     "Progress",
     "ProgressSink",
     "UploadIntent",
     "WorkerState",
+    "check_pattern",
     "close_leftovers",
     "migrate",
     "shard_of",

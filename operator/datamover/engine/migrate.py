@@ -146,6 +146,9 @@ class _Worker:
             for summary in page.objects:
                 if shard_of(summary.key, self.options.shard_count) != self.options.shard_index:
                     continue
+                if not self.options.filter.selects(summary, summary.key[len(self.source.prefix):]):
+                    self.tracker.excluded()
+                    continue
                 self.tracker.discovered(summary.size)
                 while not slots.acquire(timeout=POLL_SECONDS):
                     if self._stopping(context):

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 from datamover.backends.base import S3_LIMITS, MiB
+from datamover.engine.filters import ObjectFilter
 from datamover.engine.progress import Progress
 
 # Options are checked against S3's limits, the ones every store we support shares; the part size of each object is
@@ -34,6 +35,8 @@ class MigrationOptions:
     # No answer from a store for this long while requests wait: the worker fails, naming the endpoint
     # (spec.stallTimeoutSeconds). The detector fires after 3/4 of it; requests' own timeouts cover the rest.
     stall_timeout: float = 60.0
+    # Which objects of the shard move (spec.filter); the others are counted as excluded and never touched.
+    filter: ObjectFilter = field(default_factory=ObjectFilter)
 
     def __post_init__(self) -> None:
         if not LIMITS.min_part_size <= self.part_size <= LIMITS.max_part_size:

@@ -35,6 +35,7 @@ class Progress:
     listing_done: bool = False
     objects_aborted: int = 0  # stopped by abort before anything reached the destination
     objects_retained: int = 0  # in both places: verified at the destination, but the source delete failed
+    objects_excluded: int = 0  # in this shard, but not selected by spec.filter: untouched on both sides
     bytes_skipped: int = 0
     bytes_in_progress: int = 0  # bytes of parts already uploaded for large objects still in flight (liveness)
     destination_written: bool = False  # a write request (PUT, CreateMultipartUpload, CopyObject) has been started
@@ -78,6 +79,7 @@ class ProgressTracker:
         self._last_emit = 0.0
         self._state = state
         self._objects_total = 0
+        self._objects_excluded = 0
         self._bytes_total = 0
         self._counts: dict[ObjectState, int] = {}
         self._bytes_migrated = 0
@@ -105,6 +107,7 @@ class ProgressTracker:
             listing_done=self._listing_done,
             objects_aborted=self._counts.get(ObjectState.ABORTED, 0),
             objects_retained=self._counts.get(ObjectState.RETAINED, 0),
+            objects_excluded=self._objects_excluded,
             bytes_skipped=self._bytes_skipped,
             bytes_in_progress=self._bytes_in_progress,
             destination_written=self._destination_written,
@@ -136,6 +139,11 @@ class ProgressTracker:
         with self._lock:
             self._objects_total += 1
             self._bytes_total += size
+            self._changed()
+
+    def excluded(self) -> None:
+        with self._lock:
+            self._objects_excluded += 1
             self._changed()
 
     def listing_done(self) -> None:

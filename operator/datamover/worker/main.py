@@ -33,6 +33,7 @@ from datamover.api import (
     VERSION,
     MigrationSpec,
     credential_env,
+    parse_time,
     worker_reports,
 )
 from datamover.backends import open_store
@@ -127,6 +128,7 @@ def run(env: Mapping[str, str] = os.environ) -> int:
         shard_index=index,
         shard_count=spec.parallelism,
         stall_timeout=float(spec.stall_timeout_seconds),
+        filter=spec.filter.anchored(parse_time(body["metadata"]["creationTimestamp"])),
     )
     # One connection per object in flight plus one per part in flight, or urllib3 throws connections away.
     pool = max(32, options.concurrency * (options.part_concurrency + 1))
