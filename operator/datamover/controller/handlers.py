@@ -625,6 +625,11 @@ class Controller:
                     self.granted.clear()
                     self.last_written.clear()
                     self.active = active
+                    if active:
+                        # Every job is looked at again: what woke a job while this replica was paused was dropped
+                        # (kopf's re-listing on resume can even come before this look notices the resume).
+                        for key in list(self.migrationjobs):
+                            self.queue.add(key)
             await asyncio.sleep(PEERING_LOOK_SECONDS)
 
     def _peering_says_active(self) -> bool:
