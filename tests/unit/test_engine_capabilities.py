@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import replace
 
-import pytest
-
-from datamover.backends.base import S3_LIMITS, Capabilities
-from datamover.engine import AbortSignal, MigrationOptions, Outcome, migrate
+from datamover.backends.base import S3_LIMITS, Capabilities, MiB
+from datamover.engine import AbortSignal, Outcome, migrate
 from tests.unit import RecordingSink, moto_s3, open_uploads, store
-from tests.unit.test_engine_intents import put_multipart
-
-MiB = 1024 * 1024
-SMALL = MigrationOptions(part_size=5 * MiB, multipart_threshold=5 * MiB, chunk_size=256 * 1024, progress_interval=0)
+from tests.unit.test_engine_intents import SMALL, put_multipart
 
 
-@pytest.fixture
-def moto() -> Iterator[None]:
-    with moto_s3():
-        yield
-
-
-def test_parts_are_fitted_to_the_part_count_the_destination_declares(moto: None) -> None:
+@moto_s3()
+def test_parts_are_fitted_to_the_part_count_the_destination_declares() -> None:
     source, destination = store("src", "", "a"), store("dst", "", "b")
     destination.capabilities = Capabilities(limits=replace(S3_LIMITS, max_parts=2), part_layout=True)
     body = os.urandom(11 * MiB)  # three parts of 5 MiB under S3's own limits
@@ -37,7 +26,8 @@ def test_parts_are_fitted_to_the_part_count_the_destination_declares(moto: None)
     assert destination.client.get_object(Bucket="dst", Key="big")["Body"].read() == body
 
 
-def test_a_source_that_cannot_tell_its_layout_is_copied_in_ours_and_still_recognised(moto: None) -> None:
+@moto_s3()
+def test_a_source_that_cannot_tell_its_layout_is_copied_in_ours_and_still_recognised() -> None:
     source, destination = store("src", "", "a"), store("dst", "", "b")
     source.capabilities = Capabilities(part_layout=False)
     parts = [os.urandom(6 * MiB), os.urandom(6 * MiB), b"tail"]
