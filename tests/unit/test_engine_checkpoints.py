@@ -75,6 +75,8 @@ def test_abort_at_checkpoint_leaves_every_object_untouched_or_verified(
     counts = assert_invariant(source, destination, originals, remain_source)
     assert counts["untouched"] > 0, "abort came too late to test anything"
     assert not sink.still_open, "an announced upload was never closed"
+    # The sink hears of an upload's close only if it heard of its opening (a stop right after create: the intent).
+    assert all(upload in sink.opened for upload in sink.closed), "announced closed, never announced opened"
     assert not sink.still_intended, "an upload intent was never cleared"
     assert result.progress.objects_migrated == counts["migrated"]
     # A move is one unit per object: abort at before_delete_source finishes that delete, nothing is in both places.

@@ -81,6 +81,7 @@ class ObjectCopy:
     strategy: str = ""  # "single", "multipart", "server_copy" or "server_part_copy" once chosen
     part_size: int = 0  # bytes per part for the multipart strategies
     upload: OpenUpload | None = None  # the upload in parts while it is open; aborted on any stop
+    upload_announced: bool = False  # the sink was told it opened (so it is told it closed)
     intent: UploadIntent | None = None  # recorded before the create; cleared once no upload of ours is on the key
     matched_layout: bool = False  # parts laid out as the source's, so the copy's ETag equals the source's
     part_digests: dict[int, bytes] = field(default_factory=dict)  # part number -> MD5 of the bytes we sent

@@ -72,6 +72,7 @@ def copy_in_parts(ctx: RunContext, copy: ObjectCopy, info: ObjectInfo, write_par
     log.info(kv(event="upload_opened", shard=ctx.shard, key=copy.destination_key, upload_id=upload.upload_id))
     # The ID is announced before the first part (the intent already covers a crash before this line).
     ctx.sink.on_upload_opened(copy.upload)
+    copy.upload_announced = True
 
     ranges = part_ranges(info.size, copy.part_size)
     pending: set[Future[None]] = set()
@@ -100,7 +101,7 @@ def copy_in_parts(ctx: RunContext, copy: ObjectCopy, info: ObjectInfo, write_par
     parts = sorted(copy.part_etags.items())
     copy.written_etag = ctx.destination.complete_upload(upload, parts)
     copy.wrote_destination = True
-    copy.upload = None
+    copy.upload, copy.upload_announced = None, False
     log.info(kv(event="upload_completed", shard=ctx.shard, key=copy.destination_key, upload_id=upload.upload_id))
     announce_closed(ctx, upload)
     # One listing (multipart objects are large, so it is cheap in proportion): nothing else of ours stays open.
@@ -158,6 +159,7 @@ def abort_upload_of(ctx: RunContext, copy: ObjectCopy) -> None:
     """Abort the object's open upload (if any), then confirm no upload of ours is left on its key."""
     if copy.upload is not None:
         upload, copy.upload = copy.upload, None
+        announced, copy.upload_announced = copy.upload_announced, False
         try:
             ctx.destination.abort_upload(upload)
         except StoreError as error:
@@ -167,7 +169,8 @@ def abort_upload_of(ctx: RunContext, copy: ObjectCopy) -> None:
                              upload_id=upload.upload_id, error=error.message))
                 return
         log.info(kv(event="upload_aborted", shard=ctx.shard, key=upload.key, upload_id=upload.upload_id))
-        announce_closed(ctx, upload)
+        if announced:  # a stop between create and announce: the sink never heard of it (the intent did)
+            announce_closed(ctx, upload)
     close_intent_of(ctx, copy)
 
 
