@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import re
+import socket
 from typing import Any
 
 import kopf
@@ -83,7 +84,17 @@ def main(argv: list[str] | None = None) -> None:
         peering_name=args.peering,
         priority=priority,
         liveness_endpoint=os.environ.get("DATAMOVER_LIVENESS_ENDPOINT") or None,
+        identity=peering_identity(),  # type: ignore[arg-type]  # kopf's Identity: a NewType of str it does not export
     )
+
+
+def peering_identity() -> str:
+    """This replica's name in kopf's peering objects: the pod (POD_ID, set by the chart), else host and process.
+
+    kopf's own default asks passwd for the user's name, and the image's uid 65532 has no passwd entry: an operator
+    started without the chart (kubectl run, a plain Deployment, docker run) would die with KeyError at start.
+    """
+    return os.environ.get("POD_ID") or f"{socket.gethostname()}/{os.getpid()}"
 
 
 if __name__ == "__main__":
