@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export DATAMOVER_CACHE ?= $(HOME)/.cache/datamover
 PYTEST_ARGS ?=
 
-.PHONY: venv binaries ground test unit lint demo e2e clean
+.PHONY: venv binaries image ground test unit lint demo e2e clean
 
 venv: $(VENV)/.installed
 
@@ -20,7 +20,13 @@ $(VENV)/.installed: pyproject.toml
 binaries:
 	bash tools/build.sh
 
-ground: venv binaries
+# The datamover image, built without a daemon into $(DATAMOVER_CACHE)/image/datamover-<version>.oci.tar (an OCI
+# archive: `ctr images import` or `docker load` it). Needs root (debootstrap and chroot); see docs/install.md.
+image: venv
+	bash tools/host-packages.sh debootstrap
+	$(BIN)/python tools/image/build.py
+
+ground: venv binaries image
 
 # The whole suite on the real ground: unit, engine-vs-MinIO integration, control-plane tests.
 test: ground
