@@ -2,13 +2,14 @@
 # Installs the Debian packages the image build and the real node need on the build machine (idempotent).
 #
 # debootstrap makes the image's base; libseccomp-dev lets runc be built with seccomp (pods ask for RuntimeDefault);
-# iptables is what the kubelet and the ground's Service DNAT rule use. A package already installed costs nothing;
+# iptables is what the kubelet and the ground's Service DNAT rule use, and nft removes an iptables-nft table the ground
+# created (iptables itself cannot delete a table). A package already installed costs nothing;
 # apt-get runs only when one is missing, and then needs root.
 #
 # Usage: bash tools/host-packages.sh [package ...]     (no names: all of them)
 set -euo pipefail
 
-ALL=(debootstrap libseccomp-dev pkg-config iptables)
+ALL=(debootstrap libseccomp-dev pkg-config iptables nftables)
 wanted=("$@")
 [[ ${#wanted[@]} -eq 0 ]] && wanted=("${ALL[@]}")
 
