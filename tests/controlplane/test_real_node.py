@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import time
 import uuid
@@ -58,24 +57,16 @@ def helm(cp: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
-@contextlib.contextmanager
-def _minio(workdir: Path, name: str, host: str) -> Iterator[S3Server]:
-    """A MinIO server on `host`; its data is deleted when it stops (a run would otherwise leave gigabytes)."""
-    try:
-        with start_minio(workdir, name, f"{name}-admin", secrets.token_hex(16), host=host) as server:
-            yield server
-    finally:
-        shutil.rmtree(workdir / name, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def ground(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealGround]:
     workdir = tmp_path_factory.mktemp("real-node")
     with contextlib.ExitStack() as stack:
         cp = stack.enter_context(start_control_plane(workdir / "controlplane"))
         node = stack.enter_context(start_node(cp, workdir / "node", images=[image.archive()]))
-        cloud_a = stack.enter_context(_minio(workdir, "cloud-a", node.ip))
-        cloud_b = stack.enter_context(_minio(workdir, "cloud-b", node.ip))
+        cloud_a = stack.enter_context(start_minio(workdir, "cloud-a", "cloud-a-admin", secrets.token_hex(16),
+                                                  host=node.ip))
+        cloud_b = stack.enter_context(start_minio(workdir, "cloud-b", "cloud-b-admin", secrets.token_hex(16),
+                                                  host=node.ip))
         helm(cp, "install", "datamover", "charts/datamover", "--namespace", RELEASE_NAMESPACE, "--create-namespace",
              "--wait", "--timeout", "4m")
         yield RealGround(cp, node, cloud_a, cloud_b)
