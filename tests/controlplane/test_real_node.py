@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.controlplane.test_operator import assert_invariant, fill, open_uploads
 from tests.ground import image
 from tests.ground.binaries import binary
 from tests.ground.controlplane import ControlPlane, start_control_plane
@@ -79,45 +80,64 @@ def _pods(ground: RealGround, namespace: str, selector: str) -> list[dict[str, A
 
 
 def _wait_phase(ground: RealGround, namespace: str, name: str, phases: set[str]) -> dict[str, Any]:
+    return _wait(ground, namespace, name, lambda o: (o.get("status") or {}).get("phase") in phases, f"phase {phases}")
+
+
+def _wait(ground: RealGround, namespace: str, name: str, predicate: Any, what: str) -> dict[str, Any]:
     deadline = time.monotonic() + PHASE_TIMEOUT
     while True:
         ground.node.check_alive()
         obj: dict[str, Any] = ground.json("get", "migrationjob", name, "-n", namespace)
-        if (obj.get("status") or {}).get("phase") in phases:
+        if predicate(obj):
             return obj
         if time.monotonic() > deadline:
             pods = ground.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
-            raise AssertionError(f"{name} not in {phases} after {PHASE_TIMEOUT:.0f}s: "
+            raise AssertionError(f"{name}: {what} not seen after {PHASE_TIMEOUT:.0f}s: "
                                  f"{json.dumps(obj.get('status'), indent=1)[:3000]}\npods:\n{pods}")
         time.sleep(0.5)
 
 
-def test_a_copy_runs_to_succeeded_in_worker_pods_the_kubelet_started(ground: RealGround) -> None:
+@contextlib.contextmanager
+def _namespace_with_buckets(ground: RealGround) -> Iterator[tuple[str, str, str]]:
+    """A fresh namespace holding both clouds' Secrets, and a fresh bucket on each cloud: (namespace, src, dst)."""
     namespace = f"mj-{uuid.uuid4().hex[:8]}"
     ground.kubectl("create", "namespace", namespace)
     src, dst = f"src-{uuid.uuid4().hex[:8]}", f"dst-{uuid.uuid4().hex[:8]}"
     ground.cloud_a.client().create_bucket(Bucket=src)
     ground.cloud_b.client().create_bucket(Bucket=dst)
     try:
-        s3 = ground.cloud_a.client()
-        for i in range(12):
-            s3.put_object(Bucket=src, Key=f"photos/{i:03d}.jpg", Body=os.urandom(64 * 1024 + i))
-        s3.put_object(Bucket=src, Key="video/big.bin", Body=os.urandom(12 * 1024 * 1024))  # multipart
         for name, server in (("cloud-a", ground.cloud_a), ("cloud-b", ground.cloud_b)):
             ground.kubectl("create", "secret", "generic", name, "-n", namespace,
                            f"--from-literal=accessKeyId={server.access_key}",
                            f"--from-literal=secretAccessKey={server.secret_key}")
-        job = {
-            "apiVersion": "datamover.io/v1alpha1", "kind": "MigrationJob", "metadata": {"name": "copy"},
-            "spec": {
-                "source": {"bucket": src, "endpoint": ground.cloud_a.endpoint, "region": ground.cloud_a.region,
-                           "addressingStyle": "path", "credentialsSecretRef": {"name": "cloud-a"}},
-                "destination": {"bucket": dst, "endpoint": ground.cloud_b.endpoint, "region": ground.cloud_b.region,
-                                "addressingStyle": "path", "credentialsSecretRef": {"name": "cloud-b"}},
-                "parallelism": 2,
-            },
-        }
-        ground.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(job))
+        yield namespace, src, dst
+    finally:
+        empty_and_delete_bucket(ground.cloud_a, src)
+        empty_and_delete_bucket(ground.cloud_b, dst)
+        ground.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def _migration_job(ground: RealGround, name: str, src: str, dst: str, **spec: Any) -> str:
+    return yaml.safe_dump({
+        "apiVersion": "datamover.io/v1alpha1", "kind": "MigrationJob", "metadata": {"name": name},
+        "spec": {
+            "source": {"bucket": src, "endpoint": ground.cloud_a.endpoint, "region": ground.cloud_a.region,
+                       "addressingStyle": "path", "credentialsSecretRef": {"name": "cloud-a"}},
+            "destination": {"bucket": dst, "endpoint": ground.cloud_b.endpoint, "region": ground.cloud_b.region,
+                            "addressingStyle": "path", "credentialsSecretRef": {"name": "cloud-b"}},
+            **spec,
+        },
+    })
+
+
+def test_a_copy_runs_to_succeeded_in_worker_pods_the_kubelet_started(ground: RealGround) -> None:
+    with _namespace_with_buckets(ground) as (namespace, src, dst):
+        s3 = ground.cloud_a.client()
+        for i in range(12):
+            s3.put_object(Bucket=src, Key=f"photos/{i:03d}.jpg", Body=os.urandom(64 * 1024 + i))
+        s3.put_object(Bucket=src, Key="video/big.bin", Body=os.urandom(12 * 1024 * 1024))  # multipart
+        ground.kubectl("apply", "-n", namespace, "-f", "-", input=_migration_job(ground, "copy", src, dst,
+                                                                                  parallelism=2))
         done = _wait_phase(ground, namespace, "copy", {"succeeded", "failed", "aborted", "cancelled"})
         assert done["status"]["phase"] == "succeeded", json.dumps(done["status"], indent=1)
 
@@ -137,10 +157,23 @@ def test_a_copy_runs_to_succeeded_in_worker_pods_the_kubelet_started(ground: Rea
             assert status["state"]["terminated"]["exitCode"] == 0, status
             logs = ground.kubectl("logs", "-n", namespace, pod["metadata"]["name"]).stdout
             assert logs.strip(), f"kubectl logs {pod['metadata']['name']} printed nothing"
-    finally:
-        empty_and_delete_bucket(ground.cloud_a, src)
-        empty_and_delete_bucket(ground.cloud_b, dst)
-        ground.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_an_abort_mid_object_of_a_move_stops_the_pods_cleanly(ground: RealGround) -> None:
+    """Workers in real pods stop on the abort (watched, or the kubelet's SIGTERM); each object is untouched or moved."""
+    with _namespace_with_buckets(ground) as (namespace, src, dst):
+        contents = fill(ground.cloud_a, src, small=20, large=6)
+        ground.kubectl("apply", "-n", namespace, "-f", "-", input=_migration_job(
+            ground, "stopme", src, dst, parallelism=2, concurrency=2, partSize="5Mi", remainSource=False,
+            abortGracePeriodSeconds=30))
+        _wait(ground, namespace, "stopme", lambda o: any(w.get("openUploads") for w in (o.get("status") or {})
+                                                         .get("workers", {}).values()), "an open multipart upload")
+        ground.kubectl("patch", "mj", "stopme", "-n", namespace, "--type", "merge", "-p", '{"spec":{"abort":true}}')
+        final = _wait_phase(ground, namespace, "stopme", {"aborted", "succeeded", "failed"})
+        assert final["status"]["phase"] == "aborted", json.dumps(final["status"], indent=1)
+        assert open_uploads(ground.cloud_b, dst) == []
+        migrated = assert_invariant(ground.cloud_a, src, ground.cloud_b, dst, contents, remain_source=False)
+        assert migrated < len(contents), "the abort came too late to stop anything"
 
 
 def _proc_status(pid: int) -> dict[str, str]:
