@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export DATAMOVER_CACHE ?= $(HOME)/.cache/datamover
 PYTEST_ARGS ?=
 
-.PHONY: venv binaries ground test unit lint demo e2e clean
+.PHONY: venv host-packages binaries image ground test unit lint demo e2e clean
 
 venv: $(VENV)/.installed
 
@@ -20,10 +20,21 @@ $(VENV)/.installed: pyproject.toml
 binaries:
 	bash tools/build.sh
 
-ground: venv binaries
+# The datamover image, built without a daemon into $(DATAMOVER_CACHE)/image/datamover-<version>.oci.tar (an OCI
+# archive: `ctr images import` or `docker load` it). Needs root (debootstrap and chroot); see docs/install.md.
+image: venv
+	bash tools/host-packages.sh debootstrap
+	$(BIN)/python tools/image/build.py
+
+# Debian packages the image build and the real node use (debootstrap, iptables, nftables, libseccomp-dev).
+host-packages:
+	bash tools/host-packages.sh
+
+ground: venv host-packages binaries image
 
 # The whole suite on the real ground: unit, engine-vs-MinIO integration, control-plane tests.
 test: ground
+	@test "$$(id -u)" = 0 || { echo "make test: needs root (the control-plane tier runs a real kubelet, containerd and runc)" >&2; exit 1; }
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Fast tier only (moto, pure functions, chart rendering): needs only helm and kubeconform of the binaries.

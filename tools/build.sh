@@ -19,7 +19,12 @@ KUBE_VERSION_LDFLAGS="-X k8s.io/component-base/version.gitVersion=v1.33.13 \
 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=33 \
 -X k8s.io/component-base/version.gitTreeState=clean"
 
-# One entry per binary: name | module directory under tools/ | package | extra -ldflags.
+CONTAINERD_LDFLAGS="-X github.com/containerd/containerd/v2/version.Version=v2.1.9 \
+-X github.com/containerd/containerd/v2/version.Package=github.com/containerd/containerd/v2"
+
+# One entry per binary: name | module directory under tools/ | package | extra -ldflags | options.
+# Options (space-separated, optional): `cgo` builds with CGO_ENABLED=1 (default 0: static), `tags=a,b` sets build
+# tags, `apt=p,q` names Debian packages the build needs (installed by tools/host-packages.sh).
 # To add a binary (helm, kubeconform, ...), add a module under tools/ and one line here.
 BINARIES=(
   "etcd|etcd|go.etcd.io/etcd/server/v3|"
@@ -29,6 +34,17 @@ BINARIES=(
   "kube-controller-manager|kube|k8s.io/kubernetes/cmd/kube-controller-manager|$KUBE_VERSION_LDFLAGS"
   "helm|helm|helm.sh/helm/v3/cmd/helm|-X helm.sh/helm/v3/internal/version.version=v3.22.0 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37"
   "kubeconform|kubeconform|github.com/yannh/kubeconform/cmd/kubeconform|-X main.version=v0.8.0"
+  # The ground's real node: kubelet and scheduler, containerd with its shim and ctr, runc, CNI plugins, pause.
+  "kube-scheduler|kube|k8s.io/kubernetes/cmd/kube-scheduler|$KUBE_VERSION_LDFLAGS"
+  "kubelet|kube|k8s.io/kubernetes/cmd/kubelet|$KUBE_VERSION_LDFLAGS"
+  "containerd|containerd|github.com/containerd/containerd/v2/cmd/containerd|$CONTAINERD_LDFLAGS|tags=no_btrfs"
+  "containerd-shim-runc-v2|containerd|github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2|$CONTAINERD_LDFLAGS"
+  "ctr|containerd|github.com/containerd/containerd/v2/cmd/ctr|$CONTAINERD_LDFLAGS"
+  "runc|runc|github.com/opencontainers/runc|-X main.version=1.3.7|cgo tags=seccomp apt=libseccomp-dev,pkg-config"
+  "bridge|cni|github.com/containernetworking/plugins/plugins/main/bridge|"
+  "host-local|cni|github.com/containernetworking/plugins/plugins/ipam/host-local|"
+  "loopback|cni|github.com/containernetworking/plugins/plugins/main/loopback|"
+  "pause|pause|github.com/datamover/datamover/tools/pause|"
 )
 
 command -v go >/dev/null || { echo "build.sh: the go command is not on PATH" >&2; exit 1; }
@@ -50,13 +66,15 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 secs_since() { local d=$(( $(now_ms) - $1 )); printf '%d.%01ds' $(( d / 1000 )) $(( d % 1000 / 100 )); }
 
 stamp_of() {  # $1 = entry line, $2 = module dir
-  { cat "$2/go.mod" "$2/go.sum"; echo "$GO_VERSION"; echo "$1"; } | sha256sum | cut -d' ' -f1
+  # Our own sources count too (tools/pause); a module's tools.go only names what it pins.
+  { cat "$2/go.mod" "$2/go.sum"; find "$2" -name '*.go' ! -name tools.go -print0 | sort -z | xargs -0r cat
+    echo "$GO_VERSION"; echo "$1"; } | sha256sum | cut -d' ' -f1
 }
 
 failed=()
 total_start=$(now_ms)
 for entry in "${BINARIES[@]}"; do
-  IFS='|' read -r name module pkg ldflags <<<"$entry"
+  IFS='|' read -r name module pkg ldflags options <<<"$entry"
   wanted "$name" "$@" || continue
   mod_dir="$TOOLS_DIR/$module"
   out="$BIN_DIR/$name"
@@ -66,11 +84,19 @@ for entry in "${BINARIES[@]}"; do
     echo "up to date: $name"
     continue
   fi
+  cgo=0 tags=()
+  for option in $options; do
+    case "$option" in
+      cgo) cgo=1 ;;
+      tags=*) tags=(-tags "${option#tags=}") ;;
+      apt=*) packages="${option#apt=}"; bash "$TOOLS_DIR/host-packages.sh" ${packages//,/ } ;;
+    esac
+  done
   echo "building: $name ($pkg, module tools/$module)"
   log="$LOG_DIR/$name.log"
   start=$(now_ms)
-  if (cd "$mod_dir" && CGO_ENABLED=0 GOFLAGS=-mod=readonly go build -trimpath -ldflags "-s -w $ldflags" \
-        -o "$out.tmp" "$pkg") >"$log" 2>&1; then
+  if (cd "$mod_dir" && CGO_ENABLED=$cgo GOFLAGS=-mod=readonly go build -trimpath "${tags[@]}" \
+        -ldflags "-s -w $ldflags" -o "$out.tmp" "$pkg") >"$log" 2>&1; then
     mv -f "$out.tmp" "$out"
     echo "$stamp" >"$stamp_file"
     echo "built: $name in $(secs_since "$start")"

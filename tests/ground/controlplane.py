@@ -327,6 +327,10 @@ def start_control_plane(workdir: Path, *, timeout: float = READY_TIMEOUT) -> Ite
     )
     admin_cert, admin_key = ca.issue(pki / "admin", ADMIN_USER, organizations=["system:masters"], client=True)
     kcm_cert, kcm_key = ca.issue(pki / "kube-controller-manager", "system:kube-controller-manager", client=True)
+    # How the API server authenticates to a kubelet (logs, exec) when a real node joins (tests/ground/node.py).
+    kubelet_client_cert, kubelet_client_key = ca.issue(
+        pki / "apiserver-kubelet-client", "kube-apiserver-kubelet-client", organizations=["system:masters"],
+        client=True)
     # The aggregation layer's front-proxy CA, as kubeadm sets it up; without it every delegated authenticator
     # (the controller manager's included) logs "missing content for CA bundle" forever.
     front_proxy_ca = CertificateAuthority.create(pki / "front-proxy", "datamover-ground-front-proxy-ca")
@@ -400,6 +404,10 @@ def start_control_plane(workdir: Path, *, timeout: float = READY_TIMEOUT) -> Ite
                     f"--proxy-client-cert-file={proxy_cert}",
                     f"--proxy-client-key-file={proxy_key}",
                     f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
+                    f"--kubelet-client-certificate={kubelet_client_cert}",
+                    f"--kubelet-client-key={kubelet_client_key}",
+                    # A real node's name is not in this machine's DNS: reach kubelets at their InternalIP.
+                    "--kubelet-preferred-address-types=InternalIP",
                     # Endpoints may not hold loopback addresses, so the `kubernetes` Service gets no endpoints
                     # instead of an endless reconcile error; in-cluster clients are pointed at `server` directly.
                     "--endpoint-reconciler-type=none",

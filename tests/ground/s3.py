@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -73,7 +74,7 @@ def start_minio(
     workdir: Path, name: str, access_key: str, secret_key: str, *, timeout: float = READY_TIMEOUT,
     host: str = "127.0.0.1",
 ) -> Iterator[S3Server]:
-    """Run one MinIO server with data under `workdir/<name>` for the duration of the block.
+    """Run one MinIO server with data under `workdir/<name>` for the duration of the block; the data goes with it.
 
     `host` is loopback except for `make e2e`, where the pods of another cluster must reach the server.
     """
@@ -111,12 +112,17 @@ def start_minio(
         str(data_dir),
     ]
     t0 = time.monotonic()
-    with running(
-        "minio", argv, server.log_path, ready=http_check(f"{endpoint}/minio/health/ready"), timeout=timeout, env=env
-    ) as proc:
-        server.proc = proc
-        server.startup_seconds = time.monotonic() - t0
-        yield server
+    try:
+        with running(
+            "minio", argv, server.log_path, ready=http_check(f"{endpoint}/minio/health/ready"), timeout=timeout,
+            env=env,
+        ) as proc:
+            server.proc = proc
+            server.startup_seconds = time.monotonic() - t0
+            yield server
+    finally:
+        # The objects are the tests' throwaways (gigabytes over a run, kept by pytest for three runs); the log stays.
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from botocore.exceptions import ClientError
 
 from tests.ground.plugin_s3 import BucketFactory
-from tests.ground.s3 import S3Server, rclone_check
+from tests.ground.s3 import S3Server, rclone_check, start_minio
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
@@ -122,3 +123,12 @@ def test_rclone_check_compares_multipart_objects_byte_for_byte(
 
     upload_in_parts(cloud_b, dst, "big.bin", body)
     assert rclone_check(cloud_a, src, cloud_b, dst).returncode == 0
+
+
+def test_a_stopped_server_leaves_its_log_and_no_data(tmp_path: Path) -> None:
+    with start_minio(tmp_path, "short-lived", "short-admin", "short-secret-key") as server:
+        server.client().create_bucket(Bucket="short-lived")
+        server.client().put_object(Bucket="short-lived", Key="k", Body=b"x" * 1024)
+        assert server.data_dir is not None and any(server.data_dir.rglob("*"))
+    assert not server.data_dir.exists()
+    assert server.log_path.exists()

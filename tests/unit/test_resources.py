@@ -45,6 +45,16 @@ def test_job_is_indexed_with_one_pod_per_shard_and_secrets_as_env() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
 
 
+def test_workers_get_a_writable_tmp_on_their_read_only_root() -> None:
+    pod = resources.job(OWNER, SPEC, resources.WorkerSettings())["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    (mount,) = container["volumeMounts"]
+    assert mount["mountPath"] == "/tmp"
+    (volume,) = (v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert "emptyDir" in volume
+
+
 def test_child_names_stay_valid_label_values() -> None:
     name = resources.child_name("x" * 250)
     assert len(name) <= 52 and name.startswith("datamover-")

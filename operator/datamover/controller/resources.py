@@ -162,6 +162,8 @@ def job(owner: Mapping[str, Any], spec: MigrationSpec, settings: WorkerSettings)
             *_credential_env("destination", spec.destination),
         ],
         "securityContext": RESTRICTED_CONTAINER_SECURITY,
+        # The root filesystem is read-only; Python's tempfile (and the libraries using it) need a writable /tmp.
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
     if settings.resources:
         container["resources"] = dict(settings.resources)
@@ -196,6 +198,7 @@ def job(owner: Mapping[str, Any], spec: MigrationSpec, settings: WorkerSettings)
                     "terminationGracePeriodSeconds": spec.abort_grace_period_seconds,
                     "securityContext": RESTRICTED_POD_SECURITY,
                     "containers": [container],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
                 },
             },
         },
