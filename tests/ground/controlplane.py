@@ -448,7 +448,7 @@ def start_control_plane(workdir: Path, *, timeout: float = READY_TIMEOUT) -> Ite
                     "--v=1",
                 ],
                 cp.logs["kube-controller-manager"],
-                ready=http_check(f"https://127.0.0.1:{kcm_port}/healthz", ssl_context=_insecure_context()),
+                ready=http_check(f"https://127.0.0.1:{kcm_port}/healthz", ssl_context=insecure_context()),
                 timeout=timeout,
             )
         )
@@ -459,8 +459,8 @@ def start_control_plane(workdir: Path, *, timeout: float = READY_TIMEOUT) -> Ite
         yield cp
 
 
-def _insecure_context() -> ssl.SSLContext:
-    """For health checks of the controller manager's self-signed endpoint only."""
+def insecure_context() -> ssl.SSLContext:
+    """For health checks of self-signed local endpoints only (controller manager, scheduler)."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE

@@ -25,7 +25,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import ssl
 import subprocess
 import tarfile
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from tests.ground.binaries import binary
-from tests.ground.controlplane import KUBERNETES_SERVICE_IP, ControlPlane
+from tests.ground.controlplane import KUBERNETES_SERVICE_IP, ControlPlane, insecure_context
 from tests.ground.procs import GroundError, Proc, free_ports, http_check, running, wait_ready
 
 PAUSE_IMAGE = "datamover.local/pause:ground"
@@ -397,7 +396,7 @@ def start_node(cp: ControlPlane, workdir: Path, images: Sequence[Path] = (), *,
                  "--bind-address=127.0.0.1", f"--secure-port={scheduler_port}", "--leader-elect=false",
                  f"--cert-dir={workdir / 'scheduler-certs'}", "--v=1"],
                 node.logs["kube-scheduler"],
-                ready=http_check(f"https://127.0.0.1:{scheduler_port}/healthz", ssl_context=_insecure_context()),
+                ready=http_check(f"https://127.0.0.1:{scheduler_port}/healthz", ssl_context=insecure_context()),
                 timeout=timeout))
 
             kubelet_kubeconfig = cp.client_cert_kubeconfig(f"system:node:{node.name}",
@@ -419,13 +418,6 @@ def start_node(cp: ControlPlane, workdir: Path, images: Sequence[Path] = (), *,
             yield node
     finally:
         _teardown(node, before, sysctls)
-
-
-def _insecure_context() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def _make_cgroup_root(name: str) -> None:
