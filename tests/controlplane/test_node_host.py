@@ -16,14 +16,14 @@ import yaml
 
 from tests.ground import image
 from tests.ground.controlplane import start_control_plane
-from tests.ground.node import host_changes, host_snapshot, start_node
+from tests.ground.node import host_changes, host_lock, host_snapshot, start_node
 
 POD_TIMEOUT = 120.0
 
 
 def test_a_node_that_ran_a_pod_leaves_the_host_unchanged(tmp_path_factory: pytest.TempPathFactory) -> None:
     workdir = tmp_path_factory.mktemp("node-host")
-    with start_control_plane(workdir / "controlplane") as cp:
+    with start_control_plane(workdir / "controlplane") as cp, host_lock():
         before = host_snapshot()
         with start_node(cp, workdir / "node", images=[image.archive()]) as node:
             pod = {

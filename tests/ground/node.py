@@ -15,6 +15,7 @@ one DNAT rule from the `kubernetes` Service's ClusterIP to the API server on loo
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gzip
 import hashlib
 import io
@@ -55,6 +56,44 @@ BUILTIN_CHAINS = ("INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING")
 
 class NodeNeedsRoot(GroundError):
     """The real node runs containerd, runc and a kubelet: it needs root, as they do."""
+
+
+# One node per host at a time: two kubelets would share the KUBE-* chains, /run/containerd and the sysctls, and each
+# run's before/after comparison would see the other's. A second test run on the host waits here for the first.
+HOST_LOCK_TIMEOUT = 3600.0
+_host_lock_depth = 0
+
+
+@contextlib.contextmanager
+def host_lock(timeout: float = HOST_LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold the host-wide node lock (re-entrant within this process); wait up to `timeout` for another run."""
+    global _host_lock_depth
+    if _host_lock_depth:
+        _host_lock_depth += 1
+        try:
+            yield
+        finally:
+            _host_lock_depth -= 1
+        return
+    cache = Path(os.environ.get("DATAMOVER_CACHE", Path.home() / ".cache" / "datamover"))
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "node.lock", "w") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise GroundError(f"another test run has held the real node's host lock ({lock.name}) for "
+                                      f"{timeout:.0f}s") from None
+                time.sleep(1.0)
+        _host_lock_depth = 1
+        try:
+            yield
+        finally:
+            _host_lock_depth = 0
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -341,7 +380,11 @@ def start_node(cp: ControlPlane, workdir: Path, images: Sequence[Path] = (), *,
     """
     if os.geteuid() != 0:
         raise NodeNeedsRoot("the real node (containerd, runc, kubelet) needs root; run the control-plane tier as root")
-    workdir = Path(workdir).resolve()
+    with host_lock():
+        yield from _start_node(cp, Path(workdir).resolve(), images, timeout)
+
+
+def _start_node(cp: ControlPlane, workdir: Path, images: Sequence[Path], timeout: float) -> Iterator[Node]:
     workdir.mkdir(parents=True, exist_ok=True)
     bins = {n: binary(n) for n in ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "kubelet",
                                    "kube-scheduler", "bridge", "host-local", "loopback", "pause")}
