@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from datamover.api import Condition, MigrationStatus, Phase
-from datamover.controller.handlers import _conditions
+from datamover.controller.decisions import Decision
+from datamover.controller.handlers import _conditions, _status_for, progress_behind
 from datamover.engine import WorkerState
 
 EARLIER = "2026-01-01T00:00:00Z"
@@ -39,3 +40,20 @@ def test_a_condition_keeps_its_transition_time_until_its_status_flips() -> None:
     done = {c.type: c for c in _conditions(running, Phase.SUCCEEDED, "Succeeded", "ok", "", 1)}
     assert done["Ready"].status and done["Ready"].last_transition_time != EARLIER
     assert done["Complete"].reason == "Succeeded" and done["Failed"].last_transition_time == EARLIER
+
+
+def test_progress_is_mirrored_only_when_due_but_always_with_a_new_phase() -> None:
+    running = {
+        "metadata": {"generation": 1},
+        "spec": {"destination": {"bucket": "dst"}},
+        "status": {"phase": "running", "reason": "Running", "message": "m", "observedGeneration": 1,
+                   "workers": {"0": {"state": "copying", "objectsTotal": 4, "objectsMigrated": 1}}},
+    }
+    assert progress_behind(running)
+    same_phase = Decision(Phase.RUNNING, "Running", "m")
+    assert _status_for(running, same_phase, False)["progress"]["objects"] == "1/4"
+    assert _status_for(running, same_phase, False, mirror_progress=False) == {}
+    done = _status_for(running, Decision(Phase.SUCCEEDED, "Succeeded", "done"), False, mirror_progress=False)
+    assert done["phase"] == "succeeded" and done["progress"]["objects"] == "1/4"
+    caught_up = {**running, "status": {**running["status"], "progress": done["progress"]}}
+    assert not progress_behind(caught_up)

@@ -83,6 +83,10 @@ RECONCILERS = 8
 RESYNC_SECONDS = 60.0
 # How often queued jobs are told their new place; the place is rewritten only when it changed.
 QUEUE_REFRESH_SECONDS = 10.0
+# A running job's status.progress (the workers' counters summed, for printer columns) is rewritten at most this
+# often: each worker already reports every 2 s, and mirroring every report cost a patch per report, which at hundreds
+# of running jobs was most of the operator's API requests. A phase change always carries the latest sums.
+PROGRESS_MIRROR_SECONDS = 5.0
 # How often a deletion looks again whether its workers have stopped.
 FINALIZE_LOOK_SECONDS = 0.5
 # How often a replica under kopf peering reads the peering objects to know whether it is the active one.
@@ -147,14 +151,18 @@ def _create(manifest: dict[str, Any]) -> None:
 
 
 def _start_workers(body: Mapping[str, Any], spec: MigrationSpec) -> None:
+    # The ServiceAccount, Role and RoleBinding do not depend on each other: created at once, they cost one round trip
+    # on the way from a freed slot to the next job's Job instead of three.
+    rbac = [_CHILD_CREATOR.submit(_create, m) for m in
+            (resources.service_account(body), resources.role(body), resources.role_binding(body))]
+    for future in rbac:
+        future.result()
     # The Job goes last: its existence is what tells a restarted operator that the rest is there too.
-    for manifest in (
-        resources.service_account(body),
-        resources.role(body),
-        resources.role_binding(body),
-        resources.job(body, spec, WORKER_SETTINGS),
-    ):
-        _create(manifest)
+    _create(resources.job(body, spec, WORKER_SETTINGS))
+
+
+# Its own pool, not the reconcilers': a reconcile waiting on a task queued behind other reconciles could deadlock.
+_CHILD_CREATOR = concurrent.futures.ThreadPoolExecutor(6, thread_name_prefix="children")
 
 
 def _stop_workers(namespace: str, name: str, pods: list[str], *, suspended: bool, kill: bool) -> None:
@@ -293,18 +301,28 @@ def _abort_source(body: Mapping[str, Any], deleting: bool) -> str:
     return "spec.abort" if (body.get("spec") or {}).get("abort") else ""
 
 
-def _status_for(body: Mapping[str, Any], decision: Decision, deleting: bool) -> dict[str, Any]:
-    """The merge patch that brings status to what `decision` says: only what changed."""
+def progress_behind(body: Mapping[str, Any]) -> bool:
+    """Whether status.progress lags what the workers reported."""
+    status = MigrationStatus.of(body)
+    return bool(status.workers) and progress_status(status.workers) != status.progress
+
+
+def _status_for(body: Mapping[str, Any], decision: Decision, deleting: bool, *,
+                mirror_progress: bool = True) -> dict[str, Any]:
+    """The merge patch that brings status to what `decision` says: only what changed (and status.progress only if
+    `mirror_progress`, or with a new phase)."""
     status = MigrationStatus.of(body)
     generation = int(body["metadata"].get("generation") or 0)
     patch: dict[str, Any] = {}
     if status.observed_generation != generation:
         patch["observedGeneration"] = generation
     progress = progress_status(status.workers)
+    phase = decision.phase
     if status.workers and progress != status.progress:
         patch["progress"] = progress
-    phase = decision.phase
     if phase is None or (phase, decision.message, decision.reason) == (status.phase, status.message, status.reason):
+        if not mirror_progress:
+            patch.pop("progress", None)
         return patch
     patch["observedGeneration"] = generation
     patch.update(
@@ -337,7 +355,8 @@ class Children:
 
 
 def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = ADMITTED, *, deleting: bool = False,
-              heartbeat_timeout: float = HEARTBEAT_TIMEOUT_SECONDS) -> tuple[Decision, Mapping[str, Any] | None]:
+              heartbeat_timeout: float = HEARTBEAT_TIMEOUT_SECONDS,
+              mirror_progress: bool = True) -> tuple[Decision, Mapping[str, Any] | None]:
     """One step for one MigrationJob; returns what was decided and the object as written (if it was)."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
@@ -382,7 +401,7 @@ def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = A
         log.warning("event=workers-unresponsive job=%s/%s pods=%s", namespace, name, ",".join(decision.restart_pods))
         _delete_pods(namespace, decision.restart_pods)
         _event(body, type="Warning", reason=decision.reason, message=decision.message)
-    patch = _status_for(body, decision, deleting)
+    patch = _status_for(body, decision, deleting, mirror_progress=mirror_progress)
     # An Event says what happened: a new phase or reason. A queued job's new place is a status update, not news.
     phase_changed = "phase" in patch and (patch["phase"], patch["reason"]) != (status.phase, status.reason)
     if decision.run_janitor:
@@ -463,6 +482,7 @@ class Controller:
     jobs: Mapping[Key, Any] = field(default_factory=dict)
     pods: Mapping[Key, Any] = field(default_factory=dict)
     last_written: dict[Key, Mapping[str, Any]] = field(default_factory=dict)
+    progress_mirrored: dict[Key, float] = field(default_factory=dict)  # loop time of each job's last progress write
     granted: set[Key] = field(default_factory=set)  # admitted, Job not in the index yet
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # kopf peering: the objects this replica heartbeats into, its identity and priority (none: standalone).
@@ -568,18 +588,26 @@ class Controller:
             place = self.places().get(key, ADMITTED)
             if place.admitted:
                 self.granted.add(key)  # before any await: the next admission counts this slot as taken
+        mirrored_ago = loop.time() - self.progress_mirrored.get(key, -PROGRESS_MIRROR_SECONDS)
+        mirror = mirrored_ago >= PROGRESS_MIRROR_SECONDS
         decision, written = await loop.run_in_executor(
-            self.pool, functools.partial(reconcile, body, children, place, heartbeat_timeout=self.heartbeat_timeout))
+            self.pool, functools.partial(reconcile, body, children, place, heartbeat_timeout=self.heartbeat_timeout,
+                                         mirror_progress=mirror))
         if written is not None:
             self.last_written[key] = written
             if MigrationStatus.of(body).phase is None:
                 self.queue.add(key)  # answered; now the next step (check references, create the Job) at once
+            if not progress_behind(written):
+                self.progress_mirrored[key] = loop.time()
         if decision.phase is not None and decision.phase.terminal:
             self.granted.discard(key)
             self.last_written.pop(key, None)
+            self.progress_mirrored.pop(key, None)
             self.kick()
             return
         delay = min(RESYNC_SECONDS, _until_next_heartbeat_deadline(written or body, self.heartbeat_timeout))
+        if not mirror and progress_behind(written or body):
+            delay = min(delay, PROGRESS_MIRROR_SECONDS - mirrored_ago)
         if decision.stop_job and not decision.kill_pods:
             # The grace period is the one thing that nothing but time ends.
             requested = MigrationStatus.of(written or body).abort_requested_time
@@ -715,6 +743,7 @@ async def migrationjob_event(event: Mapping[str, Any], body: kopf.Body, namespac
     if event.get("type") == "DELETED":
         CONTROLLER.queue.forget(key)
         CONTROLLER.last_written.pop(key, None)
+        CONTROLLER.progress_mirrored.pop(key, None)
         CONTROLLER.granted.discard(key)
         CONTROLLER.kick()
         return
