@@ -278,6 +278,10 @@ class WorkerReport(Progress):
     heartbeat: str = ""
     message: str = ""
     reason: str = ""  # with state failed: a condition reason such as CredentialsRejected or BucketNotFound
+    # Smoothed rates of done work (migrated or skipped, and parts of large objects in flight), and when it last grew.
+    bytes_per_second: int = 0
+    objects_per_second: float = 0.0
+    last_progress: str = ""
     open_uploads: tuple[OpenUpload, ...] = field(default_factory=tuple)
     upload_intents: tuple[UploadIntent, ...] = field(default_factory=tuple)
 
@@ -293,6 +297,9 @@ class WorkerReport(Progress):
             "message": self.message,
             "reason": self.reason,
             **{_camel(name): getattr(self, name) for name in REPORTED_COUNTERS + REPORTED_FLAGS},
+            "bytesPerSecond": self.bytes_per_second,
+            "objectsPerSecond": self.objects_per_second,
+            **({"lastProgressTime": self.last_progress} if self.last_progress else {}),
             "openUploads": [open_upload_status(u) for u in self.open_uploads],
             "uploadIntents": [upload_intent_status(i) for i in self.upload_intents],
             "retainedKeys": list(self.retained_keys[:MAX_STATUS_KEYS]),
@@ -315,6 +322,9 @@ class WorkerReport(Progress):
             reason=str(raw.get("reason", "")),
             **counters,
             **flags,
+            bytes_per_second=int(raw.get("bytesPerSecond", 0)),
+            objects_per_second=float(raw.get("objectsPerSecond", 0.0)),
+            last_progress=str(raw.get("lastProgressTime", "")),
             open_uploads=tuple(OpenUpload(bucket, str(u["key"]), str(u["uploadId"]))
                                for u in raw.get("openUploads") or ()),
             upload_intents=tuple(UploadIntent(str(i["key"]), parse_time(str(i["since"])))
@@ -429,9 +439,41 @@ def progress_status(reports: Mapping[int, WorkerReport]) -> dict[str, Any]:
         percent = 100 * done_bytes // sums["bytes_total"]
     else:
         percent = 100 * done // sums["objects_total"] if sums["objects_total"] else 0
+    running = [r for r in reports.values() if not r.state.final]
+    bytes_rate = sum(r.bytes_per_second for r in running)
+    objects_rate = round(sum(r.objects_per_second for r in running), 2)
+    # An estimate needs the whole amount: only once every worker has listed its shard (until then totals grow).
+    listed = bool(reports) and all(r.listing_done or r.state.final for r in reports.values())
+    eta: float | None = None
+    if listed and running:
+        if sums["bytes_total"] and bytes_rate:
+            eta = (sums["bytes_total"] - done_bytes) / bytes_rate
+        elif not sums["bytes_total"] and objects_rate:
+            eta = (sums["objects_total"] - done) / objects_rate
+    last = max((r.last_progress for r in reports.values() if r.last_progress), default="")
     return {
         **{_camel(name): value for name, value in sums.items()},
         "percent": f"{percent}%",
         "objects": f"{done}/{sums['objects_total']}",
         "bytes": f"{human_bytes(done_bytes)}/{human_bytes(sums['bytes_total'])}",
+        "bytesPerSecond": bytes_rate,
+        "objectsPerSecond": objects_rate,
+        "rate": f"{human_bytes(bytes_rate)}/s" if running else "",
+        "eta": human_duration(eta) if eta is not None else "",
+        **({"lastProgressTime": last} if last else {}),
     }
+
+
+def human_duration(seconds: float) -> str:
+    """A duration as kubectl prints ages: "45s", "3m20s", "2h5m", "3d4h"."""
+    total = max(0, round(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from datamover.api import (
     SpecError,
     WorkerReport,
     credential_env,
+    human_duration,
     parse_quantity,
     progress_status,
     worker_reports,
@@ -81,11 +83,31 @@ def test_progress_percent_counts_bytes_not_objects() -> None:
     assert progress_status(reports)["percent"] == "25%"
 
 
+def test_progress_sums_the_running_workers_rates_and_estimates_once_everything_is_listed() -> None:
+    listing = WorkerReport(WorkerState.RUNNING, objects_total=10, objects_migrated=2, bytes_total=10 * 2**20,
+                           bytes_migrated=2 * 2**20, bytes_per_second=2**20, objects_per_second=1.0,
+                           last_progress="2026-01-01T00:00:05Z")
+    done = WorkerReport(WorkerState.SUCCEEDED, objects_total=4, objects_migrated=4, bytes_total=4 * 2**20,
+                        bytes_migrated=4 * 2**20, listing_done=True, last_progress="2026-01-01T00:00:09Z")
+    progress = progress_status({0: listing, 1: done})
+    assert progress["bytesPerSecond"] == 2**20 and progress["objectsPerSecond"] == 1.0
+    assert progress["rate"] == "1.0MiB/s" and progress["lastProgressTime"] == "2026-01-01T00:00:09Z"
+    assert progress["eta"] == ""  # worker 0 is still listing: the total may grow
+    listed = dataclasses.replace(listing, listing_done=True)
+    assert progress_status({0: listed, 1: done})["eta"] == "8s"  # 8 MiB left at 1 MiB/s
+    stalled = dataclasses.replace(listed, bytes_per_second=0, objects_per_second=0.0)
+    assert progress_status({0: stalled, 1: done})["eta"] == ""
+    assert progress_status({1: done})["rate"] == "" and progress_status({1: done})["eta"] == ""
+    assert [human_duration(s) for s in (0, 59.6, 200, 7500, 3 * 86400 + 4 * 3600)] == ["0s", "1m0s", "3m20s",
+                                                                                       "2h5m", "3d4h"]
+
+
 def test_intents_and_the_new_counters_round_trip_through_status() -> None:
     since = dt.datetime(2025, 1, 2, 3, 4, 5, 999999, tzinfo=dt.UTC)
     report = WorkerReport(
         state=WorkerState.RUNNING, upload_intents=(UploadIntent("moved/a b", since),), bytes_skipped=7,
-        destination_written=True, objects_retained=1, retained_keys=("k",),
+        destination_written=True, objects_retained=1, retained_keys=("k",), bytes_per_second=5,
+        objects_per_second=0.5, last_progress="2025-01-02T03:04:06Z",
     )
     raw = report.to_status()
     # RFC 3339 with seconds, rounded down: the record never claims an intent later than it was.
@@ -95,6 +117,7 @@ def test_intents_and_the_new_counters_round_trip_through_status() -> None:
     back = WorkerReport.from_status(raw, "dst")
     assert back.upload_intents == (UploadIntent("moved/a b", since.replace(microsecond=0)),)
     assert back.destination_written and back.bytes_skipped == 7 and back.retained_keys == ("k",)
+    assert (back.bytes_per_second, back.objects_per_second, back.last_progress) == (5, 0.5, "2025-01-02T03:04:06Z")
     assert WorkerReport.from_status({"state": "running"}, "dst").upload_intents == ()
 
 
@@ -104,7 +127,8 @@ def test_the_crd_schema_declares_every_status_field_the_code_writes() -> None:
     crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "crds" / "datamover.io_migrationjobs.yaml").read_text())
     status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
     report = WorkerReport(WorkerState.RUNNING, open_uploads=(OpenUpload("b", "k", "u"),),
-                          upload_intents=(UploadIntent("k", dt.datetime(2026, 1, 1, tzinfo=dt.UTC)),))
+                          upload_intents=(UploadIntent("k", dt.datetime(2026, 1, 1, tzinfo=dt.UTC)),),
+                          last_progress="2026-01-01T00:00:00Z")
     workers = status["workers"]["additionalProperties"]["properties"]
     assert set(workers) == set(report.to_status())
     assert set(status["progress"]["properties"]) == set(progress_status({0: report}))

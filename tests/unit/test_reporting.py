@@ -70,3 +70,30 @@ def test_a_running_worker_beats_without_progress_and_a_finished_one_falls_silent
     clock[0] += 10 * reporting.HEARTBEAT_SECONDS
     reporter.beat()
     assert len(api.patches) == 3 and api.patches[-1]["state"] == "succeeded"
+
+
+def test_the_rate_follows_a_steady_pace_and_decays_gradually_after_a_pause() -> None:
+    meter = reporting.RateMeter(window=10.0)
+    meter.update(0.0, 0)
+    for second in range(1, 61):
+        rate = meter.update(float(second), 100 * second)
+    assert 99 < rate <= 100  # a minute at 100/s reads 100/s
+    paused = [meter.update(60.0 + s, 6000) for s in (2, 4, 6)]
+    assert 0 < paused[-1] < paused[0] < rate  # a pause lowers it step by step, not at once to zero
+    assert meter.update(80.0, 5000) < paused[-1]  # a count that shrinks is no negative rate
+
+
+def test_a_report_carries_rates_and_the_time_of_the_last_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(reporting.time, "monotonic", lambda: clock[0])
+    api = FakeApi()
+    reporter = StatusReporter(api, "ns", "job", 0, "pod")  # type: ignore[arg-type]
+    reporter.start(aborting=False)
+    assert "lastProgressTime" not in api.patches[-1] and api.patches[-1]["bytesPerSecond"] == 0
+    for step in range(1, 6):
+        clock[0] += 2
+        reporter.on_progress(Progress(state=WorkerState.RUNNING, objects_migrated=step, bytes_migrated=step * 2048))
+    assert 0 < api.patches[-1]["bytesPerSecond"] <= 1024 and 0 < api.patches[-1]["objectsPerSecond"] <= 0.5
+    assert api.patches[-1]["lastProgressTime"]
+    reporter.finish(WorkerState.SUCCEEDED, Progress(state=WorkerState.SUCCEEDED, objects_migrated=5), "")
+    assert api.patches[-1]["bytesPerSecond"] == 0 and api.patches[-1]["objectsPerSecond"] == 0.0

@@ -10,9 +10,11 @@ finds every upload of ours by listing the intended keys, even one whose ID was n
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -30,8 +32,36 @@ from datamover.engine import OpenUpload, Progress, UploadIntent, WorkerState
 log = logging.getLogger("datamover.worker")
 
 THROTTLE_SECONDS = 2.0
+# The rates in a report are smoothed over about this long: a burst or a pause moves them gradually, as users of a
+# progress bar expect, while a real change shows within a few reports.
+RATE_WINDOW_SECONDS = 10.0
 REQUIRED_PATCH_ATTEMPTS = 10
 MERGE_PATCH = "application/merge-patch+json"
+
+
+@dataclass
+class RateMeter:
+    """Smoothed rate of a growing count (an exponentially weighted mean whose weight decays over `window` seconds,
+    so that samples taken at irregular intervals weigh by the time they cover)."""
+
+    window: float = RATE_WINDOW_SECONDS
+    rate: float = 0.0
+    _at: float | None = None
+    _count: float = 0.0
+
+    def update(self, now: float, count: float) -> float:
+        if self._at is None:
+            self._at, self._count = now, count
+            return self.rate
+        elapsed = now - self._at
+        if elapsed <= 0:
+            return self.rate
+        # A count that shrinks (an aborted object's parts no longer in flight) is no negative work.
+        sample = max(0.0, count - self._count) / elapsed
+        weight = 1.0 - math.exp(-elapsed / self.window)
+        self.rate += weight * (sample - self.rate)
+        self._at, self._count = now, count
+        return self.rate
 
 
 class IntentNotRecorded(RuntimeError):
@@ -54,6 +84,10 @@ class StatusReporter:
         self._sent_at = 0.0
         self._message = ""
         self._reason = ""
+        self._bytes_rate = RateMeter()
+        self._objects_rate = RateMeter()
+        self._done: tuple[int, int] = (0, 0)
+        self._last_progress = ""
 
     def start(self, *, aborting: bool) -> None:
         with self._lock:
@@ -118,10 +152,23 @@ class StatusReporter:
             self._send(required=True)
 
     def _report(self) -> WorkerReport:
+        progress = self._progress or Progress(self._state)
+        done = (progress.bytes_migrated + progress.bytes_skipped + progress.bytes_in_progress,
+                progress.objects_migrated + progress.objects_skipped)
+        now = time.monotonic()
+        bytes_rate = self._bytes_rate.update(now, done[0])
+        objects_rate = self._objects_rate.update(now, done[1])
+        if done > self._done or (any(done) and not self._last_progress):
+            self._last_progress = now_rfc3339()
+        self._done = max(done, self._done)
+        running = not self._state.final
         return WorkerReport.of(
-            self._progress or Progress(self._state), state=self._state, pod=self._pod, heartbeat=now_rfc3339(),
+            progress, state=self._state, pod=self._pod, heartbeat=now_rfc3339(),
             message=self._message, reason=self._reason, open_uploads=tuple(self._uploads.values()),
-            upload_intents=tuple(self._intents.values()))
+            upload_intents=tuple(self._intents.values()),
+            bytes_per_second=round(bytes_rate) if running else 0,
+            objects_per_second=round(objects_rate, 2) if running else 0.0,
+            last_progress=self._last_progress)
 
     def _send(self, *, required: bool = False) -> bool:
         """Patch status.workers[<index>]; a required patch (intents, upload IDs, final state) is retried, bounded.
