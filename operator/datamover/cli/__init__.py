@@ -1,0 +1,1 @@
+"""`kubectl datamover`: the kubectl plugin people use to watch and stop MigrationJobs."""
