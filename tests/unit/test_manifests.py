@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,7 +77,10 @@ def test_install_yaml_holds_the_crd_verbatim() -> None:
 
 
 @pytest.mark.parametrize("values", [[], ["--set", "replicaCount=2"], ["--set", "namespaces={team-a,team-b}"],
-                                    ["--set", "replicaCount=3", "--set", "namespaces={team-a}"]])
+                                    ["--set", "replicaCount=3", "--set", "namespaces={team-a}"],
+                                    ["--set", "metrics.serviceMonitor.enabled=true",
+                                     "--set", "metrics.grafanaDashboard.enabled=true"],
+                                    ["--set", "metrics.enabled=false"]])
 def test_helm_lint(helm: Path, values: list[str]) -> None:
     result = subprocess.run([str(helm), "lint", "--strict", str(CHART), *values], capture_output=True, text=True,
                             check=False)
@@ -225,3 +229,36 @@ def test_values_schema_rejects_mistakes(helm: Path, values: list[str], complaint
     result = subprocess.run([str(helm), "template", "datamover", str(CHART), *values], capture_output=True, text=True,
                             check=False)
     assert result.returncode != 0 and complaint in result.stderr, result.stderr
+
+
+def test_metrics_are_served_on_a_named_port_behind_a_service(helm: Path) -> None:
+    objects = render(helm)
+    deployment = one(objects, "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    port = next(p["containerPort"] for p in container["ports"] if p["name"] == "metrics")
+    assert env_of(deployment)["DATAMOVER_METRICS_PORT"] == str(port)
+    service = one(objects, "Service")
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": port, "targetPort": "metrics", "protocol": "TCP"}]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert not [o for o in objects if o["kind"] in ("ServiceMonitor", "ConfigMap")]
+    off = render(helm, "--set", "metrics.enabled=false")
+    assert not [o for o in off if o["kind"] == "Service"]
+    assert "DATAMOVER_METRICS_PORT" not in env_of(one(off, "Deployment"))
+
+
+def test_service_monitor_and_dashboard_ask_only_for_series_the_operator_exports(helm: Path) -> None:
+    objects = render(helm, "--set", "metrics.serviceMonitor.enabled=true", "--set",
+                     "metrics.serviceMonitor.labels.release=prom", "--set", "metrics.grafanaDashboard.enabled=true")
+    monitor = one(objects, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= one(objects, "Service")["metadata"]["labels"].items()
+    dashboard = json.loads(one(objects, "ConfigMap")["data"]["datamover.json"])
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    asked = {name for e in exprs for name in re.findall(r"\b(datamover_[a-z_]+)", e)}
+    exported = set(re.findall(r"\b(datamover_[a-z_]+)", (REPO / "operator" / "datamover" / "controller" /
+                                                            "metrics.py").read_text()))
+    # A histogram is asked for by its _bucket series, a counter by its _total.
+    exported |= {f"{n}_bucket" for n in exported} | {f"{n}_total" for n in exported}
+    assert asked and asked <= exported, asked - exported

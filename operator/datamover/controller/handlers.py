@@ -54,7 +54,7 @@ from datamover.api import (
     worker_reports,
 )
 from datamover.backends import open_store
-from datamover.controller import resources
+from datamover.controller import metrics, resources
 from datamover.controller.decisions import (
     ADMITTED,
     Decision,
@@ -485,6 +485,7 @@ class Controller:
     progress_mirrored: dict[Key, float] = field(default_factory=dict)  # loop time of each job's last progress write
     granted: set[Key] = field(default_factory=set)  # admitted, Job not in the index yet
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    loop: asyncio.AbstractEventLoop | None = None  # kopf's, once started
     # kopf peering: the objects this replica heartbeats into, its identity and priority (none: standalone).
     peering: tuple[PeeringObject, ...] = ()
     identity: str = ""
@@ -495,6 +496,7 @@ class Controller:
         self.migrationjobs, self.jobs, self.pods = migrationjobs, jobs, pods
 
     def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.tasks = [asyncio.create_task(self._reconciler(), name=f"reconciler-{i}") for i in range(RECONCILERS)]
         self.tasks.append(asyncio.create_task(self._refresh_queue(), name="queue-refresh"))
         if self.peering:
@@ -548,6 +550,16 @@ class Controller:
             ))
         return admissions(entries, self.max_concurrent_jobs)
 
+    def snapshot(self) -> tuple[list[Mapping[str, Any]], int]:
+        """The jobs as last seen and the number queued, for the metrics endpoint; safe from any thread."""
+        async def take() -> tuple[list[Mapping[str, Any]], int]:
+            bodies = [body for key in list(self.migrationjobs) if (body := self.current(key)) is not None]
+            return bodies, sum(1 for place in self.places().values() if not place.admitted)
+
+        if self.loop is None:
+            return [], 0
+        return asyncio.run_coroutine_threadsafe(take(), self.loop).result(timeout=30)
+
     def kick(self) -> None:
         """A slot may have freed: wake the jobs that may start now."""
         for key, place in self.places().items():
@@ -560,17 +572,21 @@ class Controller:
         loop = asyncio.get_running_loop()
         while True:
             key = await self.queue.get()
+            started = loop.time()
             try:
                 await self._step(loop, key)
             except asyncio.CancelledError:
                 raise
             except ApiException as error:
                 log.warning("event=reconcile-error job=%s/%s status=%s reason=%s", *key, error.status, error.reason)
+                metrics.RECONCILE_ERRORS.labels("api").inc()
                 self.queue.add_after(key, 2.0)
             except Exception:
                 log.exception("event=reconcile-bug job=%s/%s", *key)
+                metrics.RECONCILE_ERRORS.labels("bug").inc()
                 self.queue.add_after(key, 5.0)
             finally:
+                metrics.RECONCILE_SECONDS.observe(loop.time() - started)
                 self.queue.done(key)
 
     async def _step(self, loop: asyncio.AbstractEventLoop, key: Key) -> None:

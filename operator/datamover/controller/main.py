@@ -14,7 +14,10 @@ import kopf
 import kubernetes
 
 from datamover.api import FINALIZER, HEARTBEAT_SECONDS, HEARTBEAT_TIMEOUT_SECONDS
-from datamover.controller import handlers  # importing it registers the handlers with kopf
+from datamover.controller import (
+    handlers,  # importing it registers the handlers with kopf
+    metrics,
+)
 from datamover.controller.peering import PeeringObject
 
 
@@ -67,6 +70,14 @@ def main(argv: list[str] | None = None) -> None:
              "restarts its pod (workers report at least every 10 s); default: $DATAMOVER_WORKER_HEARTBEAT_TIMEOUT, "
              f"else {HEARTBEAT_TIMEOUT_SECONDS:.0f}",
     )
+    parser.add_argument(
+        "--metrics-port", type=int, default=int(os.environ.get("DATAMOVER_METRICS_PORT") or 0),
+        help="serve Prometheus metrics on this port at /metrics (0 = off); default: $DATAMOVER_METRICS_PORT, else 0",
+    )
+    parser.add_argument(
+        "--metrics-address", default=os.environ.get("DATAMOVER_METRICS_ADDRESS") or "0.0.0.0",
+        help="address the metrics endpoint listens on; default: $DATAMOVER_METRICS_ADDRESS, else 0.0.0.0",
+    )
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     namespaces = args.namespace or [n for n in os.environ.get("DATAMOVER_NAMESPACES", "").split(",") if n]
@@ -80,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--max-concurrent-jobs must be 0 (no limit) or more")
     if args.worker_heartbeat_timeout < 2 * HEARTBEAT_SECONDS:
         parser.error(f"--worker-heartbeat-timeout must be at least {2 * HEARTBEAT_SECONDS:.0f} (two heartbeats)")
+    if not 0 <= args.metrics_port <= 65535:
+        parser.error("--metrics-port must be a port number, or 0 for no metrics endpoint")
     handlers.CONTROLLER.max_concurrent_jobs = args.max_concurrent_jobs
     handlers.CONTROLLER.heartbeat_timeout = args.worker_heartbeat_timeout
     kubernetes.config.load_config()  # type: ignore[no-untyped-call]  # KUBECONFIG, else in-cluster
@@ -88,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
         # kopf pauses every peer that shares the highest priority; distinct random ones leave exactly one replica
         # active, and the next one takes over when its heartbeat stops.
         priority = random.randint(1, 2**31 - 1)
+    if args.metrics_port:
+        metrics.serve(args.metrics_port, args.metrics_address, handlers.CONTROLLER.snapshot)
     identity = replica_identity()
     if args.peering is not None:
         handlers.CONTROLLER.peering = tuple(PeeringObject(args.peering, ns) for ns in namespaces) or (
