@@ -159,6 +159,35 @@ def parse_time_bound(value: str, field_name: str) -> dt.datetime | dt.timedelta:
 
 
 @dataclass(frozen=True)
+class ThrottleSpec:
+    """spec.throttle: limits for the whole job, split evenly across its workers; the one part of spec besides abort
+    that may change while the job runs (the workers follow it within seconds)."""
+
+    bytes_per_second: int | None = None  # bytes the workers download per second, together
+    requests_per_second: int | None = None  # requests the workers send per second, together, to both stores
+
+    @classmethod
+    def from_spec(cls, raw: Mapping[str, Any]) -> ThrottleSpec:
+        rate = raw.get("bytesPerSecond")
+        bytes_per_second = parse_quantity(rate, "spec.throttle.bytesPerSecond") if rate is not None else None
+        requests = raw.get("requestsPerSecond")
+        requests_per_second = int(requests) if requests is not None else None
+        if bytes_per_second is not None and bytes_per_second < MIN_THROTTLE_BYTES:
+            raise SpecError(f"spec.throttle.bytesPerSecond: {bytes_per_second} is below {MIN_THROTTLE_BYTES} (1Ki)")
+        if requests_per_second is not None and requests_per_second < 1:
+            raise SpecError(f"spec.throttle.requestsPerSecond: {requests_per_second} is below 1")
+        return cls(bytes_per_second, requests_per_second)
+
+    def per_worker(self, workers: int) -> tuple[float | None, float | None]:
+        """One worker's share: (bytes per second, requests per second), None where there is no limit."""
+        return (self.bytes_per_second / workers if self.bytes_per_second else None,
+                self.requests_per_second / workers if self.requests_per_second else None)
+
+
+MIN_THROTTLE_BYTES = 1024
+
+
+@dataclass(frozen=True)
 class FilterSpec:
     """spec.filter: which objects of the source move. An age (720h) is counted back from the MigrationJob's
     creation, so every worker and every retry of a job selects the same objects."""
@@ -216,6 +245,7 @@ class MigrationSpec:
     # No answer from an endpoint for this long while requests wait fails the job, naming the endpoint.
     stall_timeout_seconds: int = 60
     filter: FilterSpec = field(default_factory=FilterSpec)
+    throttle: ThrottleSpec = field(default_factory=ThrottleSpec)
 
     @classmethod
     def from_spec(cls, raw: Mapping[str, Any]) -> MigrationSpec:
@@ -240,6 +270,7 @@ class MigrationSpec:
             abort_grace_period_seconds=max(0, int(raw.get("abortGracePeriodSeconds", cls.abort_grace_period_seconds))),
             stall_timeout_seconds=max(1, int(raw.get("stallTimeoutSeconds", cls.stall_timeout_seconds))),
             filter=FilterSpec.from_spec(raw.get("filter") or {}),
+            throttle=ThrottleSpec.from_spec(raw.get("throttle") or {}),
         )
 
 

@@ -379,6 +379,8 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "filter-size-not-a-size": ({"filter": {"minSize": "lots"}}, "spec.filter.minSize must be a size"),
     "filter-time-not-a-time": ({"filter": {"modifiedAfter": "yesterday"}}, "spec.filter.modifiedAfter"),
     "filter-empty-pattern": ({"filter": {"exclude": ["*.tmp", ""]}}, "spec.filter.exclude[1]"),
+    "throttle-too-low": ({"throttle": {"bytesPerSecond": 100}}, "spec.throttle.bytesPerSecond must be a quantity"),
+    "throttle-no-requests": ({"throttle": {"requestsPerSecond": 0}}, "spec.throttle.requestsPerSecond"),
 }
 
 
@@ -410,6 +412,10 @@ def test_abort_cannot_be_taken_back_and_the_rest_of_spec_is_immutable(
     refiltered = cluster.kubectl("patch", "mj", "fixed", "-n", cluster.namespace, "--type", "merge",
                                  "-p", '{"spec":{"filter":{"exclude":["*"]}}}', check=False)
     assert refiltered.returncode != 0 and "create a new MigrationJob" in refiltered.stderr, refiltered.stderr
+    # The throttle may change at any time (the workers follow it).
+    cluster.kubectl("patch", "mj", "fixed", "-n", cluster.namespace, "--type", "merge",
+                    "-p", '{"spec":{"throttle":{"bytesPerSecond":"10Mi","requestsPerSecond":50}}}')
+    assert cluster.get("fixed")["spec"]["throttle"] == {"bytesPerSecond": "10Mi", "requestsPerSecond": 50}
 
 
 def test_a_filtered_move_moves_what_it_selects_and_leaves_the_rest_untouched(

@@ -26,8 +26,10 @@ from datamover.engine import (
     CHECKPOINTS,
     AbortSignal,
     MigrationOptions,
+    MigrationResult,
     OpenUpload,
     Outcome,
+    Throttle,
     UploadIntent,
     close_leftovers,
     migrate,
@@ -397,3 +399,28 @@ def test_a_blackholed_endpoint_fails_within_the_stall_timeout_naming_it(
     assert result.outcome is Outcome.FAILED and result.error is not None
     assert endpoint in result.error and "stallTimeoutSeconds=4" in result.error
     assert "do-not-print-me" not in result.error
+
+
+def test_a_throttled_migration_follows_a_limit_changed_while_it_runs(
+    cloud_a: S3Server, cloud_b: S3Server, workload: Workload, bucket_factory: BucketFactory,
+) -> None:
+    """At 64 KiB/s this workload would take over half an hour; lifting the limit mid-run lets it finish, exact."""
+    destination_bucket = bucket_factory(cloud_b)
+    source = open_(cloud_a, workload.bucket, PREFIX)
+    destination = open_(cloud_b, destination_bucket, "copy/")
+    throttle = Throttle(64 * 1024, 20)
+    sink = RecordingSink()
+    outcome: list[MigrationResult] = []
+    run = threading.Thread(target=lambda: outcome.append(migrate(
+        source, destination, MigrationOptions(**OPTIONS, throttle=throttle), AbortSignal(), sink)))  # type: ignore[arg-type]
+    run.start()
+    deadline = time.monotonic() + 120
+    while throttle.waited == 0:  # the limit is holding the copy back
+        assert run.is_alive() and time.monotonic() < deadline, "the throttle never made the migration wait"
+        time.sleep(0.1)
+    throttle.set(None, None)
+    run.join(timeout=600)
+    assert outcome and outcome[0].outcome is Outcome.SUCCEEDED, outcome
+    _rclone_clean(rclone_check(cloud_a, f"{workload.bucket}/data", cloud_b, f"{destination_bucket}/copy",
+                               "--download"))
+    assert cloud_b.client().list_multipart_uploads(Bucket=destination_bucket).get("Uploads", []) == []

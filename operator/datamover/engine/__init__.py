@@ -13,6 +13,7 @@ from datamover.engine.janitor import Cleanup, UploadIntent, close_leftovers
 from datamover.engine.migrate import migrate, shard_of
 from datamover.engine.options import MigrationOptions, MigrationResult, Outcome
 from datamover.engine.progress import NullSink, Progress, ProgressSink
+from datamover.engine.throttle import Throttle
 
 __all__ = [
     "CHECKPOINTS",
@@ -26,6 +27,7 @@ __all__ = [
     "Outcome",
     "Progress",
     "ProgressSink",
+    "Throttle",
     "UploadIntent",
     "WorkerState",
     "check_pattern",

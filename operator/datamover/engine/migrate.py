@@ -21,6 +21,7 @@ from datamover.engine.mover import ObjectMover
 from datamover.engine.options import MigrationOptions, MigrationResult, Outcome
 from datamover.engine.progress import ProgressSink, ProgressTracker
 from datamover.engine.stall import StallWatch
+from datamover.engine.throttle import ThrottledCopier, ThrottledStore, unwrapped
 
 log = logging.getLogger("datamover.engine")
 
@@ -94,7 +95,9 @@ class _Worker:
             self._transition("fatal_error", cause.message)
             return self._result(cause.message, cause)
         self._transition("start")
-        copier = server_side_copier(self.destination, self.source)
+        copier = server_side_copier(unwrapped(self.destination), unwrapped(self.source))
+        if copier is not None and self.options.throttle is not None:
+            copier = ThrottledCopier(copier, self.options.throttle, self.abort)
         log.info(kv(event="plan", shard=self.shard, source=self.source.describe(),
                     destination=self.destination.describe(), server_side_copy=copier is not None,
                     remain_source=self.options.remain_source))
@@ -209,4 +212,7 @@ def migrate(
 ) -> MigrationResult:
     """Migrate this worker's shard of `source` to `destination`; blocks until done, aborted or failed; never raises
     for store errors (they end in Outcome.FAILED with a message naming endpoint, bucket and key)."""
+    if options.throttle is not None:
+        source = ThrottledStore(source, options.throttle, abort)
+        destination = ThrottledStore(destination, options.throttle, abort)
     return _Worker(source, destination, options, abort, sink).run()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datamover.backends.base import S3_LIMITS, MiB
 from datamover.engine.filters import ObjectFilter
 from datamover.engine.progress import Progress
+from datamover.engine.throttle import Throttle
 
 # Options are checked against S3's limits, the ones every store we support shares; the part size of each object is
 # then fitted to its destination's own limits (multipart.choose_part_size).
@@ -37,6 +38,8 @@ class MigrationOptions:
     stall_timeout: float = 60.0
     # Which objects of the shard move (spec.filter); the others are counted as excluded and never touched.
     filter: ObjectFilter = field(default_factory=ObjectFilter)
+    # This worker's share of spec.throttle; the worker changes its limits live (None: no limit, no wrapper).
+    throttle: Throttle | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not LIMITS.min_part_size <= self.part_size <= LIMITS.max_part_size:

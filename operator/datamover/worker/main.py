@@ -2,6 +2,7 @@
 
 Abort reaches the engine three ways, all turned into one AbortSignal: spec.abort (watched, so it is seen within a
 second), the MigrationJob being deleted, and SIGTERM (the kubelet's notice, e.g. when the operator suspends the Job).
+The same watch carries spec.throttle into the engine's Throttle as it changes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from datamover.api import (
     SECRET_KEYS_REQUIRED,
     VERSION,
     MigrationSpec,
+    SpecError,
+    ThrottleSpec,
     credential_env,
     parse_time,
     worker_reports,
@@ -43,6 +46,7 @@ from datamover.engine import (
     MigrationResult,
     OpenUpload,
     Outcome,
+    Throttle,
     UploadIntent,
     WorkerState,
     close_leftovers,
@@ -85,8 +89,23 @@ def _abort_reason(obj: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _watch_abort(api: client.CustomObjectsApi, namespace: str, name: str, abort: AbortSignal) -> None:
-    """Follow this one MigrationJob until abort is requested; the Role allows nothing wider."""
+def _follow_throttle(obj: Mapping[str, Any], throttle: Throttle, namespace: str, name: str) -> None:
+    """Apply spec.throttle as it is now (this worker's share of it), if it changed."""
+    spec = obj.get("spec") or {}
+    try:
+        limits = ThrottleSpec.from_spec(spec.get("throttle") or {}).per_worker(int(spec.get("parallelism") or 1))
+    except (SpecError, ValueError, TypeError) as error:  # the API server validates; keep the last good limits
+        log.warning("event=throttle-ignored job=%s/%s error=%r", namespace, name, error)
+        return
+    if limits != throttle.limits:
+        throttle.set(*limits)
+        log.info("event=throttle job=%s/%s bytes_per_second=%s requests_per_second=%s", namespace, name, *limits)
+
+
+def _watch_spec(api: client.CustomObjectsApi, namespace: str, name: str, abort: AbortSignal,
+                throttle: Throttle) -> None:
+    """Follow this one MigrationJob (the Role allows nothing wider): spec.throttle as it changes, until abort is
+    requested."""
     while not abort.requested:
         try:
             for event in watch.Watch().stream(  # type: ignore[no-untyped-call]
@@ -97,6 +116,7 @@ def _watch_abort(api: client.CustomObjectsApi, namespace: str, name: str, abort:
                 if reason:
                     abort.request(reason)
                     return
+                _follow_throttle(event["object"], throttle, namespace, name)
         except Exception as error:  # a dropped watch must not end the worker: re-watch after a pause
             log.warning("event=watch-error job=%s/%s error=%r", namespace, name, error)
             threading.Event().wait(1)
@@ -119,7 +139,9 @@ def run(env: Mapping[str, str] = os.environ) -> int:
     signal.signal(signal.SIGTERM, lambda *_: abort.request("SIGTERM"))
     if reason := _abort_reason(body):
         abort.request(reason)
-    threading.Thread(target=_watch_abort, args=(api, namespace, name, abort), daemon=True).start()
+    # Always there, unlimited unless spec.throttle says otherwise, so that a limit set later applies at once.
+    throttle = Throttle(*spec.throttle.per_worker(spec.parallelism))
+    threading.Thread(target=_watch_spec, args=(api, namespace, name, abort, throttle), daemon=True).start()
 
     options = MigrationOptions(
         remain_source=spec.remain_source,
@@ -129,6 +151,7 @@ def run(env: Mapping[str, str] = os.environ) -> int:
         shard_count=spec.parallelism,
         stall_timeout=float(spec.stall_timeout_seconds),
         filter=spec.filter.anchored(parse_time(body["metadata"]["creationTimestamp"])),
+        throttle=throttle,
     )
     # One connection per object in flight plus one per part in flight, or urllib3 throws connections away.
     pool = max(32, options.concurrency * (options.part_concurrency + 1))
