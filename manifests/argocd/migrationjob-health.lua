@@ -7,6 +7,7 @@
 --     happens because someone set spec.abort (or deleted the job), so the resource reached the state its spec asks
 --     for. Suspended would wrongly suggest it can be resumed (it cannot), and Degraded would page people for a
 --     deliberate stop. The message says how far it got, so a partial migration stays visible.
+--   suspended                                  -> Suspended (spec.suspend paused it; false resumes it)
 --   anything else                              -> Unknown (e.g. a phase added by a newer operator)
 local hs = {}
 local status = obj.status
@@ -34,6 +35,8 @@ if phase == "succeeded" then
   hs.status = "Healthy"
 elseif phase == "pending" or phase == "running" or phase == "aborting" then
   hs.status = "Progressing"
+elseif phase == "suspended" then
+  hs.status = "Suspended"
 elseif phase == "failed" then
   hs.status = "Degraded"
 elseif phase == "aborted" then

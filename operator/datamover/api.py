@@ -68,6 +68,7 @@ class Phase(enum.StrEnum):
     CANCELLED = "cancelled"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    SUSPENDED = "suspended"  # spec.suspend: workers stopped (or stopping), nothing lost; resumes when it is false
 
     @property
     def terminal(self) -> bool:
@@ -246,6 +247,7 @@ class MigrationSpec:
     stall_timeout_seconds: int = 60
     filter: FilterSpec = field(default_factory=FilterSpec)
     throttle: ThrottleSpec = field(default_factory=ThrottleSpec)
+    suspend: bool = False
 
     @classmethod
     def from_spec(cls, raw: Mapping[str, Any]) -> MigrationSpec:
@@ -271,6 +273,7 @@ class MigrationSpec:
             stall_timeout_seconds=max(1, int(raw.get("stallTimeoutSeconds", cls.stall_timeout_seconds))),
             filter=FilterSpec.from_spec(raw.get("filter") or {}),
             throttle=ThrottleSpec.from_spec(raw.get("throttle") or {}),
+            suspend=bool(raw.get("suspend", cls.suspend)),
         )
 
 

@@ -169,6 +169,38 @@ def test_abort_mid_migration_stops_cleanly_and_moves_only_verified_objects(
     cluster.wait_event("stopme", lambda e: "Aborted" in e, "Aborted")
 
 
+def test_suspend_stops_cleanly_frees_the_job_and_resume_finishes_the_move(
+        cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:
+    src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
+    contents = fill(cloud_a, src, small=10, large=6)
+    cluster.apply(migration_job("pause", cloud_a, src, cloud_b, dst, parallelism=2, concurrency=2, partSize="5Mi",
+                                remainSource=False))
+    cluster.wait("pause", lambda o: any(w.get("openUploads") for w in (o.get("status") or {})
+                                        .get("workers", {}).values()), "an open multipart upload")
+    cluster.kubectl("patch", "mj", "pause", "-n", cluster.namespace, "--type", "merge",
+                    "-p", '{"spec":{"suspend":true}}')
+    paused = cluster.wait("pause", lambda o: (o.get("status") or {}).get("reason") == "Suspended",
+                          "suspended with its workers gone", timeout=120)
+    assert phase_of(paused) == "suspended" and condition(paused, "Suspended")["status"] == "True"
+    # Nothing half-done: no upload fragment, every object untouched or moved whole, no worker, no Job.
+    assert open_uploads(cloud_b, dst) == []
+    assert_invariant(cloud_a, src, cloud_b, dst, contents, remain_source=False)
+    assert all(not w.get("openUploads") and not w.get("uploadIntents") for w in paused["status"]["workers"].values())
+    deadline = time.monotonic() + 60
+    while cluster.jobs():
+        assert time.monotonic() < deadline, "the suspended job's Job was not removed"
+        time.sleep(0.5)
+
+    cluster.kubectl("patch", "mj", "pause", "-n", cluster.namespace, "--type", "merge",
+                    "-p", '{"spec":{"suspend":false}}')
+    done = cluster.wait_phase("pause", {"succeeded", "failed", "aborted"}, timeout=300)
+    assert phase_of(done) == "succeeded", done["status"]
+    assert condition(done, "Suspended")["status"] == "False"
+    assert open_uploads(cloud_b, dst) == []
+    assert assert_invariant(cloud_a, src, cloud_b, dst, contents, remain_source=False) == len(contents)
+    cluster.wait_event("pause", lambda e: "Suspended" in e, "Suspended")
+
+
 def test_deleting_a_running_job_aborts_it_first(cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:
     src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
     contents = fill(cloud_a, src, small=10, large=8)

@@ -49,6 +49,9 @@ CASES = {
                   "succeeded: all objects migrated and verified (objects 120/200, bytes 1.2GiB/3.0GiB)"),
     "failed": ("Degraded", "2 object(s) could not be migrated",
                "failed: 2 object(s) could not be migrated (objects 120/200, bytes 1.2GiB/3.0GiB)"),
+    "suspended": ("Suspended", "workers stopped; set spec.suspend to false to resume",
+                  "suspended: workers stopped; set spec.suspend to false to resume (objects 120/200, bytes "
+                  "1.2GiB/3.0GiB)"),
     "aborted": ("Healthy", "workers stopped; migrated objects were kept",
                 "aborted: workers stopped; migrated objects were kept (stopped on request: the migration is "
                 "incomplete) (objects 120/200, bytes 1.2GiB/3.0GiB)"),

@@ -202,3 +202,42 @@ def test_no_restart_for_a_live_finished_replaced_or_stopping_worker(case: str) -
                    terminating_pods=("p-0",) if case == "already-deleted" else (), workers={0: worker},
                    heartbeat_timeout=60))
     assert d.restart_pods == ()
+
+
+def test_suspend_stops_the_workers_then_removes_the_job_and_runs_the_janitor() -> None:
+    running = {"phase": Phase.RUNNING, "job_exists": True, "workers": {0: done(WorkerState.RUNNING)},
+               "suspend_requested": True}
+    d = decide(obs(**running, alive_pods=("p0", "p1")))
+    assert d.phase is Phase.SUSPENDED and d.reason == "Suspending" and d.stop_job and not d.kill_pods
+    assert not d.delete_job and not d.run_janitor
+    d = decide(obs(**{**running, "phase": Phase.SUSPENDED}, alive_pods=("p0",)))
+    assert d.reason == "Suspending" and not d.delete_job  # the kubelet ends a worker past its grace period
+    d = decide(obs(**{**running, "phase": Phase.SUSPENDED}))
+    assert d.phase is Phase.SUSPENDED and d.reason == "Suspended" and d.delete_job and d.run_janitor
+    d = decide(obs(**{**running, "phase": Phase.SUSPENDED, "job_exists": False}))
+    assert d == Decision(Phase.SUSPENDED, "Suspended", d.message)
+
+
+def test_a_suspended_job_resumes_through_the_queue_with_a_new_job() -> None:
+    suspended = {"phase": Phase.SUSPENDED, "workers": {0: done(WorkerState.ABORTED)}}
+    queued = decide(obs(**suspended, queue=QueuePlace(False, position=2, length=3, limit=1)))
+    assert queued.phase is Phase.PENDING and queued.reason == "Queued"
+    d = decide(obs(**suspended))
+    assert d.phase is Phase.PENDING and d.reason == "Resuming" and not d.create_job
+    d = decide(obs(phase=Phase.PENDING, workers=suspended["workers"]))
+    assert d.create_job
+    # Resumed before the old workers were gone: they finish stopping first.
+    d = decide(obs(**suspended, job_exists=True, alive_pods=("p0",)))
+    assert d.phase is Phase.SUSPENDED and d.reason == "Suspending"
+
+
+def test_suspend_before_start_starts_nothing_and_abort_or_delete_ends_a_suspended_job() -> None:
+    d = decide(obs(phase=Phase.PENDING, suspend_requested=True))
+    assert d.phase is Phase.SUSPENDED and not d.create_job and not d.stop_job
+    wrote = {"phase": Phase.SUSPENDED, "workers": {0: done(WorkerState.ABORTED)}, "suspend_requested": True}
+    d = decide(obs(**wrote, abort_requested=True))
+    assert d.phase is Phase.ABORTED and d.run_janitor
+    d = decide(obs(phase=Phase.SUSPENDED, abort_requested=True, deleting=True))
+    assert d.phase is Phase.CANCELLED and "MigrationJob deleted" in d.message
+    d = decide(obs(**wrote, job_exists=True, alive_pods=("p0",), abort_requested=True))
+    assert d.phase is Phase.ABORTING and d.stop_job

@@ -56,6 +56,7 @@ class Observation:
     terminating_pods: tuple[str, ...] = ()  # of those, the ones already being deleted
     workers: Mapping[int, WorkerReport] = field(default_factory=dict)
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_SECONDS  # a running worker silent this long is taken for frozen
+    suspend_requested: bool = False  # spec.suspend
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class Decision:
     kill_pods: bool = False  # grace period over: delete the remaining pods at once
     run_janitor: bool = False  # abort every multipart upload the workers recorded an intent or an ID for
     restart_pods: tuple[str, ...] = ()  # frozen workers' pods: delete them, the Job starts successors
+    delete_job: bool = False  # a suspended job's workers have all stopped: remove its Job (a resume makes a new one)
 
 
 def _worker_failure(workers: Mapping[int, WorkerReport]) -> tuple[str, str] | None:
@@ -127,10 +129,51 @@ def queued_message(place: QueuePlace) -> str:
             f"at most {place.limit} MigrationJob(s) run at once")
 
 
+SUSPENDED_MESSAGE = ("workers stopped; objects already migrated and verified are kept; set spec.suspend to false "
+                     "to resume")
+
+
+def _suspension(obs: Observation) -> Decision:
+    """A job being suspended, or suspended: stop the workers (as an abort does), then remove the Job.
+
+    The Job goes rather than staying suspended: a worker stopped by SIGTERM ends its pod successfully, and an Indexed
+    Job counts that index as complete, so resuming the same Job would skip the rest of that shard. A resumed job gets
+    a new Job; shards that had finished end at once (their workers see their own final report).
+    """
+    if obs.alive_pods:
+        # The kubelet ends a worker that outlives its grace period (terminationGracePeriodSeconds).
+        return Decision(Phase.SUSPENDED, "Suspending", "spec.suspend: stopping workers at their next checkpoint",
+                        stop_job=True)
+    if obs.job_exists:
+        return Decision(Phase.SUSPENDED, "Suspended", SUSPENDED_MESSAGE, stop_job=True, delete_job=True,
+                        run_janitor=True)
+    return Decision(Phase.SUSPENDED, "Suspended", SUSPENDED_MESSAGE)
+
+
 def decide(obs: Observation) -> Decision:
     """The next step for one MigrationJob."""
     if obs.phase is not None and obs.phase.terminal:
         return Decision()
+
+    if obs.phase is Phase.SUSPENDED and not obs.abort_requested:
+        if obs.suspend_requested or obs.job_exists:
+            # Still stopping (or asked to resume before the old workers were gone): finish stopping first.
+            return _suspension(obs)
+        if not obs.queue.admitted:
+            return Decision(Phase.PENDING, "Queued", queued_message(obs.queue))
+        return Decision(Phase.PENDING, "Resuming", f"spec.suspend is false: starting {obs.parallelism} worker(s)")
+
+    if obs.phase is Phase.SUSPENDED and not obs.job_exists:
+        # Aborted (or deleted) while suspended: nothing runs, so it is over at once.
+        if not _wrote(obs):
+            return Decision(Phase.CANCELLED, "Cancelled",
+                            f"stopped by {_abort_reason(obs)} while suspended, before any object was written",
+                            run_janitor=True)
+        return Decision(Phase.ABORTED, "Aborted", f"stopped by {_abort_reason(obs)} while suspended; objects "
+                        "already migrated and verified were kept" + _retained_note(obs), run_janitor=True)
+
+    if obs.phase in (None, Phase.PENDING) and not obs.job_exists and obs.suspend_requested and not obs.abort_requested:
+        return _suspension(obs)
 
     if obs.phase in (None, Phase.PENDING) and not obs.job_exists:
         if obs.abort_requested:
@@ -144,12 +187,14 @@ def decide(obs: Observation) -> Decision:
         return Decision(Phase.PENDING, "WorkersStarting", f"starting {obs.parallelism} worker(s)",
                         create_job=obs.phase is Phase.PENDING)
 
-    if obs.phase in (None, Phase.PENDING, Phase.RUNNING):
+    if obs.phase in (None, Phase.PENDING, Phase.RUNNING, Phase.SUSPENDED):
         # A Job that exists while the phase still says pending means the workers have not written yet (or the
         # operator restarted between creating the Job and writing the phase).
         if obs.abort_requested:
             return Decision(Phase.ABORTING, "AbortRequested",
                             f"{_abort_reason(obs)}: stopping workers at their next checkpoint", stop_job=True)
+        if obs.suspend_requested:
+            return _suspension(obs)
         if obs.job_failed_message is not None:
             if obs.alive_pods:
                 # The Job controller is stopping the other workers; the janitor must not race one still writing.

@@ -177,6 +177,16 @@ def _stop_workers(namespace: str, name: str, pods: list[str], *, suspended: bool
         _delete_pods(namespace, pods)
 
 
+def _delete_job(namespace: str, name: str) -> None:
+    """Remove a suspended job's Job (its pods are gone already); a resume creates a new one."""
+    try:
+        client.BatchV1Api(_api_client()).delete_namespaced_job(resources.child_name(name), namespace,
+                                                               propagation_policy="Background")
+    except ApiException as error:
+        if not _not_found(error):
+            raise
+
+
 def _delete_pods(namespace: str, pods: Iterable[str]) -> None:
     """Delete worker pods at once (no grace: they are past it, or frozen and would not act on SIGTERM)."""
     core = client.CoreV1Api(_api_client())
@@ -228,7 +238,7 @@ def _conditions(current: MigrationStatus, phase: Phase, reason: str, message: st
     """Kubernetes-style conditions, each saying what happened to it (kstatus reads Ready; kubectl waits on any).
 
     Ready: the migration succeeded. Complete: it reached a final phase. Failed: it failed, and why. AbortRequested:
-    somebody asked it to stop (spec.abort, or deletion).
+    somebody asked it to stop (spec.abort, or deletion). Suspended: spec.suspend has stopped (or is stopping) it.
     """
     final_reason = {Phase.SUCCEEDED: "Succeeded", Phase.ABORTED: "Aborted", Phase.CANCELLED: "Cancelled"}
     wanted: dict[str, tuple[bool, str, str]] = {
@@ -239,6 +249,8 @@ def _conditions(current: MigrationStatus, phase: Phase, reason: str, message: st
                    message if phase is Phase.FAILED else "no failure so far"),
         "AbortRequested": (bool(abort_reason), "AbortRequested" if abort_reason else "NotRequested",
                            f"abort requested by {abort_reason}" if abort_reason else "spec.abort is not set"),
+        "Suspended": (phase is Phase.SUSPENDED, reason if phase is Phase.SUSPENDED else "NotSuspended",
+                      message if phase is Phase.SUSPENDED else "spec.suspend is not set"),
     }
     now = now_rfc3339()
     result = []
@@ -393,10 +405,13 @@ def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = A
         terminating_pods=children.terminating,
         workers=status.workers,
         heartbeat_timeout=heartbeat_timeout,
+        suspend_requested=spec.suspend and not deleting,
     ))
     if decision.stop_job:
         _stop_workers(namespace, name, list(children.pods), suspended=children.job_suspended,
                       kill=decision.kill_pods)
+    if decision.delete_job:
+        _delete_job(namespace, name)
     if decision.restart_pods:
         log.warning("event=workers-unresponsive job=%s/%s pods=%s", namespace, name, ",".join(decision.restart_pods))
         _delete_pods(namespace, decision.restart_pods)
@@ -450,6 +465,10 @@ def _read_migrationjob(key: Key) -> Mapping[str, Any] | None:
         if _not_found(error):
             return None
         raise
+
+
+def _suspend_requested(body: Mapping[str, Any]) -> bool:
+    return bool((body.get("spec") or {}).get("suspend"))
 
 
 def _is_final(body: Mapping[str, Any]) -> bool:
@@ -546,7 +565,7 @@ class Controller:
                 created=str(body["metadata"].get("creationTimestamp") or ""),
                 holds_slot=not final and (has_job or key in self.granted),
                 waiting=not final and not has_job and key not in self.granted
-                and not body["metadata"].get("deletionTimestamp"),
+                and not body["metadata"].get("deletionTimestamp") and not _suspend_requested(body),
             ))
         return admissions(entries, self.max_concurrent_jobs)
 
@@ -600,7 +619,7 @@ class Controller:
             return  # the deletion handler takes over; a final job needs nothing more
         place = ADMITTED
         children = self.children(key)
-        if not children.job_exists and key not in self.granted:
+        if not children.job_exists and key not in self.granted and not _suspend_requested(body):
             place = self.places().get(key, ADMITTED)
             if place.admitted:
                 self.granted.add(key)  # before any await: the next admission counts this slot as taken
@@ -621,6 +640,9 @@ class Controller:
             self.progress_mirrored.pop(key, None)
             self.kick()
             return
+        if decision.delete_job:
+            self.granted.discard(key)
+            self.kick()  # a suspended job's slot is free once its workers are gone
         delay = min(RESYNC_SECONDS, _until_next_heartbeat_deadline(written or body, self.heartbeat_timeout))
         if not mirror and progress_behind(written or body):
             delay = min(delay, PROGRESS_MIRROR_SECONDS - mirrored_ago)
@@ -801,7 +823,7 @@ def _worth_finalizing(body: kopf.Body, **_: Any) -> bool:
     its workers recorded are still to be closed.
     """
     current = MigrationStatus.of(body)
-    if current.phase in (Phase.RUNNING, Phase.ABORTING):
+    if current.phase in (Phase.RUNNING, Phase.ABORTING, Phase.SUSPENDED):
         return True
     if current.phase is Phase.PENDING:
         return current.reason != "Queued"

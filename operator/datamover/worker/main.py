@@ -82,10 +82,14 @@ def failure_reason(result: MigrationResult) -> str:
 
 
 def _abort_reason(obj: Mapping[str, Any]) -> str | None:
+    """Why this worker must stop now, if it must: an abort, a deletion, or a suspension (which stops the same way:
+    at the next checkpoint, with every open upload aborted; a resume starts the shard again)."""
     if obj.get("metadata", {}).get("deletionTimestamp"):
         return "MigrationJob deleted"
     if (obj.get("spec") or {}).get("abort"):
         return "spec.abort"
+    if (obj.get("spec") or {}).get("suspend"):
+        return "spec.suspend"
     return None
 
 
@@ -135,6 +139,12 @@ def run(env: Mapping[str, str] = os.environ) -> int:
     body = cast(Mapping[str, Any], api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
     spec = MigrationSpec.from_spec(body["spec"])
 
+    previous = worker_reports(body).get(index)
+    if previous is not None and previous.state is WorkerState.SUCCEEDED:
+        # A resumed job's new Job runs every index again; this shard had finished before the suspension.
+        log.info("event=shard-already-done job=%s/%s index=%d", namespace, name, index)
+        return 0
+
     abort = AbortSignal()
     signal.signal(signal.SIGTERM, lambda *_: abort.request("SIGTERM"))
     if reason := _abort_reason(body):
@@ -164,7 +174,6 @@ def run(env: Mapping[str, str] = os.environ) -> int:
     # A previous attempt of this index (a killed pod) may have left uploads open: close them before resuming. Every
     # key it intended to upload to is listed too (so also uploads whose ID never reached status); what could not be
     # closed or checked stays recorded.
-    previous = worker_reports(body).get(index)
     still_open: list[OpenUpload] = []
     still_intended: list[UploadIntent] = []
     if previous and (previous.open_uploads or previous.upload_intents):
