@@ -189,6 +189,23 @@ MIN_THROTTLE_BYTES = 1024
 
 
 @dataclass(frozen=True)
+class NotifySpec:
+    """spec.notify: where to announce the job's end. The webhook URL lives in a Secret (it often carries a token)."""
+
+    webhook_secret: str | None = None  # spec.notify.webhook.urlSecretRef.name
+    webhook_key: str = "url"  # spec.notify.webhook.urlSecretRef.key
+
+    @classmethod
+    def from_spec(cls, raw: Mapping[str, Any]) -> NotifySpec:
+        ref = (raw.get("webhook") or {}).get("urlSecretRef") or {}
+        if not ref:
+            return cls()
+        if not ref.get("name"):
+            raise SpecError("spec.notify.webhook.urlSecretRef.name is required")
+        return cls(str(ref["name"]), str(ref.get("key") or cls.webhook_key))
+
+
+@dataclass(frozen=True)
 class FilterSpec:
     """spec.filter: which objects of the source move. An age (720h) is counted back from the MigrationJob's
     creation, so every worker and every retry of a job selects the same objects."""
@@ -248,6 +265,7 @@ class MigrationSpec:
     filter: FilterSpec = field(default_factory=FilterSpec)
     throttle: ThrottleSpec = field(default_factory=ThrottleSpec)
     suspend: bool = False
+    notify: NotifySpec = field(default_factory=NotifySpec)
 
     @classmethod
     def from_spec(cls, raw: Mapping[str, Any]) -> MigrationSpec:
@@ -274,6 +292,7 @@ class MigrationSpec:
             filter=FilterSpec.from_spec(raw.get("filter") or {}),
             throttle=ThrottleSpec.from_spec(raw.get("throttle") or {}),
             suspend=bool(raw.get("suspend", cls.suspend)),
+            notify=NotifySpec.from_spec(raw.get("notify") or {}),
         )
 
 

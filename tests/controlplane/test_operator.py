@@ -4,15 +4,19 @@ objects moved between two real MinIO servers and checked by rclone."""
 from __future__ import annotations
 
 import hashlib
+import http.server
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -199,6 +203,57 @@ def test_suspend_stops_cleanly_frees_the_job_and_resume_finishes_the_move(
     assert open_uploads(cloud_b, dst) == []
     assert assert_invariant(cloud_a, src, cloud_b, dst, contents, remain_source=False) == len(contents)
     cluster.wait_event("pause", lambda e: "Suspended" in e, "Suspended")
+
+
+class _Webhook(http.server.BaseHTTPRequestHandler):
+    received: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        _Webhook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *_: Any) -> None:
+        return None
+
+
+def test_the_webhook_hears_of_the_end_and_a_bad_webhook_url_fails_the_job_naming_its_secret(
+        cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:
+    # The receiver listens where the workers already reach the stores, so the operator reaches it wherever it runs.
+    host = urllib.parse.urlsplit(cloud_a.endpoint).hostname
+    server = http.server.ThreadingHTTPServer((host, 0), _Webhook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Webhook.received = []
+    try:
+        url = f"http://{host}:{server.server_port}/hooks?token=t0ps3cret"
+        cluster.kubectl("create", "secret", "generic", "hook", "-n", cluster.namespace, f"--from-literal=url={url}")
+        src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
+        fill(cloud_a, src, small=3, large=0)
+        job = migration_job("told", cloud_a, src, cloud_b, dst)
+        job["spec"]["notify"] = {"webhook": {"urlSecretRef": {"name": "hook"}}}
+        cluster.apply(job)
+        done = cluster.wait("told", lambda o: bool((o.get("status") or {}).get("notification")), "a notification",
+                            timeout=180)
+        assert phase_of(done) == "succeeded"
+        assert done["status"]["notification"]["delivered"] is True
+        assert condition(done, "Notified")["status"] == "True"
+        event = next(e for e in _Webhook.received if e["subject"] == f"{cluster.namespace}/told")
+        assert event["type"] == "io.datamover.migrationjob.finished" and event["data"]["phase"] == "succeeded"
+        assert event["data"]["progress"]["objectsMigrated"] == 3
+        assert "t0ps3cret" not in json.dumps(done["status"])
+    finally:
+        server.shutdown()
+
+    cluster.kubectl("create", "secret", "generic", "badhook", "-n", cluster.namespace, "--from-literal=url=not-a-url")
+    bad = migration_job("badhook", cloud_a, "a", cloud_b, "b")
+    bad["spec"]["notify"] = {"webhook": {"urlSecretRef": {"name": "badhook"}}}
+    cluster.apply(bad)
+    failed = cluster.wait_phase("badhook", {"failed", "running", "succeeded"}, timeout=60)
+    assert phase_of(failed) == "failed" and failed["status"]["reason"] == "InvalidSpec"
+    assert "spec.notify.webhook.urlSecretRef" in failed["status"]["message"]
+    message = failed["status"]["message"]
+    assert f"{cluster.namespace}/badhook" in message and "not-a-url" not in message
+    assert all(j.metadata.labels.get("datamover.io/migrationjob") != "badhook" for j in cluster.jobs())
 
 
 def test_deleting_a_running_job_aborts_it_first(cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:

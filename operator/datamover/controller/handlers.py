@@ -54,7 +54,7 @@ from datamover.api import (
     worker_reports,
 )
 from datamover.backends import open_store
-from datamover.controller import metrics, resources
+from datamover.controller import metrics, notify, resources
 from datamover.controller.decisions import (
     ADMITTED,
     Decision,
@@ -129,7 +129,66 @@ def _reference_error(namespace: str, spec: MigrationSpec) -> MissingReference | 
             if not data.get(key):
                 return MissingReference("SecretKeyMissing", f"spec.{side}.credentialsSecretRef: Secret "
                                                             f"{namespace}/{location.secret_name} has no key {key!r}")
+    if spec.notify.webhook_secret is not None:
+        _, problem = _webhook_url(namespace, spec)
+        if problem is not None:
+            return problem
     return None
+
+
+def _webhook_url(namespace: str, spec: MigrationSpec) -> tuple[str, MissingReference | None]:
+    """spec.notify's webhook URL from its Secret, or what is wrong with the reference (never quoting the URL)."""
+    name, key = spec.notify.webhook_secret, spec.notify.webhook_key
+    field_name = "spec.notify.webhook.urlSecretRef"
+    try:
+        url = _read_secret(namespace, str(name)).get(key, "")
+    except ApiException as error:
+        if _not_found(error):
+            return "", MissingReference("SecretNotFound", f"{field_name}: Secret {namespace}/{name} not found")
+        raise
+    if not url:
+        return "", MissingReference("SecretKeyMissing", f"{field_name}: Secret {namespace}/{name} has no key {key!r}")
+    problem = notify.url_problem(url)
+    if problem is not None:
+        return "", MissingReference("InvalidSpec", f"{field_name}: the value of key {key!r} in Secret "
+                                                   f"{namespace}/{name} {problem}")
+    return url, None
+
+
+def _notify(body: Mapping[str, Any]) -> None:
+    """Call the job's webhook about its final phase and record the outcome in status (runs on the notifier pool)."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    spec = MigrationSpec.from_spec(body.get("spec") or {})
+    status = MigrationStatus.of(body)
+    url, problem = _webhook_url(namespace, spec)
+    if problem is not None:
+        delivered, attempts, error, reason = False, 0, problem.message, problem.reason
+    else:
+        delivered, attempts, error = notify.deliver(url, notify.cloud_event(body))
+        reason = "Delivered" if delivered else "WebhookFailed"
+    message = (f"webhook called about phase {status.phase}" if delivered
+               else f"webhook not reached after {attempts} attempt(s): {error}" if attempts else error)
+    generation = int(meta.get("generation") or 0)
+    notified = Condition("Notified", delivered, reason, message, generation, now_rfc3339())
+    conditions = [c.to_status() for c in status.conditions if c.type != "Notified"] + [notified.to_status()]
+    log.info("event=notify job=%s/%s delivered=%s attempts=%d error=%r", namespace, name, delivered, attempts,
+             error)
+    try:
+        _patch_status(namespace, name, {
+            "notification": {"phase": str(status.phase), "delivered": delivered, "attempts": attempts,
+                             "lastError": error, "time": now_rfc3339()},
+            "conditions": conditions,
+        })
+    except ApiException as failure:
+        if not _not_found(failure):
+            raise
+    if not delivered:
+        _event(body, type="Warning", reason=reason, message=f"spec.notify: {message}")
+
+
+# Webhook calls wait out their back-off here, never on a reconciler's thread.
+_NOTIFIER = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="notify")
 
 
 def _create(manifest: dict[str, Any]) -> None:
@@ -505,6 +564,7 @@ class Controller:
     granted: set[Key] = field(default_factory=set)  # admitted, Job not in the index yet
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     loop: asyncio.AbstractEventLoop | None = None  # kopf's, once started
+    notifying: set[Key] = field(default_factory=set)  # jobs whose webhook call is under way
     # kopf peering: the objects this replica heartbeats into, its identity and priority (none: standalone).
     peering: tuple[PeeringObject, ...] = ()
     identity: str = ""
@@ -569,6 +629,24 @@ class Controller:
             ))
         return admissions(entries, self.max_concurrent_jobs)
 
+    def notify(self, key: Key, body: Mapping[str, Any]) -> None:
+        """Call the final job's webhook unless it has none, it was called about this phase, or a call is under way."""
+        if not ((body.get("spec") or {}).get("notify") or {}).get("webhook") or key in self.notifying:
+            return
+        phase = (body.get("status") or {}).get("phase")
+        if ((body.get("status") or {}).get("notification") or {}).get("phase") == phase:
+            return
+        self.notifying.add(key)
+        loop = asyncio.get_running_loop()
+        future = _NOTIFIER.submit(_notify, body)
+
+        def done(finished: concurrent.futures.Future[None]) -> None:
+            loop.call_soon_threadsafe(self.notifying.discard, key)
+            if finished.exception() is not None:
+                log.warning("event=notify-failed job=%s/%s error=%r", *key, finished.exception())
+
+        future.add_done_callback(done)
+
     def snapshot(self) -> tuple[list[Mapping[str, Any]], int]:
         """The jobs as last seen and the number queued, for the metrics endpoint; safe from any thread."""
         async def take() -> tuple[list[Mapping[str, Any]], int]:
@@ -615,8 +693,11 @@ class Controller:
         if body is None:
             self.last_written.pop(key, None)
             return
-        if body["metadata"].get("deletionTimestamp") or _is_final(body):
-            return  # the deletion handler takes over; a final job needs nothing more
+        if body["metadata"].get("deletionTimestamp"):
+            return  # the deletion handler takes over
+        if _is_final(body):
+            self.notify(key, body)  # a final job needs nothing more, but its webhook call may still be due
+            return
         place = ADMITTED
         children = self.children(key)
         if not children.job_exists and key not in self.granted and not _suspend_requested(body):
@@ -639,6 +720,8 @@ class Controller:
             self.last_written.pop(key, None)
             self.progress_mirrored.pop(key, None)
             self.kick()
+            if written is not None:
+                self.notify(key, written)
             return
         if decision.delete_job:
             self.granted.discard(key)
