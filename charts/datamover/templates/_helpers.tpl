@@ -56,10 +56,11 @@ namespaced mode. Keep them identical to manifests/rbac.yaml (tests/unit/test_man
 - apiGroups: [datamover.io]
   resources: [migrationjobs/status]
   verbs: [get, patch]
-# The Indexed Job that runs the workers; patch = suspend it on abort.
+# The Indexed Job that runs the workers; patch = suspend it on abort; delete = remove it once a suspended job's
+# workers have stopped (a resume creates a new one).
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 # Follow the worker pods (an abort waits for them to end); delete them when the grace period is over.
 - apiGroups: [""]
   resources: [pods]
