@@ -26,7 +26,7 @@ from datamover.engine import (
     close_leftovers,
     migrate,
 )
-from tests.unit import REGION, RecordingSink, moto_s3, open_uploads, store
+from tests.unit import REGION, RecordingSink, moto_s3, open_uploads, requests_of, store
 
 MiB = 1024 * 1024
 SMALL = MigrationOptions(part_size=5 * MiB, multipart_threshold=5 * MiB, chunk_size=256 * 1024, progress_interval=0)
@@ -39,10 +39,7 @@ def moto() -> Iterator[None]:
 
 
 def calls_of(target: S3Store) -> list[str]:
-    calls: list[str] = []
-    for client in (target.client, target.create_client):
-        client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
-    return calls
+    return requests_of(target)
 
 
 
@@ -188,7 +185,7 @@ def test_a_multipart_source_is_copied_in_its_own_layout_and_skipped_on_rerun(mot
     assert head["Metadata"] == {"owner": "ops"}  # no foreign metadata
     assert head["ContentLanguage"] == "fr" and head["CacheControl"] == "no-cache"
     assert head["ResponseMetadata"]["HTTPHeaders"]["expires"] == "Thu, 01 Jan 2099 00:00:00 GMT"
-    calls = calls_of(source) + calls_of(destination)
+    calls = requests_of(source, destination)  # one list: a sum of two would be a snapshot, never filled
     rerun = migrate(source, destination, SMALL, AbortSignal(), RecordingSink())
     assert rerun.progress.objects_skipped == 1 and "GetObject" not in calls
 

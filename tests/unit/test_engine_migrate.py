@@ -23,7 +23,7 @@ from datamover.engine import (
 )
 from datamover.engine.multipart import choose_part_size, part_ranges
 from datamover.engine.verify import composite_etag
-from tests.unit import RecordingSink, moto_s3, open_uploads, store
+from tests.unit import RecordingSink, moto_s3, open_uploads, requests_of, store
 
 MiB = 1024 * 1024
 SMALL = MigrationOptions(part_size=5 * MiB, multipart_threshold=5 * MiB, chunk_size=256 * 1024, progress_interval=0)
@@ -165,9 +165,7 @@ def test_server_side_copy_is_used_when_endpoint_and_credentials_match(moto: None
     source, destination = store("src", "", "a"), store("dst", "", "a")
     put(source, "small", b"s" * 10)
     put(source, "large", os.urandom(11 * MiB))
-    calls: list[str] = []
-    for client in (source.client, destination.client):
-        client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
+    calls = requests_of(source, destination)
 
     result = migrate(source, destination, SMALL, AbortSignal(), RecordingSink())
 
@@ -308,9 +306,7 @@ def test_small_objects_cost_one_get_and_one_put_and_reruns_cost_no_request_per_o
     source, destination = store("src", "", "a"), store("dst", "", "b")
     for index in range(30):
         put(source, f"k{index:02d}", b"x" * index)
-    calls: list[str] = []
-    for client in (source.client, destination.client):
-        client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
+    calls = requests_of(source, destination)
 
     assert migrate(source, destination, SMALL, AbortSignal(), RecordingSink()).outcome is Outcome.SUCCEEDED
     per_operation = {name: calls.count(name) for name in set(calls)}
