@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from datamover.backends.base import S3_LIMITS, ErrorKind, ObjectAttributes, StoreError
+from datamover.backends.base import S3_LIMITS, Capabilities, ErrorKind, ObjectAttributes, StoreError
 from datamover.backends.s3 import S3Store
 from datamover.engine import (
     AbortSignal,
@@ -161,7 +162,7 @@ def test_move_of_an_already_identical_object_deletes_the_source(moto: None) -> N
     assert keys(source) == set() and read(destination, "k") == b"same"
 
 
-def test_server_side_copy_is_used_when_endpoint_and_credentials_match(moto: None) -> None:
+def test_server_side_copy_is_one_copy_object_per_object_up_to_the_single_copy_limit(moto: None) -> None:
     source, destination = store("src", "", "a"), store("dst", "", "a")
     put(source, "small", b"s" * 10)
     put(source, "large", os.urandom(11 * MiB))
@@ -170,7 +171,25 @@ def test_server_side_copy_is_used_when_endpoint_and_credentials_match(moto: None
     result = migrate(source, destination, SMALL, AbortSignal(), RecordingSink())
 
     assert result.outcome is Outcome.SUCCEEDED
-    assert "CopyObject" in calls and "UploadPartCopy" in calls
+    # One request per object: no HEAD before the copy, and none after (the answer carries the source's ETag).
+    per_operation = {name: calls.count(name) for name in set(calls)}
+    assert per_operation == {"HeadBucket": 2, "ListObjectsV2": 2, "CopyObject": 2}
+    assert read(destination, "large") == read(source, "large")
+
+
+def test_server_side_copy_above_the_single_copy_limit_goes_part_by_part(moto: None) -> None:
+    source, destination = store("src", "", "a"), store("dst", "", "a")
+    # A store that copies at most 8 MiB in one request (the limit is the store's, declared as data).
+    destination.capabilities = Capabilities(limits=dataclasses.replace(S3_LIMITS, max_single_copy=8 * MiB),
+                                            part_layout=True)
+    put(source, "small", b"s" * 10)
+    put(source, "large", os.urandom(11 * MiB))
+    calls = requests_of(source, destination)
+
+    result = migrate(source, destination, SMALL, AbortSignal(), RecordingSink())
+
+    assert result.outcome is Outcome.SUCCEEDED
+    assert calls.count("CopyObject") == 1 and calls.count("UploadPartCopy") >= 2
     assert not {"GetObject", "PutObject", "UploadPart"} & set(calls)
     assert read(destination, "large") == read(source, "large")
 
