@@ -24,6 +24,8 @@ import boto3
 import botocore
 import botocore.config
 import botocore.exceptions
+import botocore.loaders
+import botocore.session
 import urllib3.exceptions
 
 from datamover.backends.base import (
@@ -179,6 +181,7 @@ class _Liveness:
             return time.monotonic() - max(self._last_answer, self._waiting_since)
 
 
+_LOADER = botocore.loaders.create_loader()
 _META = "x-amz-meta-"
 # ObjectAttributes field -> its HTTP header (Expires included: carried as the raw text the store returned).
 _ATTRIBUTE_HEADERS = {
@@ -256,9 +259,13 @@ class S3Store(ObjectStore, ServerSideCopy):
             each.meta.events.register("needs-retry.s3", self._liveness.attempt_ended)
         # Whole-object GET and PUT, the hot path of small objects, skip the client's per-call machinery.
         # The URL of an object is what the client resolves (addressing style, region endpoint, custom endpoint): asked
-        # once, of an unsigned twin of the client (no credentials needed), for a probe key.
-        probe = self._make_client(config, session, unsigned=True).generate_presigned_url(
-            "get_object", Params={"Bucket": config.bucket, "Key": PROBE_KEY})
+        # once, for a probe key (of an unsigned twin of the client if there are no credentials to presign with).
+        params = {"Bucket": config.bucket, "Key": PROBE_KEY}
+        try:
+            probe = self.client.generate_presigned_url("get_object", Params=params)
+        except botocore.exceptions.NoCredentialsError:
+            unsigned = self._make_client(config, session, unsigned=True)
+            probe = unsigned.generate_presigned_url("get_object", Params=params)
         self.direct = DirectS3(
             self.client, session.get_credentials(), probe.split("?", 1)[0][: -len(PROBE_KEY)], config.max_attempts,
             config.request_timeout,
@@ -276,7 +283,12 @@ class S3Store(ObjectStore, ServerSideCopy):
 
     @staticmethod
     def _session(config: S3Config) -> boto3.session.Session:
+        # One loader for every session: each would otherwise parse botocore's S3 model and endpoint rules again
+        # (a quarter of a second of CPU per store at start-up); the loader only caches what it read.
+        core = botocore.session.get_session()
+        core.register_component("data_loader", _LOADER)
         return boto3.session.Session(
+            botocore_session=core,
             aws_access_key_id=config.access_key_id,
             aws_secret_access_key=config.secret_access_key,
             aws_session_token=config.session_token,
