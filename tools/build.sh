@@ -30,6 +30,8 @@ BINARIES=(
   "etcd|etcd|go.etcd.io/etcd/server/v3|"
   "minio|minio|github.com/minio/minio|"
   "rclone|rclone|github.com/rclone/rclone|"
+  # A peer the data-plane benchmark measures us against (bench/engine_vs_rclone.py), not used by tests.
+  "s5cmd|s5cmd|github.com/peak/s5cmd/v2|-X github.com/peak/s5cmd/v2/version.Version=v2.3.0"
   "kube-apiserver|kube|k8s.io/kubernetes/cmd/kube-apiserver|$KUBE_VERSION_LDFLAGS"
   "kube-controller-manager|kube|k8s.io/kubernetes/cmd/kube-controller-manager|$KUBE_VERSION_LDFLAGS"
   "helm|helm|helm.sh/helm/v3/cmd/helm|-X helm.sh/helm/v3/internal/version.version=v3.22.0 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37"

@@ -257,7 +257,9 @@ class MigrationSpec:
     remain_source: bool = True
     abort: bool = False
     parallelism: int = 1
-    concurrency: int = 4
+    concurrency: int = 16
+    # Parts in flight per worker, shared by its objects (one large object may use them all).
+    part_concurrency: int = 8
     part_size: int = 16 * 1024 * 1024
     abort_grace_period_seconds: int = 60
     # No answer from an endpoint for this long while requests wait fails the job, naming the endpoint.
@@ -279,6 +281,9 @@ class MigrationSpec:
         parallelism = int(raw.get("parallelism", cls.parallelism))
         if not 1 <= parallelism <= 64:
             raise SpecError(f"spec.parallelism: {parallelism} is outside 1..64")
+        part_concurrency = int(raw.get("partConcurrency", cls.part_concurrency))
+        if not 1 <= part_concurrency <= 256:
+            raise SpecError(f"spec.partConcurrency: {part_concurrency} is outside 1..256")
         return cls(
             source=Location.from_spec(raw["source"], "source"),
             destination=Location.from_spec(raw["destination"], "destination"),
@@ -286,6 +291,7 @@ class MigrationSpec:
             abort=bool(raw.get("abort", cls.abort)),
             parallelism=parallelism,
             concurrency=max(1, int(raw.get("concurrency", cls.concurrency))),
+            part_concurrency=part_concurrency,
             part_size=part_size,
             abort_grace_period_seconds=max(0, int(raw.get("abortGracePeriodSeconds", cls.abort_grace_period_seconds))),
             stall_timeout_seconds=max(1, int(raw.get("stallTimeoutSeconds", cls.stall_timeout_seconds))),

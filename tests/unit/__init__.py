@@ -76,6 +76,20 @@ def store(
     return opened
 
 
+def requests_of(*targets: S3Store) -> list[str]:
+    """The operation of every request the stores send from now on (each attempt, by either path of the backend:
+    its boto3 clients and its direct GET/PUT announce every request as `before-send.s3.<Operation>`)."""
+    calls: list[str] = []
+
+    def record(event_name: str, **_: Any) -> None:
+        calls.append(event_name.rsplit(".", 1)[1])
+
+    for target in targets:
+        for client in {id(target.client): target.client, id(target.create_client): target.create_client}.values():
+            client.meta.events.register("before-send.s3", record)
+    return calls
+
+
 class RecordingSink:
     """A thread-safe sink that keeps everything it is told."""
 

@@ -44,6 +44,15 @@ def test_small_part_size_is_refused_naming_the_field() -> None:
         MigrationSpec.from_spec({**SPEC, "partSize": "1Mi"})
 
 
+def test_concurrency_and_part_concurrency_are_read_from_spec_with_their_defaults() -> None:
+    spec = MigrationSpec.from_spec({**SPEC, "concurrency": 32, "partConcurrency": 2})
+    assert (spec.concurrency, spec.part_concurrency) == (32, 2)
+    defaults = MigrationSpec.from_spec(SPEC)
+    assert (defaults.concurrency, defaults.part_concurrency) == (16, 8)
+    with pytest.raises(SpecError, match=r"spec\.partConcurrency"):
+        MigrationSpec.from_spec({**SPEC, "partConcurrency": 0})
+
+
 def test_missing_destination_is_refused() -> None:
     with pytest.raises(SpecError, match=r"spec\.destination"):
         MigrationSpec.from_spec({"source": {"bucket": "a"}})

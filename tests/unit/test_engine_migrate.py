@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from datamover.backends.base import S3_LIMITS, ErrorKind, ObjectAttributes, StoreError
+from datamover.backends.base import S3_LIMITS, Capabilities, ErrorKind, ObjectAttributes, StoreError
 from datamover.backends.s3 import S3Store
 from datamover.engine import (
     AbortSignal,
@@ -23,7 +24,7 @@ from datamover.engine import (
 )
 from datamover.engine.multipart import choose_part_size, part_ranges
 from datamover.engine.verify import composite_etag
-from tests.unit import RecordingSink, moto_s3, open_uploads, store
+from tests.unit import RecordingSink, moto_s3, open_uploads, requests_of, store
 
 MiB = 1024 * 1024
 SMALL = MigrationOptions(part_size=5 * MiB, multipart_threshold=5 * MiB, chunk_size=256 * 1024, progress_interval=0)
@@ -161,18 +162,34 @@ def test_move_of_an_already_identical_object_deletes_the_source(moto: None) -> N
     assert keys(source) == set() and read(destination, "k") == b"same"
 
 
-def test_server_side_copy_is_used_when_endpoint_and_credentials_match(moto: None) -> None:
+def test_server_side_copy_is_one_copy_object_per_object_up_to_the_single_copy_limit(moto: None) -> None:
     source, destination = store("src", "", "a"), store("dst", "", "a")
     put(source, "small", b"s" * 10)
     put(source, "large", os.urandom(11 * MiB))
-    calls: list[str] = []
-    for client in (source.client, destination.client):
-        client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
+    calls = requests_of(source, destination)
 
     result = migrate(source, destination, SMALL, AbortSignal(), RecordingSink())
 
     assert result.outcome is Outcome.SUCCEEDED
-    assert "CopyObject" in calls and "UploadPartCopy" in calls
+    # One request per object: no HEAD before the copy, and none after (the answer carries the source's ETag).
+    per_operation = {name: calls.count(name) for name in set(calls)}
+    assert per_operation == {"HeadBucket": 2, "ListObjectsV2": 2, "CopyObject": 2}
+    assert read(destination, "large") == read(source, "large")
+
+
+def test_server_side_copy_above_the_single_copy_limit_goes_part_by_part(moto: None) -> None:
+    source, destination = store("src", "", "a"), store("dst", "", "a")
+    # A store that copies at most 8 MiB in one request (the limit is the store's, declared as data).
+    destination.capabilities = Capabilities(limits=dataclasses.replace(S3_LIMITS, max_single_copy=8 * MiB),
+                                            part_layout=True)
+    put(source, "small", b"s" * 10)
+    put(source, "large", os.urandom(11 * MiB))
+    calls = requests_of(source, destination)
+
+    result = migrate(source, destination, SMALL, AbortSignal(), RecordingSink())
+
+    assert result.outcome is Outcome.SUCCEEDED
+    assert calls.count("CopyObject") == 1 and calls.count("UploadPartCopy") >= 2
     assert not {"GetObject", "PutObject", "UploadPart"} & set(calls)
     assert read(destination, "large") == read(source, "large")
 
@@ -308,9 +325,7 @@ def test_small_objects_cost_one_get_and_one_put_and_reruns_cost_no_request_per_o
     source, destination = store("src", "", "a"), store("dst", "", "b")
     for index in range(30):
         put(source, f"k{index:02d}", b"x" * index)
-    calls: list[str] = []
-    for client in (source.client, destination.client):
-        client.meta.events.register("before-call.s3.*", lambda model, **_: calls.append(model.name))
+    calls = requests_of(source, destination)
 
     assert migrate(source, destination, SMALL, AbortSignal(), RecordingSink()).outcome is Outcome.SUCCEEDED
     per_operation = {name: calls.count(name) for name in set(calls)}

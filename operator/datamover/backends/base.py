@@ -131,11 +131,17 @@ class PartLimits:
     min_part_size: int  # every part but the last
     max_part_size: int
     max_parts: int
-    max_single_write: int  # the largest object written (or copied server-side) in one request
+    max_single_write: int  # the largest object written in one request
+    max_single_copy: int = 0  # the largest object copied server-side in one request (0: as max_single_write)
+
+    @property
+    def single_copy_limit(self) -> int:
+        return self.max_single_copy or self.max_single_write
 
 
 # S3's limits, which most S3-compatible stores share; other stores declare their own.
-S3_LIMITS = PartLimits(min_part_size=5 * MiB, max_part_size=5 * GiB, max_parts=10_000, max_single_write=5 * GiB)
+S3_LIMITS = PartLimits(min_part_size=5 * MiB, max_part_size=5 * GiB, max_parts=10_000, max_single_write=5 * GiB,
+                       max_single_copy=5 * GiB)
 
 
 @dataclass(frozen=True)

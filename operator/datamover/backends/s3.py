@@ -16,13 +16,16 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
+import botocore
 import botocore.config
 import botocore.exceptions
+import botocore.loaders
+import botocore.session
 import urllib3.exceptions
 
 from datamover.backends.base import (
@@ -40,6 +43,7 @@ from datamover.backends.base import (
     ServerSideCopy,
     StoreError,
 )
+from datamover.backends.s3_direct import PROBE_KEY, DirectS3
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -177,6 +181,35 @@ class _Liveness:
             return time.monotonic() - max(self._last_answer, self._waiting_since)
 
 
+_LOADER = botocore.loaders.create_loader()
+_META = "x-amz-meta-"
+# ObjectAttributes field -> its HTTP header (Expires included: carried as the raw text the store returned).
+_ATTRIBUTE_HEADERS = {
+    "content_type": "Content-Type", "content_encoding": "Content-Encoding", "cache_control": "Cache-Control",
+    "content_disposition": "Content-Disposition", "content_language": "Content-Language", "expires": "Expires",
+}
+
+
+def _info_from_headers(key: str, headers: Mapping[str, str], size: int) -> ObjectInfo:
+    """An ObjectInfo from the raw headers of a GET (the direct path), as `S3Store._info_from` reads the client's."""
+    attributes = ObjectAttributes(
+        **{name: headers.get(header) for name, header in _ATTRIBUTE_HEADERS.items()},
+        # As botocore parses them: the name after the prefix as the store sent it.
+        user_metadata={name[len(_META):]: value for name, value in headers.items() if name.lower().startswith(_META)},
+    )
+    etag = _strip_etag(headers.get("ETag"))
+    kind = etag_kind(etag, headers.get("x-amz-server-side-encryption"),
+                     bool(headers.get("x-amz-server-side-encryption-customer-algorithm")))
+    return ObjectInfo(key=key, size=size, etag=etag, attributes=attributes, etag_kind=kind)
+
+
+def _attribute_headers(attributes: ObjectAttributes) -> dict[str, str]:
+    """The headers that give a written object these attributes (Expires as the very text the source sent)."""
+    headers = {header: value for name, header in _ATTRIBUTE_HEADERS.items() if (value := getattr(attributes, name))}
+    headers.update({_META + name: value for name, value in attributes.user_metadata.items()})
+    return headers
+
+
 class _S3Stream(ByteStream):
     """A GetObject body whose wire errors become StoreError(TRANSIENT), so the engine can re-request the range."""
 
@@ -195,7 +228,12 @@ class _S3Stream(ByteStream):
         return data
 
     def close(self) -> None:
-        self._body.close()
+        # A body read to its end goes back to the pool for the next request; one left half-read cannot, and closes.
+        release = getattr(self._body, "release_conn", None)
+        if release is not None and getattr(self._body, "length_remaining", None) == 0:
+            release()
+        else:
+            self._body.close()
 
 
 class S3Store(ObjectStore, ServerSideCopy):
@@ -203,27 +241,37 @@ class S3Store(ObjectStore, ServerSideCopy):
 
     capabilities = Capabilities(limits=S3_LIMITS, part_layout=True)
 
-    def __init__(self, config: S3Config, client: S3Client | None = None,
-                 create_client: S3Client | None = None) -> None:
+    def __init__(self, config: S3Config) -> None:
         self.config = config
         self.bucket = config.bucket
         self.prefix = config.prefix
-        self.client: S3Client = client if client is not None else self._make_client(config)
+        session = self._session(config)
+        self.client: S3Client = self._make_client(config, session)
         # CreateMultipartUpload goes through a client that never retries: if a create's response is lost (reset,
         # timeout), botocore's retry would open a second upload and the first one's ID would never be seen by
         # anybody. Sent once, a failed create is reconciled by the engine instead (list the key's uploads, abort
         # ours, create again). A whole second client is botocore's supported way to give one operation its own
         # retry policy (the retry handler cannot be vetoed per operation through events).
-        if create_client is not None:
-            self.create_client: S3Client = create_client
-        elif client is not None:
-            self.create_client = client  # a caller-supplied client: the caller owns its retry policy
-        else:
-            self.create_client = self._make_client(config, max_attempts=1)
+        self.create_client: S3Client = self._make_client(config, session, max_attempts=1)
         self._liveness = _Liveness()
-        for each in {id(self.client): self.client, id(self.create_client): self.create_client}.values():
+        for each in (self.client, self.create_client):
             each.meta.events.register("before-send.s3", self._liveness.attempt_started)
             each.meta.events.register("needs-retry.s3", self._liveness.attempt_ended)
+        # Whole-object GET and PUT, the hot path of small objects, skip the client's per-call machinery.
+        # The URL of an object is what the client resolves (addressing style, region endpoint, custom endpoint): asked
+        # once, for a probe key (of an unsigned twin of the client if there are no credentials to presign with).
+        params = {"Bucket": config.bucket, "Key": PROBE_KEY}
+        try:
+            probe = self.client.generate_presigned_url("get_object", Params=params)
+        except botocore.exceptions.NoCredentialsError:
+            unsigned = self._make_client(config, session, unsigned=True)
+            probe = unsigned.generate_presigned_url("get_object", Params=params)
+        self.direct = DirectS3(
+            self.client, session.get_credentials(), probe.split("?", 1)[0][: -len(PROBE_KEY)], config.max_attempts,
+            config.request_timeout,
+            not config.insecure_skip_tls_verify, config.max_pool_connections,
+            lambda answered: self._liveness.attempt_ended(response=True if answered else None),
+        )
 
     def stalled_for(self) -> float:
         return self._liveness.stalled_for()
@@ -234,8 +282,24 @@ class S3Store(ObjectStore, ServerSideCopy):
         self._liveness.interrupted = reason
 
     @staticmethod
-    def _make_client(config: S3Config, max_attempts: int | None = None) -> S3Client:
-        if config.insecure_skip_tls_verify:
+    def _session(config: S3Config) -> boto3.session.Session:
+        # One loader for every session: each would otherwise parse botocore's S3 model and endpoint rules again
+        # (a quarter of a second of CPU per store at start-up); the loader only caches what it read.
+        core = botocore.session.get_session()
+        core.register_component("data_loader", _LOADER)
+        return boto3.session.Session(
+            botocore_session=core,
+            aws_access_key_id=config.access_key_id,
+            aws_secret_access_key=config.secret_access_key,
+            aws_session_token=config.session_token,
+            region_name=config.region,
+        )
+
+    @staticmethod
+    def _make_client(
+        config: S3Config, session: boto3.session.Session, max_attempts: int | None = None, unsigned: bool = False,
+    ) -> S3Client:
+        if config.insecure_skip_tls_verify and not unsigned:
             # Explicit opt-in for self-signed lab endpoints; said out loud because it disables server authentication.
             log.warning("event=tls_verification_disabled endpoint=%s bucket=%s", config.endpoint, config.bucket)
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
@@ -253,13 +317,8 @@ class S3Store(ObjectStore, ServerSideCopy):
             read_timeout=config.request_timeout[1],
             max_pool_connections=config.max_pool_connections,
             s3={"addressing_style": config.addressing_style},
+            **({"signature_version": botocore.UNSIGNED} if unsigned else {}),
             **checksum_options,
-        )
-        session = boto3.session.Session(
-            aws_access_key_id=config.access_key_id,
-            aws_secret_access_key=config.secret_access_key,
-            aws_session_token=config.session_token,
-            region_name=config.region,
         )
         return session.client(
             "s3", endpoint_url=config.endpoint, verify=not config.insecure_skip_tls_verify, config=botocore_config,
@@ -358,18 +417,19 @@ class S3Store(ObjectStore, ServerSideCopy):
         return ObjectInfo(key=key, size=size, etag=etag, attributes=attributes, etag_kind=kind)
 
     def open_read(self, key: str, start: int | None, end: int | None, if_match: str | None) -> ByteStream:
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        headers: dict[str, str] = {}
         if start is not None and end is not None:
-            kwargs["Range"] = f"bytes={start}-{end}"
+            headers["Range"] = f"bytes={start}-{end}"
         if if_match:
-            kwargs["IfMatch"] = f'"{if_match}"'
+            headers["If-Match"] = f'"{if_match}"'
         with self._errors("GetObject", key):
-            response = self.client.get_object(**kwargs)
-        size = int(response.get("ContentLength", 0))
-        content_range = response.get("ContentRange")  # "bytes 0-99/12345": the whole object's size follows the slash
+            response = self.direct.send("GetObject", "GET", key, headers, None, stream=True)
+        found = response.headers
+        size = int(found.get("Content-Length", 0))
+        content_range = found.get("Content-Range")  # "bytes 0-99/12345": the whole object's size follows the slash
         if content_range and "/" in content_range and not content_range.endswith("*"):
             size = int(content_range.rsplit("/", 1)[1])
-        return _S3Stream(response["Body"], self.describe(key), self._info_from(key, response, size), self._liveness)
+        return _S3Stream(response.raw, self.describe(key), _info_from_headers(key, found, size), self._liveness)
 
     def first_part_size(self, key: str) -> int | None:
         try:
@@ -390,12 +450,13 @@ class S3Store(ObjectStore, ServerSideCopy):
         return {"Metadata": dict(attributes.user_metadata), **args}
 
     def put(self, key: str, body: bytes, attributes: ObjectAttributes, content_md5: str) -> str:
+        headers = {**_attribute_headers(attributes), "Content-MD5": content_md5}
         with self._errors("PutObject", key):
-            response = self.client.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentMD5=content_md5, **self._attribute_args(attributes),
-            )
-        etag = _strip_etag(response.get("ETag"))
-        kind = etag_kind(etag, response.get("ServerSideEncryption"), bool(response.get("SSECustomerKeyMD5")))
+            response = self.direct.send("PutObject", "PUT", key, headers, body, stream=False)
+        found = response.headers
+        etag = _strip_etag(found.get("ETag"))
+        customer_key = bool(found.get("x-amz-server-side-encryption-customer-key-MD5"))
+        kind = etag_kind(etag, found.get("x-amz-server-side-encryption"), customer_key)
         return etag if kind is EtagKind.MD5 else ""
 
     def create_upload(self, key: str, attributes: ObjectAttributes) -> OpenUpload:

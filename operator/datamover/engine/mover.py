@@ -90,6 +90,12 @@ class ObjectMover:
     def _copy(self) -> None:
         """Choose the mechanism: a single request each way, server-side, or in parts (streamed or server-side)."""
         ctx, copy = self.ctx, self.copy
+        if ctx.copier is not None and copy.source.size <= ctx.destination.capabilities.limits.single_copy_limit:
+            # Up to the store's single-copy limit one CopyObject does it all: no HEAD before, none after if its
+            # answer carries the source's ETag. Fewer requests than parts, and faster (docs/performance.md).
+            copy.strategy = "server_copy"
+            server_copy.copy_listed(ctx, copy)
+            return
         if copy.source.size <= ctx.options.multipart_threshold and ctx.copier is None:
             # Small object: one GET (its response describes the version read, so no HEAD) and one PUT.
             copy.strategy = "single"

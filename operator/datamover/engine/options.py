@@ -20,10 +20,10 @@ class MigrationOptions:
     """How to move: concurrency, part sizes, sharding and move-vs-copy."""
 
     remain_source: bool = True  # False means move: delete each source object once its copy is verified
-    concurrency: int = 4  # objects in flight per worker
+    concurrency: int = 16  # objects in flight per worker (the MigrationJob's default; see docs/performance.md)
     part_size: int = 16 * MiB  # grown automatically so no object needs more than 10,000 parts
     multipart_threshold: int = 16 * MiB  # objects larger than this use multipart (or UploadPartCopy)
-    part_concurrency: int = 4  # parts in flight per worker, shared by all objects
+    part_concurrency: int = 8  # parts in flight per worker, shared by all objects (one object may use them all)
     shard_index: int = 0  # this worker takes keys whose stable hash mod shard_count equals shard_index
     shard_count: int = 1
     chunk_size: int = 1 * MiB  # download read size: abort is checked between chunks

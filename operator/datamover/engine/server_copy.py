@@ -2,8 +2,25 @@
 
 from __future__ import annotations
 
-from datamover.backends.base import ObjectInfo
+from datamover.backends.base import ErrorKind, ObjectInfo, StoreError
+from datamover.engine import verify
 from datamover.engine.context import ObjectCopy, RunContext
+
+
+def copy_listed(ctx: RunContext, copy: ObjectCopy) -> None:
+    """One server-side copy pinned to the ETag the listing saw, with no HEAD first: the attributes travel with the
+    copy (the store reads them itself), and an answer that carries the source's ETag proves the copy (verify.py).
+    An object overwritten since the listing is stat'ed and copied as it is now, as a GET would read it."""
+    assert ctx.copier is not None
+    ctx.writing()
+    try:
+        copy.written_etag = ctx.copier.copy_object(ctx.source, copy.source.key, copy.destination_key, copy.source.etag)
+    except StoreError as error:
+        if error.kind is not ErrorKind.PRECONDITION:
+            raise
+        copy_whole(ctx, copy, verify.stat_source(ctx, copy))
+        return
+    copy.wrote_destination = True
 
 
 def copy_whole(ctx: RunContext, copy: ObjectCopy, info: ObjectInfo) -> None:

@@ -156,6 +156,7 @@ def run(env: Mapping[str, str] = os.environ) -> int:
     options = MigrationOptions(
         remain_source=spec.remain_source,
         concurrency=spec.concurrency,
+        part_concurrency=spec.part_concurrency,
         part_size=spec.part_size,
         shard_index=index,
         shard_count=spec.parallelism,
