@@ -75,8 +75,11 @@ class StatusLedgerStore:
             self._retrying("patch", lambda: self._api.patch_namespaced_custom_object_status(
                 GROUP, VERSION, self._namespace, PLURAL, self._name, body, _content_type=content_type))
         except ApiException as error:
-            # 409: the resourceVersion moved (first write); 422 with "test": the ledger's version moved.
-            if error.status == 409 or (error.status == 422 and "test" in str(error.body).lower()):
+            if error.status == 409:
+                return None  # the object's resourceVersion moved under the first write
+            # A failed JSON-patch test is a bare 422 "Invalid" that does not say which operation failed: it was a
+            # conflict if the ledger's version is no longer the one we tested, else the patch itself is wrong.
+            if error.status == 422 and version is not None and self.load()[1] != version:
                 return None
             raise
         return str(written)
