@@ -10,7 +10,8 @@ after a delay, or not at all). With "ledger" (a file path) in the spec, stand-in
 listing through it (tests.ground.ledger_file), each with its own options.shard_index. Its last lines say the
 outcome, the object counts and the LIST requests it sent per side. The sink stands in for the worker's status
 record: every upload intent (before CreateMultipartUpload) and every upload ID is written to `record` as JSON and
-fsynced before the engine goes on, so what the file says survives the kill exactly as a durable status record would. Prints one line per event for the trial's log.
+fsynced before the engine goes on, so what the file says survives the kill exactly as a durable status record
+would. Prints one line per event for the trial's log.
 """
 
 from __future__ import annotations
