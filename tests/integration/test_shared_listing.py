@@ -100,7 +100,8 @@ def test_a_job_split_across_workers_copies_every_key_once_with_one_listing(job: 
                 lambda side=side, **_: _append(lock, requests[f"lists.{side}"], side))
         for operation in ("PutObject", "CompleteMultipartUpload"):
             destination.client.meta.events.register(
-                f"before-call.s3.{operation}", lambda params, **_: _append(lock, requests["writes"], params["Key"]))
+                f"before-parameter-build.s3.{operation}",
+                lambda params, **_: _append(lock, requests["writes"], params["Key"]))
         options = MigrationOptions(shard_index=index, shard_count=workers, **OPTIONS)
         results[index] = migrate(source, destination, options, AbortSignal(), RecordingSink(), ledger)
 
@@ -151,6 +152,12 @@ def test_a_worker_killed_mid_range_and_restarted_finishes_its_range_in_a_move(jo
     ledger, _ = FileLedgerStore(tmp_path / "ledger.json").load()
     assert ledger is not None and ledger["open"].get("1"), ledger  # its claimed ranges stay open
     left_open = [tuple(raw) for raw in ledger["open"]["1"]]
+    # What its successor does first (the worker, from status.workers[1]): close the uploads the kill left open.
+    record = json.loads((tmp_path / "record-1.json").read_text())
+    cleared = {(c["key"], c["since"]) for c in record["cleared"]}
+    intents = [UploadIntent(key=i["key"], since=dt.datetime.fromisoformat(i["since"])) for i in record["intents"]
+               if (i["key"], i["since"]) not in cleared]
+    close_leftovers(open_store(S3Config(**job.config("destination"))), intents=intents)
     after_kill = check(job.side("source"), job.side("destination"), "move", inventory)
     assert not after_kill.problems(both_places_ok=True), after_kill.render()
     for index in (0, 2):
@@ -159,12 +166,7 @@ def test_a_worker_killed_mid_range_and_restarted_finishes_its_range_in_a_move(jo
     mid = check(job.side("source"), job.side("destination"), "move", inventory)
     assert mid.count("migrated") < keys, "worker 1's open range must still be unfinished before its restart"
 
-    # The restarted pod: close what the killed attempt left (as the worker does from status), then resume.
-    record = json.loads((tmp_path / "record-1.json").read_text())
-    cleared = {(c["key"], c["since"]) for c in record["cleared"]}
-    intents = [UploadIntent(key=i["key"], since=dt.datetime.fromisoformat(i["since"])) for i in record["intents"]
-               if (i["key"], i["since"]) not in cleared]
-    close_leftovers(open_store(S3Config(**job.config("destination"))), intents=intents)
+    # The restarted pod resumes its open ranges.
     code, lines = _stand_in(job, tmp_path, 1, "none", 0, "move", options)
     assert code == 0 and any(line.startswith("FINISHED succeeded") for line in lines), "\n".join(lines[-30:])
     # It listed again only its open ranges (one LIST each: a range is one page), and claimed nothing new.
