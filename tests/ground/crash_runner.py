@@ -6,9 +6,12 @@
 The spec travels in the environment (it holds credentials; argv is visible in ps). `kill` is a checkpoint name
 (killed the `occurrence`-th time any thread reaches it), "on_upload_opened" (killed inside that sink call, before the
 upload ID is recorded: the worst case, as when a status patch has not happened yet), or "none" (the parent kills it
-after a delay). The sink stands in for the worker's status record: every upload intent (before CreateMultipartUpload)
-and every upload ID is written to `record` as JSON and fsynced before the engine goes on, so what the file says
-survives the kill exactly as a durable status record would. Prints one line per event for the trial's log.
+after a delay, or not at all). With "ledger" (a file path) in the spec, stand-ins in several processes share one
+listing through it (tests.ground.ledger_file), each with its own options.shard_index. Its last lines say the
+outcome, the object counts and the LIST requests it sent per side. The sink stands in for the worker's status
+record: every upload intent (before CreateMultipartUpload) and every upload ID is written to `record` as JSON and
+fsynced before the engine goes on, so what the file says survives the kill exactly as a durable status record
+would. Prints one line per event for the trial's log.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 from datamover.backends import open_store
 from datamover.backends.s3 import S3Config
 from datamover.engine import AbortSignal, MigrationOptions, OpenUpload, Progress, migrate
+from tests.ground.ledger_file import FileLedgerStore
 
 
 def die(where: str) -> None:
@@ -120,9 +124,20 @@ def main() -> int:
     destination = open_store(S3Config(**spec["destination"]))
     options = MigrationOptions(remain_source=spec["mode"] == "copy", **spec["options"])
     sink = RecordingSink(record, spec["kill"], spec["occurrence"])
+    requests: dict[str, int] = {}
+    for side, store in (("source", source), ("destination", destination)):
+        def count(model: Any, side: str = side, **_: Any) -> None:
+            name = f"{side}.{model.name}"
+            requests[name] = requests.get(name, 0) + 1  # one thread lists per side; a lost count is harmless
+
+        store.client.meta.events.register("before-call.s3.ListObjectsV2", count)  # type: ignore[attr-defined]
+    ledger = FileLedgerStore(Path(spec["ledger"])) if spec.get("ledger") else None
     print("STARTED", flush=True)
-    result = migrate(source, destination, options, killer(spec["kill"], spec["occurrence"]), sink)
+    result = migrate(source, destination, options, killer(spec["kill"], spec["occurrence"]), sink, ledger)
     print(f"FINISHED {result.outcome.value} {result.error}", flush=True)
+    print(f"PROGRESS migrated={result.progress.objects_migrated} skipped={result.progress.objects_skipped} "
+          f"excluded={result.progress.objects_excluded}", flush=True)
+    print(f"REQUESTS {json.dumps(requests)}", flush=True)
     return 0
 
 

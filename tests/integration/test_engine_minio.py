@@ -190,30 +190,6 @@ def test_full_migration_then_rerun_skips_everything(
     assert again.progress.objects_skipped == len(workload.originals) and again.progress.bytes_migrated == 0
 
 
-def test_two_shards_split_the_work_without_overlap(
-    cloud_a: S3Server, cloud_b: S3Server, workload: Workload, bucket_factory: BucketFactory,
-) -> None:
-    destination_bucket = bucket_factory(cloud_b)
-    results = []
-    threads = []
-    for index in range(2):
-        options = MigrationOptions(shard_index=index, shard_count=2, **OPTIONS)  # type: ignore[arg-type]
-        source, destination = open_(cloud_a, workload.bucket, PREFIX), open_(cloud_b, destination_bucket, PREFIX)
-
-        def run(s: ObjectStore = source, d: ObjectStore = destination, o: MigrationOptions = options) -> None:
-            results.append(migrate(s, d, o, AbortSignal(), RecordingSink()))
-
-        threads.append(threading.Thread(target=run))
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(300)
-    assert [r.outcome for r in results] == [Outcome.SUCCEEDED] * 2
-    assert sum(r.progress.objects_migrated for r in results) == len(workload.originals)
-    assert all(r.progress.objects_skipped == 0 for r in results)
-    _rclone_clean(rclone_check(cloud_a, f"{workload.bucket}/data", cloud_b, f"{destination_bucket}/data"))
-
-
 def test_same_endpoint_uses_server_side_copy(
     cloud_a: S3Server, workload: Workload, bucket_factory: BucketFactory,
 ) -> None:

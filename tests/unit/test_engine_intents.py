@@ -273,9 +273,9 @@ def test_the_stall_detector_fails_the_worker_naming_the_endpoint(moto: None) -> 
     interrupted = threading.Event()
     real_list, real_interrupt = source.list_page, source.interrupt
 
-    def hanging_list(prefix: str, token: str | None) -> Any:
+    def hanging_list(prefix: str, token: str | None, start_after: str | None = None) -> Any:
         interrupted.wait(30)  # a request that never gets an answer, until the detector interrupts the store
-        return real_list(prefix, token)
+        return real_list(prefix, token, start_after)
 
     def interrupt(reason: str) -> None:
         real_interrupt(reason)

@@ -15,12 +15,12 @@ from datamover.backends.base import S3_LIMITS, Capabilities, ErrorKind, ObjectAt
 from datamover.backends.s3 import S3Store
 from datamover.engine import (
     AbortSignal,
+    MemoryLedgerStore,
     MigrationOptions,
     OpenUpload,
     Outcome,
     close_leftovers,
     migrate,
-    shard_of,
 )
 from datamover.engine.multipart import choose_part_size, part_ranges
 from datamover.engine.verify import composite_etag
@@ -194,26 +194,30 @@ def test_server_side_copy_above_the_single_copy_limit_goes_part_by_part(moto: No
     assert read(destination, "large") == read(source, "large")
 
 
-def test_sharding_is_stable_disjoint_and_covers_every_key(moto: None) -> None:
-    all_keys = [f"k/{i:04d}" for i in range(300)] + AWKWARD_KEYS
-    owners = [shard_of(key, 3) for key in all_keys]
-    assert owners == [shard_of(key, 3) for key in all_keys]  # stable (no salted hash())
-    assert shard_of("k/0001", 3) == 1 and shard_of("ünïcødé", 7) == 2  # pinned: must never change
-    assert {owner for owner in owners} == {0, 1, 2}
-
-    source, destination = store("src", "", "a"), store("dst", "", "b")
-    for key in all_keys[:60]:
+def test_workers_sharing_a_ledger_split_one_listing_and_cover_every_key_once(moto: None) -> None:
+    all_keys = [f"k/{i:04d}" for i in range(54)] + AWKWARD_KEYS
+    source, destination = store("src", "", "a", list_page_size=7), store("dst", "", "b")
+    for key in all_keys:
         put(source, key, key.encode())
-    done: list[set[str]] = []
+    lists: list[str] = []
+    source.client.meta.events.register("before-call.s3.ListObjectsV2", lambda model, **_: lists.append(model.name))
+    ledger = MemoryLedgerStore()
+    results = []
+    # One after the other: the first worker claims every page, the others find the listing finished.
     for index in range(3):
-        sink = RecordingSink()
         options = MigrationOptions(**{**SMALL.__dict__, "shard_index": index, "shard_count": 3})
-        before = keys(destination)
-        result = migrate(source, destination, options, AbortSignal(), sink)
-        assert result.outcome is Outcome.SUCCEEDED
-        done.append(keys(destination) - before)
-        assert result.progress.objects_total == len(done[-1])
-    assert sum(map(len, done)) == 60 and set().union(*done) == set(all_keys[:60])
+        results.append(migrate(source, destination, options, AbortSignal(), RecordingSink(), ledger))
+    assert [r.outcome for r in results] == [Outcome.SUCCEEDED] * 3
+    assert [r.progress.objects_migrated for r in results] == [60, 0, 0]
+    assert keys(destination) == set(all_keys)
+    assert len(lists) == 9  # ceil(60 / 7): each page listed once for the whole job
+
+
+def test_workers_without_a_shared_ledger_are_refused(moto: None) -> None:
+    source, destination = store("src", "", "a"), store("dst", "", "b")
+    options = MigrationOptions(**{**SMALL.__dict__, "shard_index": 1, "shard_count": 2})
+    with pytest.raises(ValueError, match="ledger"):
+        migrate(source, destination, options, AbortSignal(), RecordingSink())
 
 
 def test_progress_is_reported_while_running_and_throttled(moto: None) -> None:
@@ -372,13 +376,13 @@ def test_listing_stays_at_most_one_page_ahead_of_the_copies(moto: None) -> None:
     ahead: list[int] = []
     original = source.list_page
 
-    def list_page(prefix: str, token: str | None) -> Any:
+    def list_page(prefix: str, token: str | None, start_after: str | None = None) -> Any:
         nonlocal listed
         with sink.lock:
             last = sink.progress[-1] if sink.progress else None
         done = last.objects_migrated if last else 0
         ahead.append(listed - done)
-        page = original(prefix, token)
+        page = original(prefix, token, start_after)
         listed += len(page.objects)
         return page
 

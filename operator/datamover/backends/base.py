@@ -170,8 +170,9 @@ class ObjectStore(abc.ABC):
         """Fail with StoreError(PERMANENT) if the endpoint, credentials or bucket are unusable."""
 
     @abc.abstractmethod
-    def list_page(self, prefix: str, token: str | None) -> ListPage:
-        """One page of keys under `prefix`, in key order (UTF-8 byte order), starting after `token`."""
+    def list_page(self, prefix: str, token: str | None, start_after: str | None = None) -> ListPage:
+        """One page of keys under `prefix`, in key order (UTF-8 byte order): the first page of keys sorting after
+        `start_after` (a full key; None: from the start), or the page after continuation `token`."""
 
     @abc.abstractmethod
     def stat(self, key: str) -> ObjectInfo | None:

@@ -378,10 +378,12 @@ class S3Store(ObjectStore, ServerSideCopy):
         except (botocore.exceptions.BotoCoreError, OSError, Interrupted) as error:
             raise self._error("HeadBucket", None, error) from error
 
-    def list_page(self, prefix: str, token: str | None) -> ListPage:
+    def list_page(self, prefix: str, token: str | None, start_after: str | None = None) -> ListPage:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": self.config.list_page_size}
         if token:
             kwargs["ContinuationToken"] = token
+        if start_after:
+            kwargs["StartAfter"] = start_after
         with self._errors("ListObjectsV2", prefix):
             response = self.client.list_objects_v2(**kwargs)
         objects = [

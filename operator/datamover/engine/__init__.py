@@ -10,15 +10,19 @@ from datamover.engine.abort import CHECKPOINTS, AbortSignal
 from datamover.engine.filters import ObjectFilter, check_pattern
 from datamover.engine.fsm import WorkerState
 from datamover.engine.janitor import Cleanup, UploadIntent, close_leftovers
-from datamover.engine.migrate import migrate, shard_of
+from datamover.engine.migrate import migrate
 from datamover.engine.options import MigrationOptions, MigrationResult, Outcome
 from datamover.engine.progress import NullSink, Progress, ProgressSink
+from datamover.engine.shards import KeyRange, LedgerStore, MemoryLedgerStore
 from datamover.engine.throttle import Throttle
 
 __all__ = [
     "CHECKPOINTS",
     "AbortSignal",
     "Cleanup",
+    "KeyRange",
+    "LedgerStore",
+    "MemoryLedgerStore",
     "MigrationOptions",
     "MigrationResult",
     "NullSink",
@@ -33,5 +37,4 @@ __all__ = [
     "check_pattern",
     "close_leftovers",
     "migrate",
-    "shard_of",
 ]

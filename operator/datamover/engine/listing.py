@@ -29,11 +29,13 @@ class DestinationIndex:
     Both listings come back in key order (UTF-8 byte order, which is also Python's str order), and re-rooting keys
     from one prefix to the other keeps that order, so a merge walk finds each destination key with one page of memory.
     If the order ever looks wrong, or the destination may not be listed, it answers UNKNOWN and objects are checked
-    with HEAD instead: slower, never wrong.
+    with HEAD instead: slower, never wrong. A worker walks one index per run of contiguous source ranges, starting
+    after the range's first key re-rooted to the destination, so it lists only the destination keys of its ranges.
     """
 
-    def __init__(self, destination: ObjectStore, abort: AbortSignal, shard: str) -> None:
+    def __init__(self, destination: ObjectStore, abort: AbortSignal, shard: str, start_after: str = "") -> None:
         self._destination = destination
+        self._start_after = start_after  # the walk starts after this destination key (a shard's range starts there)
         self._abort = abort
         self._shard = shard
         self._page: list[ObjectSummary] = []
@@ -72,7 +74,8 @@ class DestinationIndex:
         if self._abort.checkpoint("before_list_page", None):
             return False  # the dispatcher sees the abort right after this lookup
         try:
-            page = self._destination.list_page(self._destination.prefix, self._token)
+            page = self._destination.list_page(self._destination.prefix, self._token,
+                                               start_after=self._start_after or None)
         except StoreError as error:
             if error.kind is not ErrorKind.PERMANENT:
                 raise

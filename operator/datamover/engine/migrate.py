@@ -1,15 +1,15 @@
-"""One worker's migration: list its shard of the source, run every object through ObjectMover, stop cleanly.
+"""One worker's migration: claim pages of the job's one listing, run every object through ObjectMover, stop cleanly.
 
-The main thread lists and dispatches (never more than `concurrency` objects ahead, so memory stays flat however many
-keys the bucket holds) and drives the worker state machine; object threads run ObjectMover; a shared part pool runs
-the parts of large objects.
+The main thread claims pages (engine.shards) and dispatches (never more than `concurrency` objects ahead and one page
+of keys in hand, so memory stays flat however many keys the bucket holds) and drives the worker state machine; object
+threads run ObjectMover; a shared part pool runs the parts of large objects.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from datamover.backends.base import ErrorKind, ObjectStore, ObjectSummary, StoreError, server_side_copier
@@ -20,6 +20,7 @@ from datamover.engine.listing import DestinationHint, DestinationIndex
 from datamover.engine.mover import ObjectMover
 from datamover.engine.options import MigrationOptions, MigrationResult, Outcome
 from datamover.engine.progress import ProgressSink, ProgressTracker
+from datamover.engine.shards import KeyRange, LedgerStore, MemoryLedgerStore, SharedListing, list_range
 from datamover.engine.stall import StallWatch
 from datamover.engine.throttle import ThrottledCopier, ThrottledStore, unwrapped
 
@@ -31,10 +32,37 @@ MAX_REPORTED_FAILURES = 100
 POLL_SECONDS = 0.1
 
 
-def shard_of(key: str, shard_count: int) -> int:
-    """The worker that owns `key`: a stable hash (SHA-256, not Python's salted hash()) mod the worker count."""
-    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(digest[:8], "big") % shard_count
+class _RangeWork:
+    """Counts one range's objects in flight; once all are dispatched and ended well, the range is closed in the
+    ledger (a range with an object failed, aborted or retained stays open, so a restarted worker lists it again)."""
+
+    def __init__(self, claimed: KeyRange, listing: SharedListing) -> None:
+        self._range = claimed
+        self._listing = listing
+        self._lock = threading.Lock()
+        self._running = 0
+        self._all_dispatched = False
+        self._clean = True
+
+    def started(self) -> None:
+        with self._lock:
+            self._running += 1
+
+    def ended(self, state: ObjectState) -> None:
+        with self._lock:
+            self._running -= 1
+            self._clean = self._clean and state in (ObjectState.MIGRATED, ObjectState.SKIPPED)
+            self._maybe_close()
+
+    def dispatched(self) -> None:
+        with self._lock:
+            self._all_dispatched = True
+            self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        if self._all_dispatched and self._running == 0 and self._clean:
+            self._clean = False  # close once
+            self._listing.close(self._range)
 
 
 class _Worker:
@@ -42,7 +70,7 @@ class _Worker:
 
     def __init__(
         self, source: ObjectStore, destination: ObjectStore, options: MigrationOptions, abort: AbortSignal,
-        sink: ProgressSink,
+        sink: ProgressSink, ledger: LedgerStore,
     ) -> None:
         self.source = source
         self.destination = destination
@@ -54,6 +82,10 @@ class _Worker:
         self.tracker = ProgressTracker(sink, options.progress_interval, self.state)
         self.failures: list[ObjectCopy] = []
         self._failures_lock = threading.Lock()
+        # A lock holder silent for longer than a stalled store is allowed to be is taken for dead.
+        self.listing = SharedListing(ledger, options.shard_index, 2 * options.stall_timeout, self.shard)
+        self._index: DestinationIndex | None = None  # the destination walk of the current run of ranges
+        self._reach: str | None = None  # the last key of the range dispatched last (where a contiguous one starts)
 
     def _transition(self, event: str, reason: str | None = None) -> None:
         before = self.state
@@ -125,6 +157,10 @@ class _Worker:
                 _, in_flight = wait(in_flight, timeout=POLL_SECONDS)
                 self._notice_stop(context)
             self._notice_stop(context)
+            try:
+                self.listing.flush()
+            except Exception as error:  # costs only a second listing of done ranges if this worker is restarted
+                log.warning(kv(event="ledger_flush_failed", shard=self.shard, error=repr(error)))
         return self._finish(context)
 
     def _notice_stop(self, context: RunContext) -> None:
@@ -139,44 +175,72 @@ class _Worker:
         return self.abort.requested or context.stop_worker.is_set()
 
     def _dispatch(self, context: RunContext, pool: ThreadPoolExecutor, in_flight: set[Future[None]]) -> None:
+        """Dispatch the ranges an earlier attempt of this worker left open, then claim pages until the job's listing
+        is finished: each page is listed once per job, by the worker that claims it (engine.shards)."""
         slots = threading.BoundedSemaphore(self.options.concurrency)
-        index = DestinationIndex(self.destination, self.abort, self.shard)
-        token: str | None = None
+
+        def before_page() -> bool:
+            return self.abort.checkpoint("before_list_page", None) or self._stopping(context)
+
+        for resumed in self.listing.resume():
+            log.info(kv(event="range_resumed", shard=self.shard, after=resumed.after, through=resumed.through))
+            objects = list_range(self.source, resumed, before_page)
+            if not self._dispatch_range(context, pool, in_flight, slots, resumed, objects):
+                return
         while True:
-            if self.abort.checkpoint("before_list_page", None) or self._stopping(context):
+            claim = self.listing.claim(self.source, self.abort, lambda: self._stopping(context))
+            if claim is None:
+                if not self._stopping(context):
+                    self.tracker.listing_done()
                 return
-            page = self.source.list_page(self.source.prefix, token)
-            for summary in page.objects:
-                if shard_of(summary.key, self.options.shard_count) != self.options.shard_index:
-                    continue
-                if not self.options.filter.selects(summary, summary.key[len(self.source.prefix):]):
-                    self.tracker.excluded()
-                    continue
-                self.tracker.discovered(summary.size)
-                while not slots.acquire(timeout=POLL_SECONDS):
-                    if self._stopping(context):
-                        return
+            if not self._dispatch_range(context, pool, in_flight, slots, claim.range, iter(claim.objects)):
+                return
+
+    def _dispatch_range(
+        self, context: RunContext, pool: ThreadPoolExecutor, in_flight: set[Future[None]],
+        slots: threading.BoundedSemaphore, claimed: KeyRange, objects: Iterator[ObjectSummary],
+    ) -> bool:
+        """Run every selected object of one range, at most `concurrency` at a time; False if stopped part way."""
+        if self._index is None or claimed.after != self._reach:
+            # Ranges that continue each other share one destination walk; any other starts its own after its start.
+            start = context.destination_key(claimed.after) if claimed.after else ""
+            self._index = DestinationIndex(self.destination, self.abort, self.shard, start_after=start)
+        self._reach = claimed.through
+        work = _RangeWork(claimed, self.listing)
+        for summary in objects:
+            if not self.options.filter.selects(summary, summary.key[len(self.source.prefix):]):
+                self.tracker.excluded()
+                continue
+            self.tracker.discovered(summary.size)
+            while not slots.acquire(timeout=POLL_SECONDS):
                 if self._stopping(context):
-                    slots.release()
-                    return
-                hint = index.lookup(context.destination_key(summary.key))
-                in_flight.add(pool.submit(self._move_one, context, summary, hint, slots))
-                in_flight.difference_update([future for future in in_flight if future.done()])
-            if page.next_token is None:
-                self.tracker.listing_done()
-                return
-            token = page.next_token
+                    return False
+            if self._stopping(context):
+                slots.release()
+                return False
+            hint = self._index.lookup(context.destination_key(summary.key))
+            work.started()
+            in_flight.add(pool.submit(self._move_one, context, summary, hint, slots, work))
+            in_flight.difference_update([future for future in in_flight if future.done()])
+        if self._stopping(context):
+            return False
+        work.dispatched()
+        return True
 
     def _move_one(
         self, context: RunContext, summary: ObjectSummary, hint: DestinationHint, slots: threading.BoundedSemaphore,
+        work: _RangeWork,
     ) -> None:
+        state = ObjectState.FAILED
         try:
             copy = ObjectMover(context, summary, hint).run()
+            state = copy.state
             if copy.state is ObjectState.FAILED:
                 with self._failures_lock:
                     if len(self.failures) < MAX_REPORTED_FAILURES:
                         self.failures.append(copy)
         finally:
+            work.ended(state)
             slots.release()
 
     def _finish(self, context: RunContext) -> MigrationResult:
@@ -209,10 +273,18 @@ class _Worker:
 
 def migrate(
     source: ObjectStore, destination: ObjectStore, options: MigrationOptions, abort: AbortSignal, sink: ProgressSink,
+    ledger: LedgerStore | None = None,
 ) -> MigrationResult:
-    """Migrate this worker's shard of `source` to `destination`; blocks until done, aborted or failed; never raises
-    for store errors (they end in Outcome.FAILED with a message naming endpoint, bucket and key)."""
+    """Migrate this worker's share of `source` to `destination`; blocks until done, aborted or failed; never raises
+    for store errors (they end in Outcome.FAILED with a message naming endpoint, bucket and key).
+
+    The workers of one job (`options.shard_count` of them) share `ledger`, through which each page of the source is
+    listed by one of them (engine.shards); a lone worker may leave it out."""
+    if ledger is None:
+        if options.shard_count > 1:
+            raise ValueError("workers that share a job must share a ledger, or each would migrate every key")
+        ledger = MemoryLedgerStore()
     if options.throttle is not None:
         source = ThrottledStore(source, options.throttle, abort)
         destination = ThrottledStore(destination, options.throttle, abort)
-    return _Worker(source, destination, options, abort, sink).run()
+    return _Worker(source, destination, options, abort, sink, ledger).run()

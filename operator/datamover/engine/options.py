@@ -24,8 +24,8 @@ class MigrationOptions:
     part_size: int = 16 * MiB  # grown automatically so no object needs more than 10,000 parts
     multipart_threshold: int = 16 * MiB  # objects larger than this use multipart (or UploadPartCopy)
     part_concurrency: int = 8  # parts in flight per worker, shared by all objects (one object may use them all)
-    shard_index: int = 0  # this worker takes keys whose stable hash mod shard_count equals shard_index
-    shard_count: int = 1
+    shard_index: int = 0  # this worker's index among the job's workers (its name in the shared listing ledger)
+    shard_count: int = 1  # workers sharing the job's one listing (engine.shards)
     chunk_size: int = 1 * MiB  # download read size: abort is checked between chunks
     progress_interval: float = 1.0  # seconds between throttled progress snapshots
     part_read_attempts: int = 3  # re-requests of a part whose download broke mid-body (botocore cannot retry that)

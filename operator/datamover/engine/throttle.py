@@ -132,9 +132,9 @@ class ThrottledStore(ObjectStore):
         self._request()
         self.inner.check_access()
 
-    def list_page(self, prefix: str, token: str | None) -> ListPage:
+    def list_page(self, prefix: str, token: str | None, start_after: str | None = None) -> ListPage:
         self._request()
-        return self.inner.list_page(prefix, token)
+        return self.inner.list_page(prefix, token, start_after)
 
     def stat(self, key: str) -> ObjectInfo | None:
         self._request()

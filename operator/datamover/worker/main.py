@@ -1,4 +1,4 @@
-"""`datamover-worker`: runs the engine on this pod's shard and reports into status.workers[<index>].
+"""`datamover-worker`: runs the engine on this pod's share of the job and reports into status.workers[<index>].
 
 Abort reaches the engine three ways, all turned into one AbortSignal: spec.abort (watched, so it is seen within a
 second), the MigrationJob being deleted, and SIGTERM (the kubelet's notice, e.g. when the operator suspends the Job).
@@ -53,6 +53,7 @@ from datamover.engine import (
     migrate,
 )
 from datamover.locations import s3_config
+from datamover.worker.ledger import StatusLedgerStore
 from datamover.worker.reporting import StatusReporter
 
 log = logging.getLogger("datamover.worker")
@@ -187,7 +188,8 @@ def run(env: Mapping[str, str] = os.environ) -> int:
 
     reporter.start(aborting=abort.requested)
     threading.Thread(target=_heartbeat, args=(reporter,), name="heartbeat", daemon=True).start()
-    result = migrate(source, destination, options, abort, reporter)
+    # The workers share one listing of the source through status.listing (engine.shards).
+    result = migrate(source, destination, options, abort, reporter, StatusLedgerStore(api, namespace, name))
     final = {
         Outcome.SUCCEEDED: WorkerState.SUCCEEDED,
         Outcome.ABORTED: WorkerState.ABORTED,
