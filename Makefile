@@ -32,10 +32,12 @@ host-packages:
 
 ground: venv host-packages binaries image
 
-# The whole suite on the real ground: unit, engine-vs-MinIO integration, control-plane tests.
+# The whole suite on the real ground: unit, engine-vs-MinIO integration, control-plane tests. Two pytest workers:
+# one runs the control-plane tier (mostly waiting on the cluster), the other the rest meanwhile.
+TEST_WORKERS ?= 2
 test: ground
 	@test "$$(id -u)" = 0 || { echo "make test: needs root (the control-plane tier runs a real kubelet, containerd and runc)" >&2; exit 1; }
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Fast tier only (moto, pure functions, chart rendering): needs only helm and kubeconform of the binaries.
 unit: venv

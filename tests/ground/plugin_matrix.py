@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def seed_of(config: pytest.Config) -> int:
     seed = getattr(config, "_datamover_matrix_seed", None)
+    if seed is None and hasattr(config, "workerinput"):  # an xdist worker takes the seed its controller printed
+        seed = config.workerinput.get("datamover_matrix_seed")
     if seed is None:
         given = config.getoption("--matrix-seed")
         if given is None and os.environ.get("DATAMOVER_MATRIX_SEED"):
@@ -35,6 +38,12 @@ def matrix_trials(config: pytest.Config) -> int:
     if given is None:
         given = int(os.environ.get("DATAMOVER_MATRIX_TRIALS", DEFAULT_TRIALS))
     return int(given)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist: every worker runs the matrix with the one seed the header shows."""
+    node.workerinput["datamover_matrix_seed"] = seed_of(node.config)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
