@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any, cast
 
 import kubernetes
@@ -28,9 +27,8 @@ from datamover.api import (
     GROUP,
     HEARTBEAT_SECONDS,
     PLURAL,
-    SECRET_KEYS_OPTIONAL,
-    SECRET_KEYS_REQUIRED,
     VERSION,
+    Location,
     MigrationSpec,
     credential_env,
     parse_time,
@@ -48,14 +46,14 @@ from datamover.engine import (
     close_leftovers,
     migrate,
 )
-from datamover.locations import s3_config
+from datamover.locations import store_config
 from datamover.worker.reporting import StatusReporter
 
 log = logging.getLogger("datamover.worker")
 
 
-def _credentials(side: str, env: Mapping[str, str]) -> dict[str, str]:
-    keys = SECRET_KEYS_REQUIRED + SECRET_KEYS_OPTIONAL
+def _credentials(side: str, location: Location, env: Mapping[str, str]) -> dict[str, str]:
+    keys = location.secret_keys.all
     return {key: env[credential_env(side, key)] for key in keys if env.get(credential_env(side, key))}
 
 
@@ -133,10 +131,10 @@ def run(env: Mapping[str, str] = os.environ) -> int:
     # One connection per object in flight plus one per part in flight, or urllib3 throws connections away.
     pool = max(32, options.concurrency * (options.part_concurrency + 1))
     stall = float(spec.stall_timeout_seconds)
-    source = open_store(replace(s3_config(spec.source, _credentials("source", env)), max_pool_connections=pool,
-                                stall_timeout=stall))
-    destination = open_store(replace(s3_config(spec.destination, _credentials("destination", env)),
+    source = open_store(store_config(spec.source, _credentials("source", spec.source, env),
                                      max_pool_connections=pool, stall_timeout=stall))
+    destination = open_store(store_config(spec.destination, _credentials("destination", spec.destination, env),
+                                          max_pool_connections=pool, stall_timeout=stall))
 
     # A previous attempt of this index (a killed pod) may have left uploads open: close them before resuming. Every
     # key it intended to upload to is listed too (so also uploads whose ID never reached status); what could not be
