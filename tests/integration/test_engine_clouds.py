@@ -8,17 +8,17 @@ too (S3 multipart uploads, Azure uncommitted blocks, GCS part objects) and must 
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import pytest
 
@@ -29,6 +29,7 @@ from datamover.backends.gcs import UPLOAD_AREA, GcsConfig
 from datamover.engine import AbortSignal, MigrationOptions, Outcome, UploadIntent, close_leftovers, migrate
 from tests.ground.clouds import AzuriteServer, FakeGcsServer
 from tests.ground.plugin_clouds import ContainerFactory
+from tests.ground.plugin_matrix import seed_of
 from tests.ground.plugin_s3 import BucketFactory
 from tests.ground.s3 import S3Server
 from tests.integration.test_engine_minio import config as s3_config
@@ -121,10 +122,10 @@ def side(cloud_a: S3Server, bucket_factory: BucketFactory, azurite: AzuriteServe
     return make
 
 
-def fill(source: Side, big: int = 1) -> dict[str, str]:
+def fill(source: Side, big: int = 1, big_size: int = BIG) -> dict[str, str]:
     """Small objects and `big` objects written in parts; returns key (under the source prefix) -> MD5."""
     prefix = source.store().prefix
-    bodies = {f"{prefix}big-{i}.bin": os.urandom(BIG + i) for i in range(big)}
+    bodies = {f"{prefix}big-{i}.bin": os.urandom(big_size + i) for i in range(big)}
     bodies.update({f"{prefix}small/{name}": os.urandom(1000 + i) for i, name in enumerate(
         ["a.txt", "with space.txt", "ünï.bin", "z"])})
     for key, body in bodies.items():
@@ -190,89 +191,78 @@ def test_an_abort_mid_object_leaves_every_object_untouched_or_exact_and_no_fragm
     assert sink.opened and len(sink.closed) == len(sink.opened) and len(sink.cleared) == len(sink.intents)
 
 
-KILLED_CHILD = r"""
-import json, os, sys, time
-from datamover.backends import open_store
-from datamover.backends.azure_blob import AzureBlobConfig
-from datamover.backends.gcs import GcsConfig
-from datamover.backends.s3 import S3Config
-from datamover.engine import AbortSignal, MigrationOptions, migrate
+# -- crash matrix: the worker stand-in (tests/ground/crash_runner.py) SIGKILLed while writing to Azure or GCS -----
 
-KINDS = {"s3": S3Config, "azure": AzureBlobConfig, "gcs": GcsConfig}
-
-def store(side):
-    return open_store(KINDS[os.environ[f"DM_{side}_KIND"]](**json.loads(os.environ[f"DM_{side}_CONFIG"])))
-
-class PrintingSink:
-    def on_progress(self, progress): pass
-    def on_upload_intent(self, i): print(f"INTENT {i.key} {i.since.isoformat()}", flush=True)
-    def on_intent_cleared(self, i): pass
-    def on_upload_opened(self, u): pass
-    def on_upload_closed(self, u): pass
-
-def slow(name, key):
-    if name == "between_parts":
-        time.sleep(0.5)  # keep the copy between its parts long enough to be killed there
-
-options = MigrationOptions(part_size=5 * 1024 * 1024, multipart_threshold=5 * 1024 * 1024, concurrency=1,
-                           part_concurrency=1)
-migrate(store("SRC"), store("DST"), options, AbortSignal(on_checkpoint=slow), PrintingSink())
-print("FINISHED", flush=True)
-"""
+# Kill point -> the highest occurrence one run reaches with CRASH_OPTIONS on fill(big_size=CRASH_BIG)'s dataset.
+CRASH_BIG = 5 * MiB + 1  # two parts
+CRASH_POINTS = {"after_create_multipart": 1, "on_upload_opened": 1, "between_parts": 2, "between_chunks": 5,
+                "before_delete_source": 5}
+CRASH_OPTIONS = {**OPTIONS, "chunk_size": MiB}
 
 
-@pytest.mark.parametrize("destination_kind", ["azure", "gcs"])
-def test_a_crash_mid_upload_leaves_a_fragment_the_recorded_intent_finds_and_removes(
-    side: Callable[[str, str], Side], destination_kind: str,
+def plan_cloud_crashes(seed: int) -> list[tuple[str, str, int]]:
+    """(destination kind, kill point, occurrence), two per destination type, drawn from the session's seed: one
+    around the create (before its ID is recorded), one while parts are written or the source is deleted."""
+    rng = random.Random(seed)
+    trials = []
+    for kind in ("azure", "gcs"):
+        for point in (rng.choice(["after_create_multipart", "on_upload_opened"]),
+                      rng.choice(["between_parts", "between_chunks", "before_delete_source"])):
+            trials.append((kind, point, rng.randint(1, CRASH_POINTS[point])))
+    return trials
+
+
+def test_the_cloud_crash_plan_reaches_every_kill_point_over_seeds() -> None:
+    assert {point for seed in range(20) for _, point, _ in plan_cloud_crashes(seed)} == set(CRASH_POINTS)
+    assert plan_cloud_crashes(7) == plan_cloud_crashes(7)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "cloud_crash" in metafunc.fixturenames:
+        seed = seed_of(metafunc.config)
+        trials = plan_cloud_crashes(seed)
+        metafunc.parametrize("cloud_crash", trials,
+                             ids=[f"{kind}-{point}-{occurrence}-seed{seed}" for kind, point, occurrence in trials])
+
+
+def _config_entry(config: StoreConfig) -> dict[str, object]:
+    kind = {AzureBlobConfig: "azureBlob", GcsConfig: "gcs"}.get(type(config), "s3")  # type: ignore[call-overload]
+    return {"kind": kind, **asdict(config)}
+
+
+def test_a_crash_while_writing_to_azure_or_gcs_is_cleaned_by_the_recorded_intents(
+    side: Callable[[str, str], Side], cloud_crash: tuple[str, str, int], tmp_path: Path,
 ) -> None:
-    """SIGKILL after a part is written: the upload's ID never left the process; its intent is all that is recorded."""
-    source, destination = side("s3", "in/"), side(destination_kind, "")
-    source.put("in/big.bin", os.urandom(BIG))
-    env = dict(os.environ)
-    for name, where in (("SRC", source), ("DST", destination)):
-        # Configs (the emulators' well-known development credentials) go through the environment, never argv.
-        kind = {"S3Config": "s3", "AzureBlobConfig": "azure", "GcsConfig": "gcs"}[type(where.config).__name__]
-        env.update({f"DM_{name}_KIND": kind, f"DM_{name}_CONFIG": json.dumps(asdict(where.config))})
-    child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD], env=env, stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None
-        line = child.stdout.readline()
-        assert line.startswith("INTENT"), line
-        _, key, since = line.split()
-        deadline = time.monotonic() + 60
-        while not _a_part_is_written(destination, key):
-            assert child.poll() is None, "the child ended before a part was written"
-            assert time.monotonic() < deadline, "no part was written"
-            time.sleep(0.05)
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    """SIGKILL at a seeded place (move: the source delete is in play too); the successor closes the recorded
+    intents only (upload IDs that never reached the record are found by them), then a re-run finishes exactly."""
+    kind, point, occurrence = cloud_crash
+    source, destination = side("s3", "in/"), side(kind, "out/")
+    originals = fill(source, big_size=CRASH_BIG)
+    record = tmp_path / "record.json"
+    spec = {"source": _config_entry(source.config), "destination": _config_entry(destination.config),
+            "mode": "move", "kill": point, "occurrence": occurrence, "record": str(record), "options": CRASH_OPTIONS}
+    # The spec holds credentials (the emulators' development ones): the environment, never argv.
+    env = {**os.environ, "DM_CRASH_SPEC": json.dumps(spec)}
+    child = subprocess.run([sys.executable, "-m", "tests.ground.crash_runner"], env=env, capture_output=True,
+                           text=True, timeout=180, cwd=Path(__file__).resolve().parents[2], check=False)
+    context = f"{cloud_crash}: {child.stdout[-2000:]}{child.stderr[-2000:]}"
+    assert child.returncode == -signal.SIGKILL, f"the kill point was never reached\n{context}"
 
-    assert destination.fragments(), "the killed upload left its fragment"
-    assert destination.contents() == {}, "no partial object is visible"
+    recorded = json.loads(record.read_text())
+    cleared = {(c["key"], c["since"]) for c in recorded["cleared"]}
+    intents = [UploadIntent(i["key"], dt.datetime.fromisoformat(i["since"])) for i in recorded["intents"]
+               if (i["key"], i["since"]) not in cleared]
+    cleanup = close_leftovers(destination.store(), intents=intents)
+    assert not cleanup.unresolved, f"{context}\n{cleanup}"
+    # After the crash and the cleanup: nothing partial, no fragment; a key may be in both places (killed between
+    # its verified copy and its source delete), never changed.
+    at_source, at_destination = source.contents(), destination.contents()
+    for key, original in originals.items():
+        assert at_source.get(key) in (original, None) and at_destination.get("out/" + key[3:]) in (original, None)
+        assert original in (at_source.get(key), at_destination.get("out/" + key[3:])), f"{key} lost\n{context}"
+    assert destination.fragments() == [], context
 
-    cleanup = close_leftovers(destination.store(), intents=[UploadIntent(key, dt.datetime.fromisoformat(since))])
-
-    assert len(cleanup.aborted) == 1 and len(cleanup.resolved) == 1, cleanup
-    assert destination.fragments() == [] and destination.contents() == {}
-
-
-def _a_part_is_written(destination: Side, key: str) -> bool:
-    """Through the vendor SDK: the upload holds part 1, not only its create's marker."""
-    if isinstance(destination.config, AzureBlobConfig):
-        from azure.storage.blob import BlobClient
-
-        blob = BlobClient(destination.config.account_url, destination.config.container, key,
-                          credential={"account_name": destination.config.account_name,
-                                      "account_key": destination.config.account_key})
-        try:
-            blocks = blob.get_block_list("uncommitted")[1]
-        except Exception:  # no block yet: the blob does not exist
-            return False
-        return any(base64.b64decode(block.id).decode().endswith("-000001") for block in blocks)
-    assert isinstance(destination.config, GcsConfig)
-    return any(name.endswith("/00001") for name in destination.fragments())
-
+    rerun = migrate(source.store(), destination.store(), MigrationOptions(remain_source=False, **OPTIONS),  # type: ignore[arg-type]
+                    AbortSignal(), RecordingSink())
+    assert rerun.outcome is Outcome.SUCCEEDED, rerun.error
+    assert judge(source, destination, originals, remain_source=False)["migrated"] == len(originals)
