@@ -8,6 +8,7 @@ too (S3 multipart uploads, Azure uncommitted blocks, GCS part objects) and must 
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -27,6 +28,7 @@ from datamover.backends.azure_blob import AzureBlobConfig
 from datamover.backends.base import ObjectStore
 from datamover.backends.gcs import UPLOAD_AREA, GcsConfig
 from datamover.engine import AbortSignal, MigrationOptions, Outcome, UploadIntent, close_leftovers, migrate
+from datamover.worker.main import failure_reason
 from tests.ground.clouds import AzuriteServer, FakeGcsServer
 from tests.ground.plugin_clouds import ContainerFactory
 from tests.ground.plugin_matrix import seed_of
@@ -170,6 +172,16 @@ def test_a_migration_between_clouds_is_exact(
     assert judge(source, destination, originals, remain_source) == {"untouched": 0, "migrated": len(originals)}
     info = destination.store().stat("out/big-0.bin")
     assert info is not None and info.attributes.content_type == "text/x-test", "content headers travel"
+    if remain_source:
+        rerun = migrate(source.store(), destination.store(), MigrationOptions(**OPTIONS),  # type: ignore[arg-type]
+                        AbortSignal(), RecordingSink())
+        assert rerun.outcome is Outcome.SUCCEEDED, rerun.error
+        # Recognised without copying: every object where the destination states an MD5 (S3's ETags, Azure's and
+        # GCS's stored MD5 of whole writes) or S3's part layout. An Azure block list states none, nor does a real
+        # GCS composition (fake-gcs-server gives one an md5Hash): such a big object is copied again, a known gap.
+        big_md5 = info.known_md5
+        assert rerun.progress.objects_skipped == len(originals) - (0 if destination_kind == "s3" or big_md5 else 1)
+        assert judge(source, destination, originals, remain_source)["migrated"] == len(originals)
 
 
 @pytest.mark.parametrize(("source_kind", "destination_kind"), PAIRS, ids=[f"{a}-to-{b}" for a, b in PAIRS])
@@ -266,3 +278,22 @@ def test_a_crash_while_writing_to_azure_or_gcs_is_cleaned_by_the_recorded_intent
                     AbortSignal(), RecordingSink())
     assert rerun.outcome is Outcome.SUCCEEDED, rerun.error
     assert judge(source, destination, originals, remain_source=False)["migrated"] == len(originals)
+
+
+def test_a_wrong_azure_key_or_a_missing_container_or_bucket_fails_saying_which(
+    side: Callable[[str, str], Side], azurite: AzuriteServer, fake_gcs: FakeGcsServer,
+) -> None:
+    destination = side("s3", "")
+    wrong_key = base64.b64encode(os.urandom(64)).decode()
+    cases = {
+        "CredentialsRejected": azure_config(azurite, "photos", account_key=wrong_key),
+        "BucketNotFound": azure_config(azurite, "no-such-container"),
+        "BucketNotFound ": gcs_config(fake_gcs, "no-such-bucket"),
+    }
+    for reason, config in cases.items():
+        result = migrate(open_store(config), destination.store(), MigrationOptions(**OPTIONS),  # type: ignore[arg-type]
+                         AbortSignal(), RecordingSink())
+        assert result.outcome is Outcome.FAILED and result.fatal_kind == "permanent", (reason, result)
+        assert failure_reason(result) == reason.strip(), (reason, result.fatal_code, result.error)
+        assert wrong_key not in (result.error or "")
+        assert config.bucket in (result.error or ""), "the message names the container or bucket"

@@ -231,7 +231,8 @@ class AzureBlobStore(ObjectStore):
 
     def _error(self, operation: str, key: str | None, error: AzureError) -> StoreError:
         where = self.describe(key)
-        code = str(getattr(error, "error_code", "") or "")
+        raw_code = getattr(error, "error_code", "") or ""
+        code = str(getattr(raw_code, "value", raw_code))  # a StorageErrorCode (a str enum) or the header's text
         status = getattr(getattr(error, "response", None), "status_code", None)
         detail = (str(getattr(error, "reason", "") or "") or str(error).splitlines()[0])[:200]
         message = f"{operation} failed on {where}: {code or type(error).__name__}: {detail}"
@@ -257,7 +258,7 @@ class AzureBlobStore(ObjectStore):
         )
 
     @staticmethod
-    def _info(key: str, properties: Any, size: int) -> ObjectInfo:
+    def _info(key: str, properties: Any, size: int, whole: bool = True) -> ObjectInfo:
         settings = properties.content_settings
         user, expires = metadata_from_azure(properties.metadata or {})
         attributes = ObjectAttributes(
@@ -265,8 +266,10 @@ class AzureBlobStore(ObjectStore):
             cache_control=settings.cache_control or None, content_disposition=settings.content_disposition or None,
             content_language=settings.content_language or None, expires=expires, user_metadata=user,
         )
+        # Content-MD5 describes the whole blob in a stat or a whole read; a range's response may carry the range's.
+        md5 = settings.content_md5 if whole else None
         return ObjectInfo(key=key, size=size, etag=str(properties.etag).strip('"'), attributes=attributes,
-                          etag_kind=EtagKind.OPAQUE)
+                          etag_kind=EtagKind.OPAQUE, content_md5=bytes(md5).hex() if md5 else None)
 
     # -- ObjectStore --------------------------------------------------------------------------------------------
 
@@ -314,7 +317,8 @@ class AzureBlobStore(ObjectStore):
         content_range = getattr(properties, "content_range", None)
         if content_range and "/" in content_range and not content_range.endswith("*"):
             size = int(content_range.rsplit("/", 1)[1])
-        return _AzureStream(iter(downloader.chunks()), self.describe(key), self._info(key, properties, size))
+        info = self._info(key, properties, size, whole=start is None)
+        return _AzureStream(iter(downloader.chunks()), self.describe(key), info)
 
     def put(self, key: str, body: bytes, attributes: ObjectAttributes, content_md5: str) -> str:
         # x-ms-blob-content-md5 on Put Blob is checked by the service against the body, and stored.

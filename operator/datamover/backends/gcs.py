@@ -20,6 +20,7 @@ travels in reserved metadata and reads back exactly as written.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -202,8 +203,10 @@ class GcsStore(ObjectStore):
             cache_control=blob.cache_control or None, content_disposition=blob.content_disposition or None,
             content_language=blob.content_language or None, expires=expires, user_metadata=metadata,
         )
+        # md5Hash: every object but a composed one (those carry only CRC32C).
+        md5 = base64.b64decode(blob.md5_hash).hex() if blob.md5_hash else None
         return ObjectInfo(key=key, size=int(blob.size or 0), etag=str(blob.generation), attributes=attributes,
-                          etag_kind=EtagKind.OPAQUE)
+                          etag_kind=EtagKind.OPAQUE, content_md5=md5)
 
     def download(self, blob: storage.Blob, start: int, end: int, info: ObjectInfo) -> bytes:
         """Bytes start..end of the generation `info` describes (a newer one fails PRECONDITION)."""

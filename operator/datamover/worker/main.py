@@ -57,14 +57,18 @@ def _credentials(side: str, location: Location, env: Mapping[str, str]) -> dict[
     return {key: env[credential_env(side, key)] for key in keys if env.get(credential_env(side, key))}
 
 
-# S3 error codes that mean the credentials were refused (HEAD requests report AccessDenied as a bare 403).
+# Error codes that mean the credentials were refused: S3's (HEAD requests report AccessDenied as a bare 403),
+# Azure's, and the HTTP statuses the GCS backend reports.
 _CREDENTIAL_CODES = frozenset({"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
-                               "ExpiredToken", "Credentials"})
+                               "ExpiredToken", "Credentials", "401", "AuthenticationFailed", "AuthorizationFailure",
+                               "AuthorizationPermissionMismatch", "InvalidAuthenticationInfo",
+                               "InsufficientAccountPermissions"})
+_MISSING_BUCKET_CODES = frozenset({"NoSuchBucket", "404", "ContainerNotFound"})
 
 
 def failure_reason(result: MigrationResult) -> str:
     """The condition reason for a failed worker: what a person should go and fix."""
-    if result.fatal_code in ("NoSuchBucket", "404"):
+    if result.fatal_code in _MISSING_BUCKET_CODES:
         return "BucketNotFound"
     if result.fatal_code in _CREDENTIAL_CODES:
         return "CredentialsRejected"
