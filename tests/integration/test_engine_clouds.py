@@ -297,3 +297,18 @@ def test_a_wrong_azure_key_or_a_missing_container_or_bucket_fails_saying_which(
         assert failure_reason(result) == reason.strip(), (reason, result.fatal_code, result.error)
         assert wrong_key not in (result.error or "")
         assert config.bucket in (result.error or ""), "the message names the container or bucket"
+
+
+def test_azure_to_azure_copies_server_side_exactly(side: Callable[[str, str], Side],
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Copy Blob From URL for small objects, Put Block From URL for the big one: no byte passes through us."""
+    source, destination = side("azure", "in/"), side("azure", "out/")
+    originals = fill(source)
+    with caplog.at_level("INFO", logger="datamover.engine"):
+        result = migrate(source.store(), destination.store(), MigrationOptions(remain_source=False, **OPTIONS),  # type: ignore[arg-type]
+                         AbortSignal(), RecordingSink())
+    assert result.outcome is Outcome.SUCCEEDED, result.error
+    assert any("server_side_copy=True" in message for message in caplog.messages), caplog.messages
+    assert judge(source, destination, originals, remain_source=False)["migrated"] == len(originals)
+    info = destination.store().stat("out/big-0.bin")
+    assert info is not None and info.attributes.content_type == "text/x-test"

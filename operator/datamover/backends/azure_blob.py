@@ -45,7 +45,14 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.storage.blob import BlobBlock, BlobServiceClient, ContainerClient, ContentSettings
+from azure.storage.blob import (
+    BlobBlock,
+    BlobSasPermissions,
+    BlobServiceClient,
+    ContainerClient,
+    ContentSettings,
+    generate_blob_sas,
+)
 
 from datamover.backends.base import (
     ByteStream,
@@ -60,6 +67,7 @@ from datamover.backends.base import (
     ObjectSummary,
     OpenUpload,
     PartLimits,
+    ServerSideCopy,
     StoreError,
 )
 
@@ -75,6 +83,11 @@ AZURE_LIMITS = PartLimits(min_part_size=1 * MiB, max_part_size=4000 * MiB, max_p
 EXPIRES_NAME = "datamover_expires"
 ENCODED_NAME_PREFIX = "datamover_x_"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# Copy Blob From URL (synchronous: the only whole-object copy done when the request returns) takes up to 256 MiB.
+MAX_SYNC_COPY = 256 * MiB
+# How long a source SAS made for one server-side copy request stays valid.
+COPY_SAS_LIFETIME = dt.timedelta(hours=1)
 
 _UPLOAD_ID = re.compile(r"(?P<upload>(?P<since>\d{10})[0-9a-f]{8})-(?P<part>\d{6})")
 _MARKER_PART = 0
@@ -187,8 +200,13 @@ class _AzureStream(ByteStream):
         self._chunks = iter(())
 
 
-class AzureBlobStore(ObjectStore):
-    """One container of one storage account, through a BlobServiceClient."""
+class AzureBlobStore(ObjectStore, ServerSideCopy):
+    """One container of one storage account, through a BlobServiceClient.
+
+    Server-side copies read the source through a URL the service fetches itself: Copy Blob From URL (synchronous,
+    attributes included, pinned with x-ms-source-if-match) for whole objects, Put Block From URL for parts. The
+    source is authorized by a short read-only SAS made from its account key, or by its own SAS token.
+    """
 
     capabilities = Capabilities(limits=AZURE_LIMITS, part_layout=False)
 
@@ -408,3 +426,56 @@ class AzureBlobStore(ObjectStore):
 
     def interrupt(self, reason: str) -> None:
         self._interrupted = reason
+
+    # -- ServerSideCopy -----------------------------------------------------------------------------------------
+
+    def can_copy_from(self, source: ObjectStore) -> bool:
+        # Any Azure source whose credentials can make (or are) a read SAS; the service fetches from its URL.
+        return isinstance(source, AzureBlobStore) and bool(source.config.account_key or source.config.sas_token)
+
+    def _source_url(self, source: ObjectStore, source_key: str) -> str:
+        assert isinstance(source, AzureBlobStore)
+        blob = source.container.get_blob_client(source_key)
+        if source.config.account_key:
+            sas = generate_blob_sas(
+                source.config.account_name or "", source.bucket, source_key, account_key=source.config.account_key,
+                permission=BlobSasPermissions(read=True), expiry=dt.datetime.now(dt.UTC) + COPY_SAS_LIFETIME,
+            )
+        else:
+            sas = (source.config.sas_token or "").lstrip("?")
+        return f"{blob.url}?{sas}"
+
+    def copy_object(self, source: ObjectStore, source_key: str, key: str, if_match: str) -> str:
+        if isinstance(source, AzureBlobStore):
+            info = source.stat(source_key)
+            if info is not None and info.size > MAX_SYNC_COPY:
+                raise StoreError(ErrorKind.OTHER, f"Copy Blob From URL takes at most 256 MiB; {source_key!r} has "
+                                                  f"{info.size} bytes (lower the multipart threshold to copy it in "
+                                                  f"parts): {self.describe(key)}", "CopySourceTooLarge")
+        with self._errors(f"CopyBlobFromURL from {source.bucket}/{source_key!r}", key):
+            result = self.container.get_blob_client(key).start_copy_from_url(
+                self._source_url(source, source_key), requires_sync=True, source_etag=f'"{if_match}"',
+                source_match_condition=MatchConditions.IfNotModified,
+            )
+        return str(result.get("etag", "")).strip('"')
+
+    def copy_part(
+        self, source: ObjectStore, source_key: str, upload: OpenUpload, part_number: int, start: int, end: int,
+        if_match: str,
+    ) -> str:
+        # Put Block From URL takes no source condition through the SDK: the source's ETag is read before and after
+        # the block is staged, and since every write of a blob changes its ETag, equal ETags pin the bytes copied.
+        def pinned() -> None:
+            now = source.stat(source_key)
+            if now is None or now.etag != if_match:
+                raise StoreError(ErrorKind.PRECONDITION, f"the source changed while being copied: "
+                                                         f"{source.describe(source_key)}", "ConditionNotMet")
+
+        pinned()
+        block_id = _block_id(upload.upload_id, part_number)
+        with self._errors(f"PutBlockFromURL {part_number}", upload.key):
+            self.container.get_blob_client(upload.key).stage_block_from_url(
+                block_id, self._source_url(source, source_key), source_offset=start, source_length=end - start + 1,
+            )
+        pinned()
+        return block_id
