@@ -86,6 +86,13 @@ class StoreConformance:
         assert returned in ("", hashlib.md5(body).hexdigest()), "put returns the content MD5 or nothing"
         if info.etag_kind is EtagKind.MD5:
             assert info.etag == hashlib.md5(body).hexdigest(), "an ETag declared MD5 must be the content's MD5"
+        if info.content_md5 is not None:
+            assert info.content_md5 == hashlib.md5(body).hexdigest(), "a stated content MD5 must be the content's"
+        stream = store.open_read(store.prefix + "k", 0, 99, None)
+        try:
+            assert stream.info.content_md5 in (None, info.content_md5), "a range never states its own MD5 as whole"
+        finally:
+            stream.close()
 
     def test_an_empty_object_round_trips(self, make_store: StoreFactory) -> None:
         store = make_store()

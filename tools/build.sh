@@ -6,6 +6,9 @@
 # `go version` and the binary's line in BINARIES below, so changing a pin, the toolchain or the
 # build flags rebuilds exactly the binaries concerned.
 #
+# Azurite (the Azure Blob emulator) is an npm package, not a Go module: tools/azurite/package.json and its
+# package-lock.json are its pins, installed with `npm ci` into $DATAMOVER_CACHE/azurite, with a launcher in bin/.
+#
 # Usage: bash tools/build.sh [name ...]     (no names: every binary)
 set -euo pipefail
 
@@ -32,6 +35,8 @@ BINARIES=(
   "rclone|rclone|github.com/rclone/rclone|"
   # A peer the data-plane benchmark measures us against (bench/engine_vs_rclone.py), not used by tests.
   "s5cmd|s5cmd|github.com/peak/s5cmd/v2|-X github.com/peak/s5cmd/v2/version.Version=v2.3.0"
+  # Google Cloud Storage on the ground (JSON and XML APIs, resumable uploads), as MinIO is its S3.
+  "fake-gcs-server|fake-gcs-server|github.com/fsouza/fake-gcs-server|-X main.version=v1.56.1"
   "kube-apiserver|kube|k8s.io/kubernetes/cmd/kube-apiserver|$KUBE_VERSION_LDFLAGS"
   "kube-controller-manager|kube|k8s.io/kubernetes/cmd/kube-controller-manager|$KUBE_VERSION_LDFLAGS"
   "helm|helm|helm.sh/helm/v3/cmd/helm|-X helm.sh/helm/v3/internal/version.version=v3.22.0 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37"
@@ -109,6 +114,38 @@ for entry in "${BINARIES[@]}"; do
     failed+=("$name")
   fi
 done
+# Azurite: npm ci of the locked tree (every package's integrity hash checked), rebuilt when the lock or node change.
+if wanted azurite "$@"; then
+  npm_dir="$CACHE/azurite"
+  stamp="$( { cat "$TOOLS_DIR/azurite/package.json" "$TOOLS_DIR/azurite/package-lock.json"
+              node --version 2>/dev/null; } | sha256sum | cut -d' ' -f1)"
+  if [[ -x "$BIN_DIR/azurite-blob" && -f "$STAMP_DIR/azurite" && "$(cat "$STAMP_DIR/azurite")" == "$stamp" ]]; then
+    echo "up to date: azurite"
+  elif ! command -v npm >/dev/null; then
+    echo "FAILED: azurite: the npm command is not on PATH (Debian: apt-get install npm)" >&2
+    failed+=(azurite)
+  else
+    echo "installing: azurite (npm, tools/azurite)"
+    start=$(now_ms)
+    rm -rf "$npm_dir" "$STAMP_DIR/azurite"
+    mkdir -p "$npm_dir"
+    cp "$TOOLS_DIR/azurite/package.json" "$TOOLS_DIR/azurite/package-lock.json" "$npm_dir/"
+    # No install scripts: Azurite runs without them (the one it pulls, protobufjs's, only prints a notice).
+    if (cd "$npm_dir" && npm ci --omit=dev --ignore-scripts --no-audit --no-fund) >"$LOG_DIR/azurite.log" 2>&1; then
+      printf '#!/bin/sh\nexec node "%s/node_modules/azurite/dist/src/blob/main.js" "$@"\n' "$npm_dir" \
+        >"$BIN_DIR/azurite-blob.tmp"
+      chmod +x "$BIN_DIR/azurite-blob.tmp"
+      mv -f "$BIN_DIR/azurite-blob.tmp" "$BIN_DIR/azurite-blob"
+      echo "$stamp" >"$STAMP_DIR/azurite"
+      echo "installed: azurite in $(secs_since "$start")"
+    else
+      echo "FAILED: azurite after $(secs_since "$start"); last lines of $LOG_DIR/azurite.log:" >&2
+      tail -n 30 "$LOG_DIR/azurite.log" >&2
+      failed+=(azurite)
+    fi
+  fi
+fi
+
 if [[ ${#failed[@]} -gt 0 ]]; then
   echo "build.sh: FAILED to build: ${failed[*]} (logs in $LOG_DIR)" >&2
   exit 1

@@ -50,8 +50,36 @@ def credential_env(side: str, key: str) -> str:
 # podFailurePolicy then fails the Job at once instead of burning its retries.
 EXIT_PERMANENT_FAILURE = 3
 
-SECRET_KEYS_REQUIRED = ("accessKeyId", "secretAccessKey")
-SECRET_KEYS_OPTIONAL = ("sessionToken",)
+
+
+class StoreType(enum.StrEnum):
+    """spec.<side>.type: which store family a location is in (the union's discriminator; absent means s3)."""
+
+    S3 = "s3"
+    AZURE_BLOB = "azureBlob"
+    GCS = "gcs"
+
+
+@dataclass(frozen=True)
+class SecretKeys:
+    """The keys a location's credentials Secret holds: all of `required`, and at least one of `one_of` if any."""
+
+    required: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    one_of: tuple[str, ...] = ()
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return self.required + self.one_of + self.optional
+
+
+SECRET_KEYS: dict[StoreType, SecretKeys] = {
+    StoreType.S3: SecretKeys(required=("accessKeyId", "secretAccessKey"), optional=("sessionToken",)),
+    # A Shared Key, or a (container or account) SAS token.
+    StoreType.AZURE_BLOB: SecretKeys(one_of=("accountKey", "sasToken")),
+    # A service account's JSON key file, whole.
+    StoreType.GCS: SecretKeys(required=("serviceAccountJson",)),
+}
 
 
 # A running worker reports at least this often, progress or not; one silent for the timeout is taken for frozen (or
@@ -109,7 +137,12 @@ def parse_quantity(value: int | str, field_name: str) -> int:
 
 @dataclass(frozen=True)
 class Location:
-    """One side of a migration: spec.source or spec.destination."""
+    """One side of a migration: spec.source or spec.destination.
+
+    A discriminated union on `type`: the S3 fields sit at the top level (as they did before Azure and GCS came, so
+    every existing spec keeps its meaning), the other families' own fields in a member named after their type.
+    `bucket` is the bucket, or for Azure the container; `endpoint` the service URL, empty for the vendor's own.
+    """
 
     bucket: str
     prefix: str = ""
@@ -118,12 +151,25 @@ class Location:
     addressing_style: str = "auto"
     secret_name: str | None = None
     insecure_skip_tls_verify: bool = False
+    type: StoreType = StoreType.S3
+    account_name: str | None = None  # azureBlob.accountName
+    project: str | None = None  # gcs.project
 
     @classmethod
     def from_spec(cls, raw: Mapping[str, Any], side: str) -> Location:
         bucket = raw.get("bucket")
         if not bucket:
             raise SpecError(f"spec.{side}.bucket is required")
+        try:
+            store_type = StoreType(raw.get("type") or StoreType.S3)
+        except ValueError as error:
+            raise SpecError(f"spec.{side}.type must be one of {', '.join(t.value for t in StoreType)}") from error
+        azure = raw.get("azureBlob") or {}
+        gcs = raw.get("gcs") or {}
+        if store_type is StoreType.AZURE_BLOB and not azure.get("accountName"):
+            raise SpecError(f"spec.{side}.azureBlob.accountName is required when type is azureBlob")
+        if store_type is StoreType.AZURE_BLOB and not raw.get("credentialsSecretRef"):
+            raise SpecError(f"spec.{side}.credentialsSecretRef is required when type is azureBlob")
         secret = raw.get("credentialsSecretRef") or {}
         return cls(
             bucket=str(bucket),
@@ -133,10 +179,22 @@ class Location:
             addressing_style=str(raw.get("addressingStyle") or cls.addressing_style),
             secret_name=secret.get("name") or None,
             insecure_skip_tls_verify=bool(raw.get("insecureSkipTLSVerify", cls.insecure_skip_tls_verify)),
+            type=store_type,
+            account_name=azure.get("accountName") or None,
+            project=gcs.get("project") or None,
         )
+
+    @property
+    def secret_keys(self) -> SecretKeys:
+        return SECRET_KEYS[self.type]
 
     def describe(self) -> str:
         """Human name of the place, for messages: endpoint and bucket, never credentials."""
+        if self.type is StoreType.AZURE_BLOB:
+            return f"container {self.bucket!r} of Azure storage account {self.account_name!r}" + (
+                f" at {self.endpoint}" if self.endpoint else "")
+        if self.type is StoreType.GCS:
+            return f"bucket {self.bucket!r} at {self.endpoint or 'Google Cloud Storage'}"
         return f"bucket {self.bucket!r} at {self.endpoint or 'AWS S3'}"
 
 

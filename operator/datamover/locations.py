@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
-from datamover.api import Location
+from datamover.api import Location, StoreType
+from datamover.backends import StoreConfig
+from datamover.backends.azure_blob import AzureBlobConfig
+from datamover.backends.gcs import GcsConfig
 from datamover.backends.s3 import S3Config
 
 
@@ -21,3 +25,29 @@ def s3_config(location: Location, credentials: Mapping[str, str]) -> S3Config:
         insecure_skip_tls_verify=location.insecure_skip_tls_verify,
         addressing_style=location.addressing_style,  # type: ignore[arg-type]
     )
+
+
+def store_config(
+    location: Location, credentials: Mapping[str, str], *, max_pool_connections: int | None = None,
+    stall_timeout: float | None = None,
+) -> StoreConfig:
+    """The backend configuration of a location of any type; credentials holds its Secret's keys (empty = ambient).
+
+    `max_pool_connections` and `stall_timeout` override the backends' defaults (the worker sizes them).
+    """
+    tuning: dict[str, float] = {} if stall_timeout is None else {"stall_timeout": stall_timeout}
+    pool: dict[str, int] = {} if max_pool_connections is None else {"max_pool_connections": max_pool_connections}
+    if location.type is StoreType.AZURE_BLOB:
+        account = location.account_name or ""
+        return AzureBlobConfig(
+            container=location.bucket, prefix=location.prefix,
+            account_url=location.endpoint or f"https://{account}.blob.core.windows.net",
+            account_name=account, account_key=credentials.get("accountKey") or None,
+            sas_token=credentials.get("sasToken") or None, **tuning, **pool,  # type: ignore[arg-type]
+        )
+    if location.type is StoreType.GCS:
+        return GcsConfig(
+            bucket=location.bucket, prefix=location.prefix, endpoint=location.endpoint, project=location.project,
+            service_account_json=credentials.get("serviceAccountJson") or None, **tuning,  # type: ignore[arg-type]
+        )
+    return replace(s3_config(location, credentials), **tuning, **pool)  # type: ignore[arg-type]

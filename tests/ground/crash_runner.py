@@ -24,7 +24,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from datamover.backends import open_store
+from datamover.backends import StoreConfig, open_store
+from datamover.backends.azure_blob import AzureBlobConfig
+from datamover.backends.gcs import GcsConfig
 from datamover.backends.s3 import S3Config
 from datamover.engine import AbortSignal, MigrationOptions, OpenUpload, Progress, migrate
 from tests.ground.ledger_file import FileLedgerStore
@@ -117,11 +119,22 @@ def killer(kill: str, occurrence: int) -> AbortSignal:
     return AbortSignal(on_checkpoint=hook)
 
 
+# A side's "kind" names its backend config (absent: s3), so the same stand-in crashes uploads to any store.
+CONFIG_KINDS: dict[str, type[S3Config] | type[AzureBlobConfig] | type[GcsConfig]] = {
+    "s3": S3Config, "azureBlob": AzureBlobConfig, "gcs": GcsConfig,
+}
+
+
+def store_config(raw: dict[str, Any]) -> StoreConfig:
+    fields = dict(raw)
+    return CONFIG_KINDS[fields.pop("kind", "s3")](**fields)
+
+
 def main() -> int:
     spec = json.loads(os.environ["DM_CRASH_SPEC"])
     record = DurableRecord(Path(spec["record"]))
-    source = open_store(S3Config(**spec["source"]))
-    destination = open_store(S3Config(**spec["destination"]))
+    source = open_store(store_config(spec["source"]))
+    destination = open_store(store_config(spec["destination"]))
     options = MigrationOptions(remain_source=spec["mode"] == "copy", **spec["options"])
     sink = RecordingSink(record, spec["kill"], spec["occurrence"])
     requests: dict[str, int] = {}

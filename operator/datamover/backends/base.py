@@ -61,6 +61,14 @@ class ObjectInfo:
     etag: str
     attributes: ObjectAttributes
     etag_kind: EtagKind = EtagKind.OPAQUE
+    # Hex MD5 of the whole content when the store keeps one apart from the ETag (Azure's Content-MD5 property, GCS's
+    # md5Hash), else None: lets stores with opaque ETags be compared without reading their bytes.
+    content_md5: str | None = None
+
+    @property
+    def known_md5(self) -> str | None:
+        """The content's MD5 if this object states it, by its ETag or by a stored MD5."""
+        return self.etag if self.etag_kind is EtagKind.MD5 else self.content_md5
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,6 @@ from datamover.api import (
     LABEL_MANAGED_BY,
     MANAGER,
     PLURAL,
-    SECRET_KEYS_REQUIRED,
     VERSION,
     Condition,
     Location,
@@ -69,7 +68,7 @@ from datamover.controller.decisions import (
 from datamover.controller.peering import PEERING_GROUP, PEERING_VERSION, PeeringObject, is_active
 from datamover.controller.workqueue import WorkQueue
 from datamover.engine import close_leftovers
-from datamover.locations import s3_config
+from datamover.locations import store_config
 
 log = logging.getLogger("datamover.operator")
 
@@ -125,10 +124,15 @@ def _reference_error(namespace: str, spec: MigrationSpec) -> MissingReference | 
                 return MissingReference("SecretNotFound", f"spec.{side}.credentialsSecretRef: Secret "
                                                           f"{namespace}/{location.secret_name} not found")
             raise
-        for key in SECRET_KEYS_REQUIRED:
+        wanted = location.secret_keys
+        for key in wanted.required:
             if not data.get(key):
                 return MissingReference("SecretKeyMissing", f"spec.{side}.credentialsSecretRef: Secret "
                                                             f"{namespace}/{location.secret_name} has no key {key!r}")
+        if wanted.one_of and not any(data.get(key) for key in wanted.one_of):
+            keys = " or ".join(repr(key) for key in wanted.one_of)
+            return MissingReference("SecretKeyMissing", f"spec.{side}.credentialsSecretRef: Secret "
+                                                        f"{namespace}/{location.secret_name} has neither {keys}")
     if spec.notify.webhook_secret is not None:
         _, problem = _webhook_url(namespace, spec)
         if problem is not None:
@@ -268,7 +272,7 @@ def _janitor(body: Mapping[str, Any], spec: MigrationSpec) -> dict[str, Any]:
     namespace = body["metadata"]["namespace"]
     destination: Location = spec.destination
     credentials = _read_secret(namespace, destination.secret_name) if destination.secret_name else {}
-    store = open_store(s3_config(destination, credentials))
+    store = open_store(store_config(destination, credentials))
     cleanup = close_leftovers(store, [u for ups in leftovers.values() for u in ups],
                               [i for ins in intended.values() for i in ins])
     remaining = set(cleanup.still_open)

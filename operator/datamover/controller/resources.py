@@ -27,8 +27,6 @@ from datamover.api import (
     LABEL_MANAGED_BY,
     MANAGER,
     PLURAL,
-    SECRET_KEYS_OPTIONAL,
-    SECRET_KEYS_REQUIRED,
     Location,
     MigrationSpec,
     credential_env,
@@ -124,7 +122,9 @@ def role_binding(owner: Mapping[str, Any]) -> dict[str, Any]:
 def _credential_env(side: str, location: Location) -> list[dict[str, Any]]:
     if location.secret_name is None:
         return []
-    keys = [(k, False) for k in SECRET_KEYS_REQUIRED] + [(k, True) for k in SECRET_KEYS_OPTIONAL]
+    wanted = location.secret_keys
+    # Only the required keys must exist for the pod to start; the operator checks "one of" before creating it.
+    keys = [(k, False) for k in wanted.required] + [(k, True) for k in wanted.one_of + wanted.optional]
     return [
         {
             "name": credential_env(side, key),

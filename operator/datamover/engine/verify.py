@@ -80,19 +80,21 @@ def already_at_destination(ctx: RunContext, copy: ObjectCopy, hint: DestinationH
 
 
 def _same_bytes(ctx: RunContext, copy: ObjectCopy, source: ObjectInfo, written: ObjectInfo) -> bool:
-    if EtagKind.OPAQUE in (source.etag_kind, written.etag_kind):
-        return False  # an opaque ETag (SSE-KMS, SSE-C, own scheme) proves nothing cheaply: copy again
-    if source.etag == written.etag:
-        return True
-    if written.etag_kind is EtagKind.MD5:
-        if source.etag_kind is EtagKind.MD5:
-            return False
+    # Whatever states the destination's content MD5 (an MD5 ETag, or a stored MD5 beside an opaque ETag: Azure,
+    # GCS) is compared with the source's, or with the source's bytes hashed (a read costs less than a copy).
+    if (written_md5 := written.known_md5) is not None:
+        if (source_md5 := source.known_md5) is not None:
+            return source_md5 == written_md5
         if ctx.copier is not None:
             # A multipart source copied in one CopyObject: hashing it would read every byte through us, copying it
             # again server-side reads none.
             return False
         whole = digest(ctx, copy, ctx.source, source.key, 0, source.size - 1, source.etag) if source.size else b""
-        return (whole.hex() if whole else hashlib.md5().hexdigest()) == written.etag
+        return (whole.hex() if whole else hashlib.md5().hexdigest()) == written_md5
+    if written.etag_kind is not EtagKind.MULTIPART_MD5:
+        return False  # an opaque ETag (SSE-KMS, SSE-C, own scheme) and no stored MD5 proves nothing: copy again
+    if source.etag == written.etag:
+        return True
     parts = int(written.etag.rsplit("-", 1)[1])
     part_size = ctx.destination.first_part_size(written.key) if ctx.destination.capabilities.part_layout else None
     if not part_size or -(-source.size // part_size) != parts:
@@ -141,6 +143,11 @@ def verify(ctx: RunContext, copy: ObjectCopy) -> None:
         raise IntegrityError("the copy is not at the destination after writing it")
     if written.size != info.size:
         raise IntegrityError(f"size {written.size} at the destination, {info.size} at the source")
+    if copy.strategy == "single" and written.content_md5 is not None:
+        # A store that keeps the MD5 it checked the body against (Azure's Content-MD5, GCS's md5Hash).
+        if written.content_md5 != copy.content_md5:
+            raise IntegrityError(f"destination content MD5 {written.content_md5}, expected {copy.content_md5}")
+        return
     expected = _expected_etag(copy, info)
     if written.etag_kind is not EtagKind.OPAQUE and expected is not None:
         if written.etag != expected:

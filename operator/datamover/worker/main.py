@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any, cast
 
 import kubernetes
@@ -29,9 +28,8 @@ from datamover.api import (
     GROUP,
     HEARTBEAT_SECONDS,
     PLURAL,
-    SECRET_KEYS_OPTIONAL,
-    SECRET_KEYS_REQUIRED,
     VERSION,
+    Location,
     MigrationSpec,
     SpecError,
     ThrottleSpec,
@@ -52,26 +50,30 @@ from datamover.engine import (
     close_leftovers,
     migrate,
 )
-from datamover.locations import s3_config
+from datamover.locations import store_config
 from datamover.worker.ledger import StatusLedgerStore
 from datamover.worker.reporting import StatusReporter
 
 log = logging.getLogger("datamover.worker")
 
 
-def _credentials(side: str, env: Mapping[str, str]) -> dict[str, str]:
-    keys = SECRET_KEYS_REQUIRED + SECRET_KEYS_OPTIONAL
+def _credentials(side: str, location: Location, env: Mapping[str, str]) -> dict[str, str]:
+    keys = location.secret_keys.all
     return {key: env[credential_env(side, key)] for key in keys if env.get(credential_env(side, key))}
 
 
-# S3 error codes that mean the credentials were refused (HEAD requests report AccessDenied as a bare 403).
+# Error codes that mean the credentials were refused: S3's (HEAD requests report AccessDenied as a bare 403),
+# Azure's, and the HTTP statuses the GCS backend reports.
 _CREDENTIAL_CODES = frozenset({"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
-                               "ExpiredToken", "Credentials"})
+                               "ExpiredToken", "Credentials", "401", "AuthenticationFailed", "AuthorizationFailure",
+                               "AuthorizationPermissionMismatch", "InvalidAuthenticationInfo",
+                               "InsufficientAccountPermissions"})
+_MISSING_BUCKET_CODES = frozenset({"NoSuchBucket", "404", "ContainerNotFound"})
 
 
 def failure_reason(result: MigrationResult) -> str:
     """The condition reason for a failed worker: what a person should go and fix."""
-    if result.fatal_code in ("NoSuchBucket", "404"):
+    if result.fatal_code in _MISSING_BUCKET_CODES:
         return "BucketNotFound"
     if result.fatal_code in _CREDENTIAL_CODES:
         return "CredentialsRejected"
@@ -168,10 +170,10 @@ def run(env: Mapping[str, str] = os.environ) -> int:
     # One connection per object in flight plus one per part in flight, or urllib3 throws connections away.
     pool = max(32, options.concurrency * (options.part_concurrency + 1))
     stall = float(spec.stall_timeout_seconds)
-    source = open_store(replace(s3_config(spec.source, _credentials("source", env)), max_pool_connections=pool,
-                                stall_timeout=stall))
-    destination = open_store(replace(s3_config(spec.destination, _credentials("destination", env)),
+    source = open_store(store_config(spec.source, _credentials("source", spec.source, env),
                                      max_pool_connections=pool, stall_timeout=stall))
+    destination = open_store(store_config(spec.destination, _credentials("destination", spec.destination, env),
+                                          max_pool_connections=pool, stall_timeout=stall))
 
     # A previous attempt of this index (a killed pod) may have left uploads open: close them before resuming. Every
     # key it intended to upload to is listed too (so also uploads whose ID never reached status); what could not be

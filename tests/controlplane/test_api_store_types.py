@@ -1,0 +1,71 @@
+"""The API server itself accepts and refuses MigrationJob locations of every store type (the CRD's schema and CEL)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.ground.plugin_controlplane import Kubectl
+
+pytestmark = pytest.mark.ground
+
+CRD = Path(__file__).resolve().parents[2] / "crds" / "datamover.io_migrationjobs.yaml"
+S3 = {"bucket": "photos", "endpoint": "https://s3.example", "credentialsSecretRef": {"name": "aws"}}
+AZURE = {"type": "azureBlob", "bucket": "photos", "azureBlob": {"accountName": "acmephotos"},
+         "credentialsSecretRef": {"name": "azure"}}
+GCS = {"type": "gcs", "bucket": "acme-archive", "gcs": {"project": "acme-prod"}}
+
+VALID: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "s3-to-azure": (S3, AZURE),
+    "azure-to-gcs": (AZURE, GCS),
+    "gcs-to-s3": (GCS, {"bucket": "b", "addressingStyle": "path", "region": "eu-west-1"}),
+    "plain-s3-as-before": ({"bucket": "a"}, {"bucket": "b", "insecureSkipTLSVerify": True}),
+}
+INVALID: dict[str, tuple[dict[str, Any], str]] = {
+    "azure-without-member": ({k: v for k, v in AZURE.items() if k != "azureBlob"},
+                             "azureBlob (with accountName) is set exactly when type is azureBlob"),
+    "azure-member-on-s3": ({**S3, "azureBlob": {"accountName": "acme"}},
+                           "azureBlob (with accountName) is set exactly when type is azureBlob"),
+    "gcs-member-on-azure": ({**AZURE, "gcs": {}}, "gcs is set only when type is gcs"),
+    "region-on-gcs": ({**GCS, "region": "eu"}, "are S3 fields (type s3) only"),
+    "path-style-on-azure": ({**AZURE, "addressingStyle": "path"}, "are S3 fields (type s3) only"),
+    "azure-without-secret": ({k: v for k, v in AZURE.items() if k != "credentialsSecretRef"},
+                             "an azureBlob location needs credentialsSecretRef"),
+    "azure-container-name": ({**AZURE, "bucket": "Photos_2024"}, "an Azure container name is 3-63 lowercase"),
+    "azure-account-name": ({**AZURE, "azureBlob": {"accountName": "Acme-Photos"}}, "spec.source.azureBlob.accountName"),
+    "unknown-type": ({**S3, "type": "swift"}, 'spec.source.type: Unsupported value: "swift"'),
+}
+
+
+@pytest.fixture(scope="module")
+def crd(kubectl: Kubectl) -> None:
+    kubectl("apply", "-f", str(CRD))
+    kubectl("wait", "--for=condition=Established", "crd/migrationjobs.datamover.io", "--timeout=60s")
+
+
+def dry_run(kubectl: Kubectl, name: str, source: dict[str, Any], destination: dict[str, Any]) -> Any:
+    job = {"apiVersion": "datamover.io/v1alpha1", "kind": "MigrationJob",
+           "metadata": {"name": name, "namespace": "default"},
+           "spec": {"source": copy.deepcopy(source), "destination": copy.deepcopy(destination)}}
+    return kubectl("create", "--dry-run=server", "-o", "yaml", "-f", "-", input=yaml.safe_dump(job), check=False)
+
+
+@pytest.mark.parametrize("case", sorted(VALID))
+def test_locations_of_every_type_are_accepted(kubectl: Kubectl, crd: None, case: str) -> None:
+    source, destination = VALID[case]
+    result = dry_run(kubectl, f"ok-{case}", source, destination)
+    assert result.returncode == 0, result.stderr
+    stored = yaml.safe_load(result.stdout)["spec"]
+    assert stored["source"]["type"] == source.get("type", "s3"), "type defaults to s3: old specs keep their meaning"
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+def test_a_mismatched_location_is_refused_with_a_readable_message(kubectl: Kubectl, crd: None, case: str) -> None:
+    source, message = INVALID[case]
+    result = dry_run(kubectl, f"bad-{case}", source, {"bucket": "b"})
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr

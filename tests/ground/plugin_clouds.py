@@ -1,0 +1,63 @@
+"""pytest fixtures for the ground's Azure Blob (Azurite) and Google Cloud Storage (fake-gcs-server) emulators."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.ground.clouds import AzuriteServer, FakeGcsServer, start_azurite, start_fake_gcs
+
+ContainerFactory = Callable[[], str]
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
+    """One Azurite blob service on 127.0.0.1 for the session."""
+    with start_azurite(tmp_path_factory.mktemp("azurite")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcsServer]:
+    """One fake-gcs-server on 127.0.0.1 for the session."""
+    with start_fake_gcs(tmp_path_factory.mktemp("fake-gcs")) as server:
+        yield server
+
+
+@pytest.fixture
+def azure_container(azurite: AzuriteServer) -> Iterator[ContainerFactory]:
+    """make() -> a fresh container on Azurite, deleted after the test (uncommitted blocks go with it)."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"t-{uuid.uuid4().hex[:16]}"
+        azurite.client().create_container(name)
+        made.append(name)
+        return name
+
+    yield make
+    service = azurite.client()
+    for name in made:
+        with contextlib.suppress(Exception):
+            service.delete_container(name)
+
+
+@pytest.fixture
+def gcs_bucket(fake_gcs: FakeGcsServer) -> Iterator[ContainerFactory]:
+    """make() -> a fresh bucket on fake-gcs-server, emptied and deleted after the test."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"t-{uuid.uuid4().hex[:16]}"
+        fake_gcs.client().create_bucket(name)
+        made.append(name)
+        return name
+
+    yield make
+    client = fake_gcs.client()
+    for name in made:
+        with contextlib.suppress(Exception):
+            client.bucket(name).delete(force=True)

@@ -1,0 +1,94 @@
+"""Locations of every store type: the spec union parsed, its Secret's keys, and the backend config a worker builds."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from datamover.api import MigrationSpec, SpecError, StoreType
+from datamover.backends import open_store
+from datamover.backends.azure_blob import AzureBlobConfig, AzureBlobStore
+from datamover.backends.gcs import GcsConfig
+from datamover.backends.s3 import S3Config
+from datamover.controller import resources
+from datamover.locations import store_config
+
+AZURE = {"type": "azureBlob", "bucket": "photos", "prefix": "2024/", "azureBlob": {"accountName": "acme"},
+         "credentialsSecretRef": {"name": "azure"}}
+GCS = {"type": "gcs", "bucket": "photos-archive", "gcs": {"project": "acme-prod"},
+       "credentialsSecretRef": {"name": "gcs"}}
+S3 = {"bucket": "a", "endpoint": "https://s3.example", "region": "eu-west-1", "credentialsSecretRef": {"name": "s3"}}
+KEY_FILE = json.dumps({"type": "service_account", "project_id": "p", "private_key_id": "k", "client_email": "a@p",
+                       "client_id": "1", "token_uri": "https://oauth2.example/token", "private_key": "unused"})
+
+
+def spec(source: dict[str, Any], destination: dict[str, Any]) -> MigrationSpec:
+    return MigrationSpec.from_spec({"source": source, "destination": destination})
+
+
+def test_an_s3_spec_written_before_the_union_keeps_its_meaning() -> None:
+    parsed = spec(S3, {"bucket": "b"})
+    assert parsed.source.type is StoreType.S3 and parsed.destination.type is StoreType.S3
+    config = store_config(parsed.source, {"accessKeyId": "id", "secretAccessKey": "secret"})
+    assert isinstance(config, S3Config)
+    assert (config.endpoint, config.region, config.access_key_id) == ("https://s3.example", "eu-west-1", "id")
+
+
+def test_azure_and_gcs_locations_become_their_backends_configs() -> None:
+    parsed = spec(AZURE, GCS)
+    azure = store_config(parsed.source, {"accountKey": "a2V5"}, max_pool_connections=40, stall_timeout=20)
+    assert isinstance(azure, AzureBlobConfig)
+    assert (azure.account_url, azure.container, azure.prefix) == ("https://acme.blob.core.windows.net", "photos",
+                                                                  "2024/")
+    assert (azure.account_name, azure.account_key, azure.max_pool_connections, azure.stall_timeout) == (
+        "acme", "a2V5", 40, 20)
+    assert "a2V5" not in repr(azure)
+    gcs = store_config(parsed.destination, {"serviceAccountJson": KEY_FILE})
+    assert isinstance(gcs, GcsConfig) and gcs.project == "acme-prod" and gcs.bucket == "photos-archive"
+    assert "private_key" not in repr(gcs)
+    assert isinstance(open_store(azure), AzureBlobStore)
+    sas = store_config(parsed.source, {"sasToken": "?sv=2024&sig=x"})
+    assert isinstance(sas, AzureBlobConfig) and sas.sas_token and sas.account_key is None
+
+
+def test_an_emulator_endpoint_replaces_the_vendors_own() -> None:
+    parsed = spec({**AZURE, "endpoint": "http://127.0.0.1:10000/acme"}, {**GCS, "endpoint": "http://127.0.0.1:4443"})
+    azure = store_config(parsed.source, {"accountKey": "a2V5"})
+    gcs = store_config(parsed.destination, {})
+    assert isinstance(azure, AzureBlobConfig) and azure.account_url == "http://127.0.0.1:10000/acme"
+    assert isinstance(gcs, GcsConfig) and gcs.endpoint == "http://127.0.0.1:4443" and gcs.service_account_json is None
+    assert "127.0.0.1:4443" in parsed.destination.describe()
+
+
+def test_a_gcs_key_that_is_not_a_service_account_key_is_refused_without_echoing_it() -> None:
+    parsed = spec(S3, GCS)
+    with pytest.raises(ValueError, match="service_account") as raised:
+        store_config(parsed.destination, {"serviceAccountJson": json.dumps({"type": "authorized_user", "x": "s3cr"})})
+    assert "s3cr" not in str(raised.value)
+
+
+@pytest.mark.parametrize(("location", "message"), [
+    ({**AZURE, "azureBlob": {}}, r"spec\.source\.azureBlob\.accountName is required"),
+    ({k: v for k, v in AZURE.items() if k != "credentialsSecretRef"}, r"spec\.source\.credentialsSecretRef"),
+    ({**S3, "type": "swift"}, r"spec\.source\.type must be one of s3, azureBlob, gcs"),
+])
+def test_an_incomplete_location_is_refused_naming_the_field(location: dict[str, Any], message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        spec(location, {"bucket": "b"})
+
+
+def test_workers_get_the_secret_keys_of_their_location_type() -> None:
+    parsed = spec(AZURE, GCS)
+    job = resources.job({"metadata": {"name": "j", "namespace": "n", "uid": "u"}}, parsed,
+                        resources.WorkerSettings(image="example/dm:1"))
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})}
+    assert refs == {
+        "DATAMOVER_SOURCE_ACCOUNT_KEY": {"name": "azure", "key": "accountKey", "optional": True},
+        "DATAMOVER_SOURCE_SAS_TOKEN": {"name": "azure", "key": "sasToken", "optional": True},
+        "DATAMOVER_DESTINATION_SERVICE_ACCOUNT_JSON": {"name": "gcs", "key": "serviceAccountJson", "optional": False},
+    }
+
