@@ -1,5 +1,6 @@
-"""Session fixtures of the control-plane tier: the real node, two MinIO servers its pods reach, and datamover
-installed on it by its chart (`helm install`), as users install it.
+"""Fixtures of the control-plane tier: the real node, two MinIO servers its pods reach, and datamover installed on
+it by its chart (`helm install`), as users install it. One of each for the whole tier (package scope: the node
+stops when the tier ends, not at the end of the session).
 
 Under `make e2e` (tests/ground/external.py) the cluster is the user's own: no node of ours, MinIO on
 DATAMOVER_E2E_S3_HOST, and the chart installed there (and uninstalled after) with the image the user loaded.
@@ -34,16 +35,13 @@ LOG_TAIL_LINES = 100  # per pod, in a failed test's report: enough for a traceba
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """test_node_host.py first among this tier's tests: it starts and stops a node of its own and compares the host
     before and after, which it can do only before the session's node starts (one node per host)."""
-    first = [i for i, item in enumerate(items) if item.nodeid.startswith("tests/controlplane/")]
-    if not first:
-        return
     host = [item for item in items if "test_node_host.py" in item.nodeid]
     rest = [item for item in items if "test_node_host.py" not in item.nodeid]
-    at = next(i for i, item in enumerate(rest) if item.nodeid.startswith("tests/controlplane/"))
+    at = next((i for i, item in enumerate(rest) if item.nodeid.startswith("tests/controlplane/")), len(rest))
     items[:] = rest[:at] + host + rest[at:]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def node(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node | None]:
     """The session's real node (kubelet, containerd, runc, CNI) with the datamover image imported; None under
     `make e2e`, whose cluster has nodes of its own."""
@@ -54,19 +52,19 @@ def node(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) 
         yield started
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cloud_a(node: Node | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """Cloud A on the node's bridge address: the only address of this machine the pods reach."""
     yield from cloud_server(tmp_path_factory, "cloud-a-node", host=node.ip if node else s3_host())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cloud_b(node: Node | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """Cloud B, beside cloud A, with credentials of its own."""
     yield from cloud_server(tmp_path_factory, "cloud-b-node", host=node.ip if node else s3_host())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def operator(control_plane: KubeCluster, node: Node | None) -> Iterator[OperatorRelease]:
     """The chart installed once for the session (helm install --wait), its operator healthy."""
     release = OperatorRelease(control_plane, node)
