@@ -76,7 +76,7 @@ def operator(control_plane: KubeCluster, node: Node | None) -> Iterator[Operator
 
 @pytest.fixture(autouse=True)
 def _logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A failed test's report gets the operator's log and its namespace's pods' logs (`kubectl logs`)."""
+    """A failed test's report gets the operator's log (`kubectl logs`); `cluster` adds its pods' logs."""
     yield
     report = getattr(request.node, "rep_call", None)
     if report is None or not report.failed:
@@ -84,13 +84,6 @@ def _logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
     if "operator" in request.fixturenames:
         release: OperatorRelease = request.getfixturevalue("operator")
         print(f"---- datamover-operator log (tail) ----\n{release.logs(LOG_TAIL_LINES * 2)}")
-    if "cluster" in request.fixturenames:
-        view: Cluster = request.getfixturevalue("cluster")
-        for pod in view.pods():
-            name = pod.metadata.name
-            logs = view.kubectl("logs", "-n", view.namespace, name, "--all-containers", f"--tail={LOG_TAIL_LINES}",
-                                check=False)
-            print(f"---- pod {view.namespace}/{name} ({pod.status.phase}) ----\n{logs.stdout}{logs.stderr}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -177,13 +170,19 @@ def secret(name: str, access_key: str, secret_key: str) -> dict[str, Any]:
 
 @pytest.fixture
 def cluster(kubectl: Kubectl, admin_api: client.ApiClient, operator: OperatorRelease, cloud_a: Any,
-            cloud_b: Any) -> Iterator[Cluster]:
+            cloud_b: Any, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     namespace = f"mj-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", namespace)
     view = Cluster(namespace, kubectl, admin_api)
     view.apply(secret("cloud-a", cloud_a.access_key, cloud_a.secret_key))
     view.apply(secret("cloud-b", cloud_b.access_key, cloud_b.secret_key))
     yield view
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:  # the pods' own words, before their namespace goes
+        for pod in view.pods()[-20:]:
+            name = pod.metadata.name
+            logs = kubectl("logs", "-n", namespace, name, "--all-containers", f"--tail={LOG_TAIL_LINES}", check=False)
+            print(f"---- pod {namespace}/{name} ({pod.status.phase}) ----\n{logs.stdout}{logs.stderr}")
     kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 

@@ -208,7 +208,9 @@ def test_abort_of_a_finished_job_is_refused_by_the_api_server(cluster: Cluster, 
 def _signal_worker(cluster: Cluster, node: Node, pod: str, sig: str = "SIGKILL") -> None:
     """Signal a worker pod's container through the node's containerd (`ctr tasks kill`), as a crash or a frozen
     machine would; the kubelet and the Job controller see what follows as they would in any cluster."""
-    (status,) = client.CoreV1Api(cluster.api).read_namespaced_pod(pod, cluster.namespace).status.container_statuses
+    pod_status = client.CoreV1Api(cluster.api).read_namespaced_pod(pod, cluster.namespace).status
+    assert pod_status is not None and pod_status.container_statuses, f"pod {pod} has no container yet"
+    (status,) = pod_status.container_statuses
     assert status.container_id, f"pod {pod} has no running container: {status}"
     node.signal_container(status.container_id, sig)
 

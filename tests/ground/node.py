@@ -44,6 +44,9 @@ NAMESPACE = "k8s.io"  # containerd namespace the CRI plugin uses
 READY_TIMEOUT = 120.0
 # The kubelet's default; pods that ended do not count, and the pod range (.10-.250 of the /24) holds 241 addresses.
 MAX_PODS = 110
+# The node's cgroup weighs as much as ten busy processes of the host: about what its pods (the operator and up to
+# eight workers at once) weighed as local processes before the node existed.
+NODE_CPU_SHARES = 10 * 1024
 # Sysctls the kubelet (protectKernelDefaults: false) or CNI may set; restored on exit.
 SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
            "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes", "net/ipv4/ip_forward")
@@ -473,13 +476,20 @@ def _start_node(cp: ControlPlane, workdir: Path, images: Sequence[Path], timeout
 
 
 def _make_cgroup_root(name: str) -> None:
-    """The kubelet's cgroupRoot, in every v1 hierarchy (it must exist); cpuset needs its CPUs and memory nodes."""
+    """The kubelet's cgroupRoot, in every v1 hierarchy (it must exist); cpuset needs its CPUs and memory nodes.
+
+    Its CPU weight is NODE_CPU_SHARES: with the default (1024, one process's worth) every pod of the node together
+    got as much CPU as one other process of this shared host, and at a load average of 20 the 200-job test's
+    workers took 45 s each to copy three small objects (as local processes they each weighed 1024).
+    """
     for hierarchy in sorted(CGROUP_ROOT.iterdir()):
         if hierarchy.is_dir() and not hierarchy.is_symlink() and (hierarchy / "cgroup.procs").exists():
             (hierarchy / name).mkdir(exist_ok=True)
             for knob in ("cpuset.cpus", "cpuset.mems"):
                 if (hierarchy / knob).exists():
                     (hierarchy / name / knob).write_text((hierarchy / knob).read_text())
+            if (hierarchy / name / "cpu.shares").exists():
+                (hierarchy / name / "cpu.shares").write_text(str(NODE_CPU_SHARES))
 
 
 def _containerd_ready(node: Node) -> bool:
