@@ -49,8 +49,10 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# Everything end to end on the local ground, one migration watched live and a second one aborted.
+# Everything end to end on the local ground (a real node, the chart installed with helm), one migration watched live
+# and a second one aborted.
 demo: ground
+	@test "$$(id -u)" = 0 || { echo "make demo: needs root (the ground runs a real kubelet, containerd and runc)" >&2; exit 1; }
 	$(BIN)/python -m tests.ground.demo $(DEMO_ARGS)
 
 # The operator tests against a cluster of your own (e.g. kind; see docs/install.md). MinIO and the operator run
@@ -59,7 +61,7 @@ demo: ground
 E2E_TESTS ?= tests/controlplane/test_operator.py tests/controlplane/test_install.py
 e2e: ground
 	@test -n "$(KUBECONFIG)" || { echo "make e2e: set KUBECONFIG to the cluster's kubeconfig" >&2; exit 2; }
-	DATAMOVER_E2E_KUBECONFIG="$(KUBECONFIG)" $(BIN)/pytest $(E2E_TESTS) -m "not local_processes" $(PYTEST_ARGS)
+	DATAMOVER_E2E_KUBECONFIG="$(KUBECONFIG)" $(BIN)/pytest $(E2E_TESTS) -m "not node_runtime" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -12,8 +12,8 @@ divided by the queued jobs. A benchmark, not a test: it asserts nothing about ti
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kubernetes import client, config
 
 from tests.ground.fleet import FINAL_PHASES, FleetWatch, Timeline, count_requests, create_all
-from tests.ground.procs import pids_with_environment
 from tests.ground.stack import Stack, local_stack
 
 MiB = 1024 * 1024
@@ -45,9 +44,9 @@ def _row(label: str, values: list[float]) -> str:
 
 
 def _operator_usage(stack: Stack) -> tuple[float, int]:
-    """CPU seconds used so far and peak RSS (KiB) of the operator process."""
-    assert stack.operator.process is not None
-    pid = stack.operator.process.pid
+    """CPU seconds used so far and peak RSS (KiB) of the operator's process (its container's, on the node)."""
+    (status,) = stack.operator.pod()["status"]["containerStatuses"]
+    pid = stack.node.task_pids()[status["containerID"].removeprefix("containerd://")]
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     hwm = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -56,10 +55,9 @@ def _operator_usage(stack: Stack) -> tuple[float, int]:
 
 
 def _restart_operator(stack: Stack, api: client.ApiClient, namespace: str, limit: int) -> None:
-    """Restart with `limit`, and wait until it answers a job: its liveness endpoint is up before its watches are."""
-    stack.operator.stop()
-    stack.operator.env["DATAMOVER_MAX_CONCURRENT_JOBS"] = str(limit)
-    stack.operator.start()
+    """`helm upgrade` to `limit` (a restart), and wait until it answers a job: its liveness endpoint is up before its
+    watches are."""
+    stack.operator.upgrade("--set", f"maxConcurrentJobs={limit}")
     warmup = _job(stack, "warm-up", "fleet", "none/", namespace)
     warmup["spec"]["abort"] = True
     with FleetWatch(api, namespace) as fleet:
@@ -142,9 +140,9 @@ def queued_cost(stack: Stack, api: client.ApiClient, namespace: str, queued: int
     with FleetWatch(api, namespace) as fleet:
         create_all(api, namespace, manifests[:1], fleet)
         fleet.wait(["blocker"], lambda t: t.running is not None, "running", timeout=120)
-        frozen = pids_with_environment("DATAMOVER_MIGRATIONJOB=blocker", f"DATAMOVER_NAMESPACE={namespace}")
-        for pid in frozen:
-            os.kill(pid, signal.SIGSTOP)
+        frozen = _containers(stack, namespace, "blocker")
+        for container in frozen:
+            stack.node.signal_container(container, "SIGSTOP")
         create_all(api, namespace, manifests[1:], fleet)
         fleet.wait([m["metadata"]["name"] for m in manifests[1:]], lambda t: "Queued" in t.reasons, "queued",
                    timeout=120)
@@ -153,8 +151,8 @@ def queued_cost(stack: Stack, api: client.ApiClient, namespace: str, queued: int
         time.sleep(window)
         end = time.time()
         still_blocked = fleet.snapshot()["blocker"].phase == "running"
-        for pid in frozen:
-            os.kill(pid, signal.SIGCONT)
+        for container in frozen:
+            stack.node.signal_container(container, "SIGCONT")
     requests = count_requests(stack.control_plane.audit_log or Path("/nonexistent"), start, end)
     total = sum(requests.values())
     print(f"\n{queued} jobs queued behind one running job with a frozen worker (limit 1), {window:.0f} s window"
@@ -165,6 +163,14 @@ def queued_cost(stack: Stack, api: client.ApiClient, namespace: str, queued: int
 
 
 QUEUE_SETTLE_SECONDS = 12.0
+
+
+def _containers(stack: Stack, namespace: str, job: str) -> list[str]:
+    """The container IDs of a MigrationJob's running worker pods."""
+    pods = json.loads(stack.control_plane.kubectl("get", "pods", "-n", namespace, "-l",
+                                                  f"datamover.io/migrationjob={job}", "-o", "json").stdout)["items"]
+    return [s["containerID"] for p in pods for s in p["status"].get("containerStatuses", [])
+            if s.get("containerID") and "running" in s.get("state", {})]
 
 
 def main() -> None:

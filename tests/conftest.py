@@ -6,7 +6,6 @@ pytest_plugins = [
     "tests.ground.plugin_controlplane",
     "tests.ground.plugin_s3",
     "tests.ground.plugin_clouds",
-    "tests.ground.plugin_nodeagent",
     "tests.ground.plugin_matrix",
 ]
 

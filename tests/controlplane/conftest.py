@@ -1,4 +1,10 @@
-"""Fixtures that install datamover on the real control plane and run the operator as its own ServiceAccount."""
+"""Fixtures of the control-plane tier: the real node, two MinIO servers its pods reach, and datamover installed on
+it by its chart (`helm install`), as users install it. One of each for the whole tier (package scope: the node
+stops when the tier ends, not at the end of the session).
+
+Under `make e2e` (tests/ground/external.py) the cluster is the user's own: no node of ours, MinIO on
+DATAMOVER_E2E_S3_HOST, and the chart installed there (and uninstalled after) with the image the user loaded.
+"""
 
 from __future__ import annotations
 
@@ -14,26 +20,70 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from tests.ground.stack import KubeCluster, OperatorProcess, install_datamover, run_operator
+from tests.ground import image
+from tests.ground.controlplane import ControlPlane
+from tests.ground.external import e2e_kubeconfig, s3_host
+from tests.ground.node import Node, start_node
+from tests.ground.plugin_s3 import cloud_server
+from tests.ground.s3 import S3Server
+from tests.ground.stack import KubeCluster, OperatorRelease, ground_values
 
 Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
+LOG_TAIL_LINES = 100  # per pod, in a failed test's report: enough for a traceback
 
 
-@pytest.fixture(scope="session")
-def operator(control_plane: KubeCluster, node_agent: Any,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    install_datamover(control_plane)
-    with run_operator(control_plane, tmp_path_factory.mktemp("operator")) as proc:
-        yield proc
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """test_node_host.py first among this tier's tests: it starts and stops a node of its own and compares the host
+    before and after, which it can do only before the session's node starts (one node per host)."""
+    host = [item for item in items if "test_node_host.py" in item.nodeid]
+    rest = [item for item in items if "test_node_host.py" not in item.nodeid]
+    at = next((i for i, item in enumerate(rest) if item.nodeid.startswith("tests/controlplane/")), len(rest))
+    items[:] = rest[:at] + host + rest[at:]
+
+
+@pytest.fixture(scope="package")
+def node(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node | None]:
+    """The session's real node (kubelet, containerd, runc, CNI) with the datamover image imported; None under
+    `make e2e`, whose cluster has nodes of its own."""
+    if e2e_kubeconfig() is not None:
+        yield None
+        return
+    with start_node(control_plane, tmp_path_factory.mktemp("node"), images=[image.archive()]) as started:
+        yield started
+
+
+@pytest.fixture(scope="package")
+def cloud_a(node: Node | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """Cloud A on the node's bridge address: the only address of this machine the pods reach."""
+    yield from cloud_server(tmp_path_factory, "cloud-a-node", host=node.ip if node else s3_host())
+
+
+@pytest.fixture(scope="package")
+def cloud_b(node: Node | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """Cloud B, beside cloud A, with credentials of its own."""
+    yield from cloud_server(tmp_path_factory, "cloud-b-node", host=node.ip if node else s3_host())
+
+
+@pytest.fixture(scope="package")
+def operator(control_plane: KubeCluster, node: Node | None) -> Iterator[OperatorRelease]:
+    """The chart installed once for the session (helm install --wait), its operator healthy."""
+    release = OperatorRelease(control_plane, node)
+    release.install(*ground_values())
+    yield release
+    if node is None:
+        release.uninstall()  # a user's cluster is left as it was found; the ground's goes with its control plane
 
 
 @pytest.fixture(autouse=True)
-def _operator_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+def _logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A failed test's report gets the operator's log (`kubectl logs`); `cluster` adds its pods' logs."""
     yield
     report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed and "operator" in request.fixturenames:
-        proc: OperatorProcess = request.getfixturevalue("operator")
-        print(f"---- datamover-operator log (tail) ----\n{proc.log_tail(200)}")
+    if report is None or not report.failed:
+        return
+    if "operator" in request.fixturenames:
+        release: OperatorRelease = request.getfixturevalue("operator")
+        print(f"---- datamover-operator log (tail) ----\n{release.logs(LOG_TAIL_LINES * 2)}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -119,14 +169,20 @@ def secret(name: str, access_key: str, secret_key: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def cluster(kubectl: Kubectl, admin_api: client.ApiClient, operator: OperatorProcess, cloud_a: Any,
-            cloud_b: Any) -> Iterator[Cluster]:
+def cluster(kubectl: Kubectl, admin_api: client.ApiClient, operator: OperatorRelease, cloud_a: Any,
+            cloud_b: Any, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     namespace = f"mj-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", namespace)
     view = Cluster(namespace, kubectl, admin_api)
     view.apply(secret("cloud-a", cloud_a.access_key, cloud_a.secret_key))
     view.apply(secret("cloud-b", cloud_b.access_key, cloud_b.secret_key))
     yield view
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:  # the pods' own words, before their namespace goes
+        for pod in view.pods()[-20:]:
+            name = pod.metadata.name
+            logs = kubectl("logs", "-n", namespace, name, "--all-containers", f"--tail={LOG_TAIL_LINES}", check=False)
+            print(f"---- pod {namespace}/{name} ({pod.status.phase}) ----\n{logs.stdout}{logs.stderr}")
     kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 

@@ -17,6 +17,10 @@ from tests.ground.procs import GroundError
 
 pytestmark = pytest.mark.ground
 
+# The pods below only need to exist: a selector no node matches keeps them off the session's node, whose kubelet
+# would otherwise try to pull their made-up image from a registry.
+NO_NODE = {"datamover.test/no-such-node": "true"}
+
 # A throwaway CRD, not the product's: only the API server's own validation can reject the bad widgets below.
 WIDGET_CRD = """
 apiVersion: apiextensions.k8s.io/v1
@@ -131,7 +135,8 @@ def test_pod_bound_token_dies_with_its_pod(
     kubectl("create", "clusterrolebinding", f"{namespace}-worker-view", "--clusterrole=view",
             f"--serviceaccount={namespace}:worker")
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "holder"},
-           "spec": {"serviceAccountName": "worker", "containers": [{"name": "c", "image": "none:1"}]}}
+           "spec": {"serviceAccountName": "worker", "nodeSelector": NO_NODE,
+                    "containers": [{"name": "c", "image": "none:1"}]}}
     kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(pod))
     uid = kubectl("get", "pod", "holder", "-n", namespace, "-o", "jsonpath={.metadata.uid}").stdout.strip()
 
@@ -164,10 +169,10 @@ def test_controller_manager_runs_the_namespace_serviceaccount_job_and_gc_control
     eventually(lambda: kubectl("get", "configmap", "kube-root-ca.crt", "-n", namespace, check=False).returncode == 0,
                "the kube-root-ca.crt ConfigMap in a new namespace")
 
-    # The Job controller creates the Job's pod (nothing runs it: the ground has no kubelet unless the node agent
-    # is started); the garbage collector deletes that pod when the Job goes.
+    # The Job controller creates the Job's pod (no node takes it: see NO_NODE); the garbage collector deletes that
+    # pod when the Job goes.
     job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "one"},
-           "spec": {"template": {"spec": {"restartPolicy": "Never",
+           "spec": {"template": {"spec": {"restartPolicy": "Never", "nodeSelector": NO_NODE,
                                           "containers": [{"name": "c", "image": "none:1"}]}}}}
     kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(job))
 

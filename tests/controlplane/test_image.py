@@ -19,7 +19,7 @@ import pytest
 from tests.ground.controlplane import ControlPlane
 from tests.ground.image import UnpackedImage, unpack
 from tests.ground.procs import free_port
-from tests.ground.stack import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, install_datamover
+from tests.ground.stack import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, OperatorRelease
 
 READY_TIMEOUT = 60.0
 
@@ -41,10 +41,12 @@ def test_image_runs_as_65532_with_both_entrypoints_and_no_passwd_entry(image: Un
 
 
 @pytest.fixture
-def operator_from_image(control_plane: ControlPlane, image: UnpackedImage,
+def operator_from_image(control_plane: ControlPlane, operator: OperatorRelease, image: UnpackedImage,
                         tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
-    """datamover-operator from the image, confined, with no POD_ID, watching a fresh empty namespace."""
-    install_datamover(control_plane)
+    """datamover-operator from the image, confined, with no POD_ID, watching a fresh empty namespace.
+
+    The chart's release (`operator`) provides the CRD, the ServiceAccount and its RBAC.
+    """
     namespace = f"image-{uuid.uuid4().hex[:8]}"
     control_plane.kubectl("create", "namespace", namespace)
     conf = tmp_path / "conf"

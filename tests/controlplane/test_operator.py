@@ -1,5 +1,5 @@
-"""datamover driven like a user drives it: kubectl against the real API server, workers run by the node agent,
-objects moved between two real MinIO servers and checked by rclone."""
+"""datamover driven like a user drives it: kubectl against the real API server, the chart's operator and the worker
+pods run from the image by the ground's kubelet, objects moved between two real MinIO servers and checked by rclone."""
 
 from __future__ import annotations
 
@@ -7,27 +7,27 @@ import hashlib
 import http.server
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-import yaml
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from datamover.api import MigrationStatus, Phase
 from tests.controlplane.conftest import Cluster, migration_job
 from tests.ground.binaries import binary
-from tests.ground.procs import pids_with_environment
+from tests.ground.node import Node
 from tests.ground.s3 import rclone_check
-from tests.ground.stack import OperatorProcess
+from tests.ground.stack import OPERATOR_ACCOUNT, OperatorRelease
 
 MiB = 1024 * 1024
 
@@ -135,6 +135,27 @@ def test_migration_succeeds_and_rclone_agrees(cluster: Cluster, cloud_a: Any, cl
     assert "succeeded" in table and "100%" in table and "200/200" in table
     cluster.wait_event("happy", lambda e: "Succeeded" in e, "Succeeded")
     assert len(cluster.jobs()) == 1
+
+
+def test_the_operator_serves_prometheus_metrics_of_every_job(
+        cluster: Cluster, operator: OperatorRelease, node: Node | None, cloud_a: Any, cloud_b: Any) -> None:
+    if node is None:
+        pytest.fail("this test reads the operator pod's /metrics over the ground's pod network: run it on the ground")
+    src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
+    fill(cloud_a, src, small=4, large=0)
+    cluster.apply(migration_job("counted", cloud_a, src, cloud_b, dst))
+    assert phase_of(cluster.wait_phase("counted", {"succeeded", "failed"}, timeout=180)) == "succeeded"
+    pod = operator.pod()
+    port = next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"] if p["name"] == "metrics")
+    with urllib.request.urlopen(f"http://{pod['status']['podIP']}:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    job = (("migrationjob", "counted"), ("namespace", cluster.namespace))
+    assert samples[("datamover_job_objects_total", (*job, ("outcome", "migrated")))] == 4
+    assert samples[("datamover_job_phase", (*job, ("phase", "succeeded")))] == 1
+    assert samples[("datamover_migrationjobs", (("phase", "succeeded"),))] >= 1
+    assert samples[("datamover_reconcile_duration_seconds_count", ())] > 0
 
 
 # 2. abort mid-migration -----------------------------------------------------------------------------------------
@@ -313,23 +334,25 @@ def test_abort_of_a_finished_job_is_refused_by_the_api_server(cluster: Cluster, 
 
 # 4. a worker killed mid-multipart ---------------------------------------------------------------------------------
 
-def _kill_pod_process(pod: str, sig: int = signal.SIGKILL) -> int:
-    """Signal the local process that runs a pod (found by the pod name in its environment); SIGKILL by default."""
-    for pid in pids_with_environment(f"DATAMOVER_POD={pod}"):
-        os.kill(pid, sig)
-        return pid
-    raise AssertionError(f"no process runs pod {pod}")
+def _signal_worker(cluster: Cluster, node: Node, pod: str, sig: str = "SIGKILL") -> None:
+    """Signal a worker pod's container through the node's containerd (`ctr tasks kill`), as a crash or a frozen
+    machine would; the kubelet and the Job controller see what follows as they would in any cluster."""
+    pod_status = client.CoreV1Api(cluster.api).read_namespaced_pod(pod, cluster.namespace).status
+    assert pod_status is not None and pod_status.container_statuses, f"pod {pod} has no container yet"
+    (status,) = pod_status.container_statuses
+    assert status.container_id, f"pod {pod} has no running container: {status}"
+    node.signal_container(status.container_id, sig)
 
 
-@pytest.mark.local_processes
+@pytest.mark.node_runtime
 def test_worker_killed_mid_multipart_is_retried_and_the_job_still_succeeds(
-        cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:
+        cluster: Cluster, node: Node, cloud_a: Any, cloud_b: Any) -> None:
     src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
     fill(cloud_a, src, small=10, large=4)
     cluster.apply(migration_job("crash", cloud_a, src, cloud_b, dst, concurrency=1, partSize="5Mi"))
     mid = cluster.wait("crash", lambda o: bool((o.get("status") or {}).get("workers", {}).get("0", {})
                                                 .get("openUploads")), "an open multipart upload")
-    _kill_pod_process(mid["status"]["workers"]["0"]["pod"])
+    _signal_worker(cluster, node, mid["status"]["workers"]["0"]["pod"])
 
     final = cluster.wait_phase("crash", {"succeeded", "failed", "aborted"}, timeout=300)
     assert phase_of(final) == "succeeded", final["status"]
@@ -340,16 +363,16 @@ def test_worker_killed_mid_multipart_is_retried_and_the_job_still_succeeds(
     assert job.status.failed == 1 and job.status.succeeded == 1
 
 
-@pytest.mark.local_processes
+@pytest.mark.node_runtime
 def test_frozen_worker_is_killed_after_the_grace_period_and_its_uploads_aborted_by_the_janitor(
-        cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:
+        cluster: Cluster, node: Node, cloud_a: Any, cloud_b: Any) -> None:
     src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
     contents = fill(cloud_a, src, small=5, large=4)
     cluster.apply(migration_job("frozen", cloud_a, src, cloud_b, dst, concurrency=1, partSize="5Mi",
                                 abortGracePeriodSeconds=3))
     mid = cluster.wait("frozen", lambda o: bool((o.get("status") or {}).get("workers", {}).get("0", {})
                                                  .get("openUploads")), "an open multipart upload")
-    _kill_pod_process(mid["status"]["workers"]["0"]["pod"], signal.SIGSTOP)  # it can no longer clean up
+    _signal_worker(cluster, node, mid["status"]["workers"]["0"]["pod"], "SIGSTOP")  # it can no longer clean up
     recorded = {u["uploadId"] for u in cluster.get("frozen")["status"]["workers"]["0"]["openUploads"]}
     assert {u["UploadId"] for u in open_uploads(cloud_b, dst)} >= recorded
 
@@ -364,27 +387,23 @@ def test_frozen_worker_is_killed_after_the_grace_period_and_its_uploads_aborted_
 
 
 @pytest.fixture
-def impatient_operator(operator: OperatorProcess) -> Iterator[OperatorProcess]:
-    """The session's operator, restarted to take a worker silent for 20 s for frozen (an operator flag)."""
-    operator.stop()
-    operator.env["DATAMOVER_WORKER_HEARTBEAT_TIMEOUT"] = "20"
-    operator.start()
+def impatient_operator(operator: OperatorRelease) -> Iterator[OperatorRelease]:
+    """The session's operator, rolled out to take a worker silent for 20 s for frozen (`kubectl set env`), and back."""
+    operator.set_env(DATAMOVER_WORKER_HEARTBEAT_TIMEOUT="20")
     yield operator
-    operator.stop()
-    operator.env.pop("DATAMOVER_WORKER_HEARTBEAT_TIMEOUT")
-    operator.start()
+    operator.set_env(DATAMOVER_WORKER_HEARTBEAT_TIMEOUT=None)
 
 
-@pytest.mark.local_processes
+@pytest.mark.node_runtime
 def test_worker_frozen_without_an_abort_is_restarted_when_its_heartbeat_stops_and_the_job_succeeds(
-        cluster: Cluster, impatient_operator: OperatorProcess, cloud_a: Any, cloud_b: Any) -> None:
+        cluster: Cluster, node: Node, impatient_operator: OperatorRelease, cloud_a: Any, cloud_b: Any) -> None:
     src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
     contents = fill(cloud_a, src, small=5, large=4)
     cluster.apply(migration_job("stalled", cloud_a, src, cloud_b, dst, concurrency=1, partSize="5Mi"))
     mid = cluster.wait("stalled", lambda o: bool((o.get("status") or {}).get("workers", {}).get("0", {})
                                                   .get("openUploads")), "an open multipart upload")
     frozen = mid["status"]["workers"]["0"]["pod"]
-    _kill_pod_process(frozen, signal.SIGSTOP)  # alive to the node, silent to the operator
+    _signal_worker(cluster, node, frozen, "SIGSTOP")  # alive to the node, silent to the operator
 
     final = cluster.wait_phase("stalled", {"succeeded", "failed", "aborted"}, timeout=300)
     assert phase_of(final) == "succeeded", final["status"]
@@ -399,17 +418,13 @@ def test_worker_frozen_without_an_abort_is_restarted_when_its_heartbeat_stops_an
 # 5. the operator killed and restarted mid-job --------------------------------------------------------------------
 
 def test_operator_restart_mid_job_converges_with_one_job(
-        cluster: Cluster, operator: OperatorProcess, cloud_a: Any, cloud_b: Any) -> None:
+        cluster: Cluster, operator: OperatorRelease, cloud_a: Any, cloud_b: Any) -> None:
     src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
     fill(cloud_a, src, small=20, large=6)
     cluster.apply(migration_job("restart", cloud_a, src, cloud_b, dst, parallelism=2, concurrency=1,
                                 partSize="5Mi"))
     cluster.wait_phase("restart", {"running"}, timeout=30)
-    operator.kill()
-    try:
-        time.sleep(2)
-    finally:
-        operator.start()
+    operator.kill()  # SIGKILL to its container; the kubelet restarts it (kill() waits until it is healthy again)
     final = cluster.wait_phase("restart", {"succeeded", "failed"}, timeout=300)
     assert phase_of(final) == "succeeded", final["status"]
     assert len(cluster.jobs()) == 1
@@ -553,7 +568,7 @@ def test_worker_token_reaches_only_its_own_migrationjob(cluster: Cluster, contro
     assert spec_patch.returncode != 0 and "Forbidden" in spec_patch.stderr
 
 
-def test_operator_runs_without_cluster_admin(operator: OperatorProcess, cluster: Cluster) -> None:
+def test_operator_runs_without_cluster_admin(operator: OperatorRelease, cluster: Cluster) -> None:
     auth = client.AuthorizationV1Api(cluster.api)
     review = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
         user="system:serviceaccount:datamover-system:datamover-operator",
@@ -561,5 +576,8 @@ def test_operator_runs_without_cluster_admin(operator: OperatorProcess, cluster:
                                                         namespace=cluster.namespace)))
     verdict = auth.create_subject_access_review(review).status
     assert verdict is not None and not verdict.allowed
-    (user,) = yaml.safe_load(operator.kubeconfig.read_text())["users"]
-    assert set(user["user"]) == {"token"}, "the operator must hold a ServiceAccount token, nothing stronger"
+    # Its pod holds its ServiceAccount's token and nothing stronger: no host access, no other volume with secrets.
+    spec = operator.pod()["spec"]
+    assert spec["serviceAccountName"] == OPERATOR_ACCOUNT
+    assert not any(spec.get(k) for k in ("hostNetwork", "hostPID", "hostIPC"))
+    assert all("secret" not in volume and "hostPath" not in volume for volume in spec["volumes"]), spec["volumes"]

@@ -11,10 +11,13 @@ objects in the buckets. How long a handover takes (kopf's peer lifetime) is not 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
+import json
 import random
+import time
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -24,21 +27,28 @@ from kubernetes import client
 from tests.controlplane.conftest import Cluster, migration_job
 from tests.ground.binaries import binary
 from tests.ground.fleet import FINAL_PHASES, FleetWatch, create_all
-from tests.ground.stack import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, KubeCluster, OperatorProcess
+from tests.ground.node import Node
+from tests.ground.stack import OPERATOR_NAMESPACE, KubeCluster, OperatorRelease, ground_values, operator_healthy
 from tools import render_manifests
 
 LIMIT = 2
 JOBS = 8
+READY_TIMEOUT = 300.0
 
 
 def _name(i: int) -> str:
     return f"ha-{i}"
 
 
-def _install_peering(control_plane: KubeCluster) -> None:
+def _render_replicas() -> list[dict[str, Any]]:
+    rendered = render_manifests.helm_template("--include-crds", "--set", "replicaCount=2", *ground_values(),
+                                              helm=binary("helm"))
+    return [d for d in yaml.safe_load_all(rendered) if d]
+
+
+def _install_peering(control_plane: KubeCluster, documents: list[dict[str, Any]]) -> None:
     """What the chart adds for `replicaCount: 2`: kopf's peering CRD, the peering object and RBAC for it."""
-    rendered = render_manifests.helm_template("--include-crds", "--set", "replicaCount=2", helm=binary("helm"))
-    documents = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] != "Deployment"]
+    documents = [d for d in documents if d["kind"] != "Deployment"]
     crds = [d for d in documents if d["kind"] == "CustomResourceDefinition"]
     control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(crds))
     control_plane.kubectl("wait", "--for=condition=Established", "--timeout=30s",
@@ -47,27 +57,63 @@ def _install_peering(control_plane: KubeCluster) -> None:
     control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rest))
 
 
+@dataclass
+class Replica:
+    """One operator replica: a pod of the chart's `replicaCount: 2` template with a peering priority of its own."""
+
+    name: str
+    control_plane: KubeCluster
+    node: Node | None
+
+    def get(self) -> dict[str, Any]:
+        return dict(json.loads(self.control_plane.kubectl("get", "pod", self.name, "-n", OPERATOR_NAMESPACE,
+                                                          "-o", "json").stdout))
+
+    def kill(self) -> None:
+        """It dies with no chance to clean up (SIGKILL through the node's containerd; a forced delete elsewhere)."""
+        if self.node is None:
+            self.control_plane.kubectl("delete", "pod", self.name, "-n", OPERATOR_NAMESPACE, "--grace-period=0",
+                                       "--force", "--wait=false")
+            return
+        (status,) = self.get()["status"]["containerStatuses"]
+        self.node.signal_container(status["containerID"], "SIGKILL")
+
+
 @contextlib.contextmanager
-def _replica(control_plane: KubeCluster, workdir: Path, name: str, priority: int) -> Iterator[OperatorProcess]:
-    kubeconfig = control_plane.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT,
-                                                          workdir / f"{name}.kubeconfig")
-    replica = OperatorProcess(kubeconfig, workdir / f"{name}.log")
-    replica.env.update({"POD_ID": name, "DATAMOVER_PEERING": "datamover", "DATAMOVER_PEERING_PRIORITY": str(priority),
-                        "DATAMOVER_MAX_CONCURRENT_JOBS": str(LIMIT)})
+def _replica(control_plane: KubeCluster, node: Node | None, template: dict[str, Any], name: str,
+             priority: int) -> Iterator[Replica]:
+    """The chart's operator pod template run as a bare pod named `name` (kopf's peering id is the pod's name), with
+    `priority` and the concurrency limit, and restartPolicy Never so that a killed replica stays dead."""
+    spec = copy.deepcopy(template["spec"])
+    spec["restartPolicy"] = "Never"
+    (container,) = spec["containers"]
+    container["env"] = [e for e in container["env"] if e["name"] != "DATAMOVER_MAX_CONCURRENT_JOBS"] + [
+        {"name": "DATAMOVER_MAX_CONCURRENT_JOBS", "value": str(LIMIT)},
+        {"name": "DATAMOVER_PEERING_PRIORITY", "value": str(priority)}]
+    # Labels of its own: the chart's selector labels would let the (scaled-down) ReplicaSet adopt and delete it.
+    pod = {"apiVersion": "v1", "kind": "Pod", "spec": spec,
+           "metadata": {"name": name, "namespace": OPERATOR_NAMESPACE, "labels": {"datamover.test/replica": name}}}
+    control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(pod))
+    replica = Replica(name, control_plane, node)
     try:
-        replica.start()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not operator_healthy(replica.get(), node):
+            assert time.monotonic() < deadline, f"replica {name} not healthy after {READY_TIMEOUT:.0f}s"
+            time.sleep(0.3)
         yield replica
     finally:
-        replica.stop()
-        print(f"---- {name} log (tail) ----\n{replica.log_tail(40)}")
+        logs = control_plane.kubectl("logs", "-n", OPERATOR_NAMESPACE, name, "--tail=40", check=False)
+        print(f"---- {name} log (tail) ----\n{logs.stdout}{logs.stderr}")
+        control_plane.kubectl("delete", "pod", name, "-n", OPERATOR_NAMESPACE, "--wait=true", "--timeout=120s",
+                              check=False)
 
 
 @pytest.fixture
-def no_standalone_operator(operator: OperatorProcess) -> Iterator[None]:
-    """The session's standalone operator steps aside while the replicas run, and comes back after."""
-    operator.stop()
+def no_standalone_operator(operator: OperatorRelease) -> Iterator[None]:
+    """The session's standalone operator steps aside (its Deployment scaled to 0) while the replicas run."""
+    operator.scale(0)
     yield
-    operator.start()
+    operator.scale(1)
 
 
 def _reporters(cluster: Cluster) -> set[str]:
@@ -76,8 +122,8 @@ def _reporters(cluster: Cluster) -> set[str]:
 
 
 def test_replicas_hand_over_without_duplicates_lost_aborts_or_stale_writes(
-        cluster: Cluster, no_standalone_operator: None, control_plane: KubeCluster, cloud_a: Any, cloud_b: Any,
-        tmp_path: Path) -> None:
+        cluster: Cluster, no_standalone_operator: None, control_plane: KubeCluster, node: Node | None, cloud_a: Any,
+        cloud_b: Any) -> None:
     seed = random.SystemRandom().randrange(10**6)
     src, dst = f"ha-src-{seed}", f"ha-dst-{seed}"
     contents: dict[str, bytes] = {}
@@ -95,15 +141,18 @@ def test_replicas_hand_over_without_duplicates_lost_aborts_or_stale_writes(
         job["spec"]["source"]["prefix"] = job["spec"]["destination"]["prefix"] = f"{_name(i)}/"
         return job
 
-    _install_peering(control_plane)
+    documents = _render_replicas()
+    _install_peering(control_plane, documents)
+    (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
+    template = deployment["spec"]["template"]
     names = [_name(i) for i in range(JOBS)]
     with FleetWatch(cluster.api, cluster.namespace) as fleet, \
-            _replica(control_plane, tmp_path, "replica-low", 100):
+            _replica(control_plane, node, template, "replica-low", 100):
         create_all(cluster.api, cluster.namespace, [manifest(i) for i in range(JOBS)], fleet)
         fleet.wait(names[:1], lambda t: t.phase == "succeeded", "succeeded under the first replica", timeout=300)
 
         # A replica of higher priority joins: the first one pauses with its memory of every job, the new one acts.
-        with _replica(control_plane, tmp_path, "replica-high", 200) as high:
+        with _replica(control_plane, node, template, "replica-high", 200) as high:
             fleet.wait(names[: JOBS // 2], lambda t: t.phase in FINAL_PHASES, "finished (first half)", timeout=600)
             assert "replica-high" in _reporters(cluster), "the replica of higher priority never acted"
             # It dies with no chance to clean up; the abort and the new job come while no replica acts yet.

@@ -16,7 +16,7 @@ from typing import Any
 
 from tests.controlplane.conftest import Kubectl
 from tests.ground.s3 import rclone_check
-from tests.ground.stack import OperatorProcess
+from tests.ground.stack import OperatorRelease
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -29,7 +29,7 @@ def use_block() -> str:
     return match.group(1)
 
 
-def test_readme_use_block_runs_as_written(control_plane: Any, kubectl: Kubectl, operator: OperatorProcess,
+def test_readme_use_block_runs_as_written(control_plane: Any, kubectl: Kubectl, operator: OperatorRelease,
                                           cloud_a: Any, cloud_b: Any) -> None:
     block = use_block()
     variables = set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", block))

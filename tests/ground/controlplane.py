@@ -1,8 +1,8 @@
 """A real, throwaway Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) on 127.0.0.1.
 
 It exists so control-plane tests and the demo talk to the genuine API server, with its validation, RBAC,
-TokenRequest and controllers, instead of a fake. It runs no kubelet and no scheduler: pods are the node agent's
-business (tests/ground/nodeagent.py). Everything lives under one work directory and is stopped on exit.
+TokenRequest and controllers, instead of a fake. It runs no kubelet and no scheduler: those are the real node's
+(tests/ground/node.py). Everything lives under one work directory and is stopped on exit.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ AUDIT_POLICY = {
 
 @dataclass
 class ControlPlane:
-    """A running control plane; the node agent and the tests use exactly these fields and methods."""
+    """A running control plane; the node and the tests use exactly these fields and methods."""
 
     server: str  # https://127.0.0.1:<port>
     ca_file: Path  # CA that signed the API server's serving cert (and every client cert)

@@ -1,8 +1,8 @@
 """`make demo`: datamover end to end on the local ground — one migration watched live, a second one aborted.
 
-Starts the control plane, node agent and two MinIO "clouds", installs the CRD and RBAC, runs the operator as its
-ServiceAccount, fills cloud A, and drives everything with kubectl as a user would. Everything it started is stopped
-on the way out, also on Ctrl-C.
+Starts the control plane, the real node (kubelet, containerd, runc) with the datamover image and two MinIO "clouds",
+installs the chart with helm, fills cloud A, and drives everything with kubectl as a user would. Everything it
+started is stopped and cleaned up on the way out, also on Ctrl-C. Needs root, as the node does.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from tests.ground.stack import Stack, local_stack
 NAMESPACE = "demo"
 MiB = 1024 * 1024
 FINAL = {"succeeded", "failed", "aborted", "cancelled"}
+SMALL = {"small": 20, "large": 8, "large_size": 32 * MiB}  # --small (CI, and tests/controlplane/test_demo.py)
+FULL = {"small": 200, "large": 8, "large_size": 128 * MiB}
 
 
 def say(text: str) -> None:
@@ -141,12 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Ctrl-C and SIGTERM both unwind through the context managers, which stop every process started.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    sizes = {"small": 20, "large": 8, "large_size": 32 * MiB} if args.small else \
-        {"small": 200, "large": 8, "large_size": 128 * MiB}
+    sizes = SMALL if args.small else FULL
     with tempfile.TemporaryDirectory(prefix="datamover-demo-") as tmp:
         workdir = args.workdir or Path(tmp)
-        say("Starting the local ground: etcd, kube-apiserver, kube-controller-manager, node agent, 2x MinIO, "
-            "operator")
+        say("Starting the local ground: etcd, kube-apiserver, kube-controller-manager, a node (kubelet, containerd, "
+            "runc), 2x MinIO, the chart (helm install)")
         started = time.monotonic()
         try:
             with local_stack(workdir) as stack:

@@ -1,7 +1,7 @@
 """A cluster someone else runs (kind, a dev cluster), seen through the same interface as our local control plane.
 
 `make e2e` sets DATAMOVER_E2E_KUBECONFIG; the control-plane fixtures then hand the tests this instead of starting
-etcd and kube-apiserver, and no node agent runs (the cluster's kubelets run the worker pods).
+etcd and kube-apiserver, and no node of ours runs (the cluster's kubelets run the operator and worker pods).
 """
 
 from __future__ import annotations

@@ -42,6 +42,11 @@ from tests.ground.procs import GroundError, Proc, free_ports, http_check, runnin
 PAUSE_IMAGE = "datamover.local/pause:ground"
 NAMESPACE = "k8s.io"  # containerd namespace the CRI plugin uses
 READY_TIMEOUT = 120.0
+# The kubelet's default; pods that ended do not count, and the pod range (.10-.250 of the /24) holds 241 addresses.
+MAX_PODS = 110
+# The node's cgroup weighs as much as ten busy processes of the host: about what its pods (the operator and up to
+# eight workers at once) weighed as local processes before the node existed.
+NODE_CPU_SHARES = 10 * 1024
 # Sysctls the kubelet (protectKernelDefaults: false) or CNI may set; restored on exit.
 SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
            "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes", "net/ipv4/ip_forward")
@@ -249,6 +254,10 @@ class Node:
                 pids[parts[0]] = int(parts[1])
         return pids
 
+    def signal_container(self, container_id: str, sig: str) -> None:
+        """Send `sig` (e.g. "SIGKILL", "SIGSTOP") to every process of a running container, as its runtime would."""
+        self.ctr("tasks", "kill", "--all", "--signal", sig, container_id.removeprefix("containerd://"))
+
     def check_alive(self) -> None:
         for proc in self.procs.values():
             proc.check_alive()
@@ -330,7 +339,7 @@ def _cni_config(bridge: str, subnet_prefix: str, gateway: str, ipam_dir: Path) -
     }, indent=1)
 
 
-def _kubelet_config(workdir: Path, node: Node, ca_file: Path, port: int, healthz_port: int) -> str:
+def _kubelet_config(workdir: Path, node: Node, ca_file: Path, port: int, healthz_port: int, max_pods: int) -> str:
     return yaml.safe_dump({
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
@@ -356,6 +365,7 @@ def _kubelet_config(workdir: Path, node: Node, ca_file: Path, port: int, healthz
         "imageGCLowThresholdPercent": 99,
         "serializeImagePulls": False,
         "registerNode": True,
+        "maxPods": max_pods,
         "nodeStatusReportFrequency": "10s",
         "syncFrequency": "10s",
     }, sort_keys=False)
@@ -373,7 +383,7 @@ def _subnet_prefix() -> str:
 
 @contextlib.contextmanager
 def start_node(cp: ControlPlane, workdir: Path, images: Sequence[Path] = (), *,
-               timeout: float = READY_TIMEOUT) -> Iterator[Node]:
+               timeout: float = READY_TIMEOUT, max_pods: int = MAX_PODS) -> Iterator[Node]:
     """Start containerd, the kubelet and kube-scheduler for `cp`; import `images`; tear everything down on exit.
 
     Ready means: the Node object is Ready (runtime and network ready), and the scheduler answers its health check.
@@ -381,10 +391,11 @@ def start_node(cp: ControlPlane, workdir: Path, images: Sequence[Path] = (), *,
     if os.geteuid() != 0:
         raise NodeNeedsRoot("the real node (containerd, runc, kubelet) needs root; run the control-plane tier as root")
     with host_lock():
-        yield from _start_node(cp, Path(workdir).resolve(), images, timeout)
+        yield from _start_node(cp, Path(workdir).resolve(), images, timeout, max_pods)
 
 
-def _start_node(cp: ControlPlane, workdir: Path, images: Sequence[Path], timeout: float) -> Iterator[Node]:
+def _start_node(cp: ControlPlane, workdir: Path, images: Sequence[Path], timeout: float,
+                max_pods: int) -> Iterator[Node]:
     workdir.mkdir(parents=True, exist_ok=True)
     bins = {n: binary(n) for n in ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "kubelet",
                                    "kube-scheduler", "bridge", "host-local", "loopback", "pause")}
@@ -447,7 +458,8 @@ def _start_node(cp: ControlPlane, workdir: Path, images: Sequence[Path], timeout
                                                             organizations=["system:nodes"])
             _make_cgroup_root(node.name)
             kubelet_config = workdir / "kubelet-config.yaml"
-            kubelet_config.write_text(_kubelet_config(workdir, node, cp.ca_file, kubelet_port, healthz_port))
+            kubelet_config.write_text(_kubelet_config(workdir, node, cp.ca_file, kubelet_port, healthz_port,
+                                                       max_pods))
             node.procs["kubelet"] = stack.enter_context(running(
                 "kubelet",
                 [bins["kubelet"], f"--config={kubelet_config}", f"--kubeconfig={kubelet_kubeconfig}",
@@ -464,13 +476,20 @@ def _start_node(cp: ControlPlane, workdir: Path, images: Sequence[Path], timeout
 
 
 def _make_cgroup_root(name: str) -> None:
-    """The kubelet's cgroupRoot, in every v1 hierarchy (it must exist); cpuset needs its CPUs and memory nodes."""
+    """The kubelet's cgroupRoot, in every v1 hierarchy (it must exist); cpuset needs its CPUs and memory nodes.
+
+    Its CPU weight is NODE_CPU_SHARES: with the default (1024, one process's worth) every pod of the node together
+    got as much CPU as one other process of this shared host, and at a load average of 20 the 200-job test's
+    workers took 45 s each to copy three small objects (as local processes they each weighed 1024).
+    """
     for hierarchy in sorted(CGROUP_ROOT.iterdir()):
         if hierarchy.is_dir() and not hierarchy.is_symlink() and (hierarchy / "cgroup.procs").exists():
             (hierarchy / name).mkdir(exist_ok=True)
             for knob in ("cpuset.cpus", "cpuset.mems"):
                 if (hierarchy / knob).exists():
                     (hierarchy / name / knob).write_text((hierarchy / knob).read_text())
+            if (hierarchy / name / "cpu.shares").exists():
+                (hierarchy / name / "cpu.shares").write_text(str(NODE_CPU_SHARES))
 
 
 def _containerd_ready(node: Node) -> bool:

@@ -1,4 +1,7 @@
-"""pytest fixtures for the S3 part of the test ground: two MinIO "clouds" with different credentials."""
+"""pytest fixtures for the S3 part of the test ground: two MinIO "clouds" with different credentials.
+
+These listen on loopback (the engine's tests); the control-plane tier has its own pair where its pods reach them.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.ground.external import s3_host
 from tests.ground.s3 import S3Server, empty_and_delete_bucket, start_minio
 
 _startup: dict[str, float] = {}
@@ -17,11 +19,13 @@ _startup: dict[str, float] = {}
 BucketFactory = Callable[[S3Server], str]
 
 
-def _cloud(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[S3Server]:
+def cloud_server(tmp_path_factory: pytest.TempPathFactory, name: str, *, host: str = "127.0.0.1",
+                 ) -> Iterator[S3Server]:
+    """One MinIO server listening on `host`, with random credentials, for as long as the fixture lives."""
     start = time.monotonic()
     with start_minio(
         tmp_path_factory.mktemp(name), name, access_key=f"{name}-admin", secret_key=secrets.token_hex(16),
-        host=s3_host(),
+        host=host,
     ) as server:
         _startup[name] = time.monotonic() - start
         yield server
@@ -30,13 +34,13 @@ def _cloud(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[S3Se
 @pytest.fixture(scope="session")
 def cloud_a(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """The first MinIO server (credentials cloud-a-admin / random)."""
-    yield from _cloud(tmp_path_factory, "cloud-a")
+    yield from cloud_server(tmp_path_factory, "cloud-a")
 
 
 @pytest.fixture(scope="session")
 def cloud_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """The second MinIO server, with credentials different from cloud_a's."""
-    yield from _cloud(tmp_path_factory, "cloud-b")
+    yield from cloud_server(tmp_path_factory, "cloud-b")
 
 
 @pytest.fixture

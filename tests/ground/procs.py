@@ -40,22 +40,6 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def pids_with_environment(*entries: str) -> list[int]:
-    """Local processes whose environment holds every `NAME=value` entry (how tests find a node-agent pod's process)."""
-    wanted = [entry.encode() for entry in entries]
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if all(entry in environ for entry in wanted):
-            pids.append(int(proc.name))
-    return pids
-
-
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     """The last `lines` lines of a log file, or a note saying it is missing."""
     try:

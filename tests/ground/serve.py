@@ -1,7 +1,10 @@
-"""Keep a local control plane and node agent running for manual use (kubectl) or for `make e2e` against them.
+"""Keep a local control plane and real node running for manual use (kubectl, helm) or for `make e2e` against them.
 
-    .venv/bin/python -m tests.ground.serve --workdir /tmp/ground
+    sudo .venv/bin/python -m tests.ground.serve --workdir /tmp/ground
     KUBECONFIG=/tmp/ground/controlplane/admin.kubeconfig kubectl get nodes
+
+It prints the kubeconfig and the node's bridge address (where MinIO must listen for the pods to reach it:
+DATAMOVER_E2E_S3_HOST). Stop it with Ctrl-C or SIGTERM: the node's teardown then runs.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import sys
 import threading
 from pathlib import Path
 
+from tests.ground import image
 from tests.ground.controlplane import start_control_plane
-from tests.ground.nodeagent import start_node_agent
+from tests.ground.node import start_node
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with start_control_plane(args.workdir / "controlplane") as cp, \
-            start_node_agent(cp, args.workdir / "node-agent", python_bin_dir=Path(sys.executable).parent):
-        print(f"ready: KUBECONFIG={cp.admin_kubeconfig}", flush=True)
+            start_node(cp, args.workdir / "node", images=[image.archive()]) as node:
+        print(f"ready: KUBECONFIG={cp.admin_kubeconfig} DATAMOVER_E2E_S3_HOST={node.ip} "
+              f"DATAMOVER_E2E_WORKER_IMAGE={image.IMAGE_NAME}", flush=True)
         stop.wait()
     return 0
 

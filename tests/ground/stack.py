@@ -1,93 +1,67 @@
-"""datamover installed on the local ground and its operator running as its own ServiceAccount.
+"""datamover installed by its chart (`helm install` from charts/datamover), as users install it.
 
-Shared by the control-plane tests (as fixtures), `make demo` and bench/abort_latency.py, so all three run the
-product the same way: CRD and RBAC applied from manifests/install.yaml (rendered from the chart), the operator
-holding only the token of the chart's `datamover-operator` ServiceAccount, worker pods run by the node agent.
+Shared by the control-plane tests (as fixtures), `make demo` and the benches, so all run the product the same way:
+the operator is the chart's Deployment and the worker pods are started by a kubelet from the datamover image, on
+the ground's real node (tests/ground/node.py) or, under `make e2e`, on a cluster of the user's own.
+`local_stack` brings the whole local ground up for the demo and the benches.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import signal
+import secrets
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-import yaml
-
+from tests.ground import image
+from tests.ground.binaries import binary
 from tests.ground.controlplane import ControlPlane, start_control_plane
 from tests.ground.external import E2E_WORKER_IMAGE
-from tests.ground.nodeagent import NodeAgent, start_node_agent
-from tests.ground.procs import GroundError, free_port, log_tail
+from tests.ground.node import Node, start_node
+from tests.ground.procs import GroundError
 from tests.ground.s3 import S3Server, start_minio
 
 REPO = Path(__file__).resolve().parents[2]
-INSTALL = REPO / "manifests" / "install.yaml"
+CHART = "charts/datamover"
+RELEASE = "datamover"
 OPERATOR_NAMESPACE = "datamover-system"
 OPERATOR_ACCOUNT = "datamover-operator"
-READY_TIMEOUT = 60.0
-
-
-class OperatorProcess:
-    """datamover-operator as a local process holding only its ServiceAccount's token (the shipped RBAC)."""
-
-    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
-        self.kubeconfig, self.log_path = kubeconfig, log_path
-        self.process: subprocess.Popen[bytes] | None = None
-        # Extra environment for the next start(), e.g. DATAMOVER_MAX_CONCURRENT_JOBS (what Helm values would set).
-        self.env: dict[str, str] = {}
-
-    def start(self) -> None:
-        port = free_port()
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "DATAMOVER_WORKER_IMAGE": os.environ.get(E2E_WORKER_IMAGE, "datamover:local"),
-            "DATAMOVER_LIVENESS_ENDPOINT": f"http://127.0.0.1:{port}/healthz",
-            **self.env,
-        }
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [str(Path(sys.executable).parent / "datamover-operator")],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise GroundError(f"datamover-operator exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise GroundError(f"datamover-operator not healthy after {READY_TIMEOUT:.0f}s:\n{self.log_tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL: no chance to clean up, as when its node dies."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_tail(self, lines: int = 60) -> str:
-        return log_tail(self.log_path, lines)
+OPERATOR_SELECTOR = "app.kubernetes.io/component=operator"
+READY_TIMEOUT = 300.0
+# The chart's maxConcurrentJobs on the ground: below the scale test's hundreds of jobs, so most of them queue, and
+# above what any other test runs at once.
+GROUND_MAX_CONCURRENT_JOBS = 8
+# Helm values the ground sets. Worker pods request little: the chart's default (250m CPU each) would let only eight
+# pods onto this 2-core node, and the ground's pods do little work each. The operator requests more than a worker
+# (CPU shares: under contention it is served first) and its liveness probe is lenient: this machine's load average
+# reaches 20 with other test runs, and with the chart's probe (5 s timeout, 3 failures) the kubelet killed a
+# CPU-starved but working operator over and over in the 200-job test (kopf answers /healthz from the same event
+# loop that handles the jobs).
+GROUND_VALUES = (
+    "--set", f"maxConcurrentJobs={GROUND_MAX_CONCURRENT_JOBS}",
+    "--set", "resources.requests.cpu=200m",
+    "--set", "worker.resources.requests.cpu=10m",
+    "--set", "worker.resources.requests.memory=64Mi",
+    "--set", "livenessProbe.timeoutSeconds=20",
+    "--set", "livenessProbe.failureThreshold=6",
+)
 
 
 class KubeCluster(Protocol):
     """What installing and running datamover needs of a cluster: the local ground's or an external one."""
+
+    @property
+    def admin_kubeconfig(self) -> Path: ...
+
+    @property
+    def workdir(self) -> Path: ...
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 kubeconfig: Path | str | None = None, timeout: float = 120.0) -> subprocess.CompletedProcess[str]: ...
@@ -96,49 +70,199 @@ class KubeCluster(Protocol):
                                    bound_pod: tuple[str, str] | None = None) -> Path: ...
 
 
-def install_datamover(control_plane: KubeCluster) -> None:
-    """manifests/install.yaml (rendered from the chart) minus its Deployment, applied with kubectl as a user would.
+def helm(cluster: KubeCluster, *args: str, timeout: float = 600.0) -> subprocess.CompletedProcess[str]:
+    """The real helm against `cluster`, run from the repository (so `charts/datamover` is the chart's path)."""
+    home = cluster.workdir / "helm"
+    env = {**os.environ, "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
+           "HELM_DATA_HOME": str(home / "data"), "KUBECONFIG": str(cluster.admin_kubeconfig)}
+    result = subprocess.run([str(binary("helm")), *args], capture_output=True, text=True, env=env, timeout=timeout,
+                            check=False, cwd=REPO)
+    if result.returncode != 0:
+        raise GroundError(f"helm {' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}")
+    return result
 
-    The CRD, the operator's Namespace, ServiceAccount and RBAC are exactly what users install; the operator itself
-    runs here as a local process instead of the Deployment (no container runtime on the ground).
-    """
-    documents = [d for d in yaml.safe_load_all(INSTALL.read_text()) if d and d["kind"] != "Deployment"]
-    control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(documents))
-    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/migrationjobs.datamover.io")
+
+def ground_values() -> tuple[str, ...]:
+    """GROUND_VALUES, plus the image to run under `make e2e` (one the user loaded into their cluster)."""
+    loaded = os.environ.get(E2E_WORKER_IMAGE)
+    if not loaded:
+        return GROUND_VALUES  # the chart's default image: the one `make image` built and the node imported
+    repository, _, tag = loaded.rpartition(":")
+    if not repository or "/" in tag:
+        repository, tag = loaded, "latest"
+    return (*GROUND_VALUES, "--set", f"image.repository={repository}", "--set", f"image.tag={tag}")
 
 
-@contextlib.contextmanager
-def run_operator(control_plane: KubeCluster, workdir: Path) -> Iterator[OperatorProcess]:
-    workdir.mkdir(parents=True, exist_ok=True)
-    kubeconfig = control_plane.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_ACCOUNT,
-                                                          workdir / "operator.kubeconfig")
-    operator = OperatorProcess(kubeconfig, workdir / "operator.log")
+def operator_healthy(pod: dict[str, Any], node: Node | None) -> bool:
+    """An operator pod's container is ready and, where the ground's pod network is ours, kopf answers /healthz."""
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    if not statuses or not statuses[0].get("ready"):
+        return False
+    if node is None:
+        return True  # a user's cluster: its pod network is not ours to reach
+    port = next(p["containerPort"] for p in pod["spec"]["containers"][0]["ports"] if p["name"] == "health")
     try:
-        operator.start()
-        yield operator
-    finally:
-        operator.stop()
+        with urllib.request.urlopen(f"http://{pod['status']['podIP']}:{port}/healthz", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class OperatorRelease:
+    """One release of the chart, and its operator pod as kubectl (and, on the ground, the node) sees it."""
+
+    cluster: KubeCluster
+    node: Node | None  # the ground's node; None on a user's cluster (no reaching into its container runtime)
+    release: str = RELEASE
+    namespace: str = OPERATOR_NAMESPACE
+
+    @property
+    def selector(self) -> str:
+        return f"{OPERATOR_SELECTOR},app.kubernetes.io/instance={self.release}"
+
+    @property
+    def deployment(self) -> str:
+        """deployment/<name>: the chart names it after the release (datamover-operator for release `datamover`)."""
+        names = self.cluster.kubectl("get", "deployments", "-n", self.namespace, "-l", self.selector,
+                                     "-o", "name").stdout.split()
+        if len(names) != 1:
+            raise GroundError(f"{self.release}: {names or 'no'} operator Deployment(s) in {self.namespace}")
+        return names[0]
+
+    def install(self, *values: str) -> None:
+        helm(self.cluster, "install", self.release, CHART, "--namespace", self.namespace, "--create-namespace",
+             *values, "--wait", "--timeout", f"{READY_TIMEOUT:.0f}s")
+        self.wait_ready()
+
+    def upgrade(self, *values: str) -> None:
+        """`helm upgrade --reuse-values` with `values` (e.g. --set maxConcurrentJobs=1), and wait for the rollout."""
+        helm(self.cluster, "upgrade", self.release, CHART, "--namespace", self.namespace, "--reuse-values", *values,
+             "--wait", "--timeout", f"{READY_TIMEOUT:.0f}s")
+        self.wait_ready()
+
+    def uninstall(self) -> None:
+        helm(self.cluster, "uninstall", self.release, "--namespace", self.namespace, "--wait", "--timeout", "2m")
+
+    def pods(self) -> list[dict[str, Any]]:
+        """The release's operator pods that are not on their way out."""
+        return [p for p in self._all_pods() if not p["metadata"].get("deletionTimestamp")]
+
+    def pod(self) -> dict[str, Any]:
+        pods = self.pods()
+        if len(pods) != 1:
+            raise GroundError(f"{self.release}: {len(pods)} operator pods, expected one")
+        return pods[0]
+
+    def wait_ready(self, *, replicas: int = 1, timeout: float = READY_TIMEOUT) -> list[dict[str, Any]]:
+        """The Deployment rolled out and `replicas` pods running whose kopf answers its liveness endpoint.
+
+        Ready alone is not enough: the chart has no readiness probe, so Ready means the container started, before
+        kopf has its watches (the liveness endpoint answers once kopf runs).
+        """
+        self.cluster.kubectl("rollout", "status", "-n", self.namespace, self.deployment,
+                             f"--timeout={timeout:.0f}s", timeout=timeout + 30)
+        deadline = time.monotonic() + timeout
+        while True:
+            pods = self.pods()
+            if len(pods) == replicas and all(operator_healthy(p, self.node) for p in pods):
+                return pods
+            if time.monotonic() > deadline:
+                raise GroundError(f"{self.release}: not {replicas} healthy operator pod(s) after {timeout:.0f}s: "
+                                  f"{[self._summary(p) for p in pods]}\n{self.logs()}")
+            if self.node is not None:
+                self.node.check_alive()
+            time.sleep(0.3)
+
+    @staticmethod
+    def _summary(pod: dict[str, Any]) -> str:
+        statuses = pod.get("status", {}).get("containerStatuses") or [{}]
+        return f"{pod['metadata']['name']} {pod.get('status', {}).get('phase')} {statuses[0].get('state')}"
+
+    def kill(self) -> None:
+        """The operator dies with no chance to clean up, and comes back as the chart makes it come back.
+
+        On the ground: SIGKILL to its container's processes through the node's containerd, and the kubelet
+        restarts the container (the Deployment's restartPolicy Always). On a user's cluster: the pod is deleted
+        with no grace period, and the Deployment starts another.
+        """
+        pod = self.pod()
+        if self.node is None:
+            self.cluster.kubectl("delete", "pod", "-n", self.namespace, pod["metadata"]["name"], "--grace-period=0",
+                                 "--force", "--wait=false")
+            deadline = time.monotonic() + READY_TIMEOUT
+            while any(p["metadata"]["uid"] == pod["metadata"]["uid"] for p in self.pods()):
+                if time.monotonic() > deadline:
+                    raise GroundError(f"operator pod {pod['metadata']['name']} still there after its deletion")
+                time.sleep(0.2)
+            self.wait_ready()
+            return
+        (status,) = pod["status"]["containerStatuses"]
+        self.node.signal_container(status["containerID"], "SIGKILL")
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            (now,) = self.pod()["status"]["containerStatuses"]
+            if now["restartCount"] > status["restartCount"]:
+                break
+            if time.monotonic() > deadline:
+                raise GroundError(f"the kubelet did not restart the operator after SIGKILL: {now}")
+            time.sleep(0.2)
+        self.wait_ready()
+
+    def set_env(self, **env: str | None) -> None:
+        """`kubectl set env` on the Deployment (None removes a variable), and wait for the rollout: a restart."""
+        changes = [f"{k}={v}" if v is not None else f"{k}-" for k, v in env.items()]
+        self.cluster.kubectl("set", "env", "-n", self.namespace, self.deployment, *changes)
+        self.wait_ready()
+
+    def scale(self, replicas: int) -> None:
+        """`kubectl scale` the Deployment and wait until exactly that many operators run."""
+        self.cluster.kubectl("scale", "-n", self.namespace, self.deployment, f"--replicas={replicas}")
+        if replicas:
+            self.wait_ready(replicas=replicas)
+            return
+        deadline = time.monotonic() + READY_TIMEOUT
+        while self._all_pods():
+            if time.monotonic() > deadline:
+                raise GroundError(f"{self.release}: operator pods still there after scaling to 0")
+            time.sleep(0.2)
+
+    def _all_pods(self) -> list[dict[str, Any]]:
+        out = self.cluster.kubectl("get", "pods", "-n", self.namespace, "-l", self.selector, "-o", "json")
+        return list(json.loads(out.stdout)["items"])
+
+    def logs(self, tail: int = 200) -> str:
+        """`kubectl logs` of every operator pod of the release (what a user reads)."""
+        parts = []
+        for pod in self._all_pods():
+            name = pod["metadata"]["name"]
+            result = self.cluster.kubectl("logs", "-n", self.namespace, name, f"--tail={tail}", check=False)
+            parts.append(f"-- {name} --\n{result.stdout}{result.stderr}")
+        return "\n".join(parts) or "(no operator pod)"
 
 
 @dataclass
 class Stack:
-    """Everything `make demo` and the abort bench need, up and ready."""
+    """Everything `make demo` and the benches need, up and ready."""
 
     control_plane: ControlPlane
-    node_agent: NodeAgent
+    node: Node
     cloud_a: S3Server
     cloud_b: S3Server
-    operator: OperatorProcess
+    operator: OperatorRelease
 
 
 @contextlib.contextmanager
 def local_stack(workdir: Path) -> Iterator[Stack]:
+    """Control plane, the real node with the image imported, two MinIO servers on the node's bridge address (the
+    only address of this machine the pods reach), and the chart installed with helm."""
     with contextlib.ExitStack() as stack:
         control_plane = stack.enter_context(start_control_plane(workdir / "controlplane"))
-        agent = stack.enter_context(start_node_agent(control_plane, workdir / "node-agent",
-                                                     python_bin_dir=Path(sys.executable).parent))
-        cloud_a = stack.enter_context(start_minio(workdir, "cloud-a", "cloud-a-admin", "cloud-a-secret-key"))
-        cloud_b = stack.enter_context(start_minio(workdir, "cloud-b", "cloud-b-admin", "cloud-b-secret-key"))
-        install_datamover(control_plane)
-        operator = stack.enter_context(run_operator(control_plane, workdir / "operator"))
-        yield Stack(control_plane, agent, cloud_a, cloud_b, operator)
+        node = stack.enter_context(start_node(control_plane, workdir / "node", images=[image.archive()]))
+        cloud_a = stack.enter_context(start_minio(workdir, "cloud-a", "cloud-a-admin", secrets.token_hex(16),
+                                                  host=node.ip))
+        cloud_b = stack.enter_context(start_minio(workdir, "cloud-b", "cloud-b-admin", secrets.token_hex(16),
+                                                  host=node.ip))
+        operator = OperatorRelease(control_plane, node)
+        operator.install(*GROUND_VALUES)
+        yield Stack(control_plane, node, cloud_a, cloud_b, operator)
