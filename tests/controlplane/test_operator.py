@@ -137,10 +137,9 @@ def test_migration_succeeds_and_rclone_agrees(cluster: Cluster, cloud_a: Any, cl
     assert len(cluster.jobs()) == 1
 
 
+@pytest.mark.node_runtime  # reads the operator pod's /metrics over the ground's pod network
 def test_the_operator_serves_prometheus_metrics_of_every_job(
-        cluster: Cluster, operator: OperatorRelease, node: Node | None, cloud_a: Any, cloud_b: Any) -> None:
-    if node is None:
-        pytest.fail("this test reads the operator pod's /metrics over the ground's pod network: run it on the ground")
+        cluster: Cluster, operator: OperatorRelease, cloud_a: Any, cloud_b: Any) -> None:
     src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
     fill(cloud_a, src, small=4, large=0)
     cluster.apply(migration_job("counted", cloud_a, src, cloud_b, dst))
