@@ -119,6 +119,8 @@ if wanted azurite "$@"; then
   npm_dir="$CACHE/azurite"
   stamp="$( { cat "$TOOLS_DIR/azurite/package.json" "$TOOLS_DIR/azurite/package-lock.json"
               node --version 2>/dev/null; } | sha256sum | cut -d' ' -f1)"
+  # No npm on the machine: Debian's npm package (it brings nodejs), as the Go builds get their apt packages.
+  command -v npm >/dev/null || bash "$TOOLS_DIR/host-packages.sh" npm || true
   if [[ -x "$BIN_DIR/azurite-blob" && -f "$STAMP_DIR/azurite" && "$(cat "$STAMP_DIR/azurite")" == "$stamp" ]]; then
     echo "up to date: azurite"
   elif ! command -v npm >/dev/null; then

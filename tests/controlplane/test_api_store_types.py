@@ -36,6 +36,7 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "azure-without-secret": ({k: v for k, v in AZURE.items() if k != "credentialsSecretRef"},
                              "an azureBlob location needs credentialsSecretRef"),
     "azure-container-name": ({**AZURE, "bucket": "Photos_2024"}, "an Azure container name is 3-63 lowercase"),
+    "azure-container-too-short": ({**AZURE, "bucket": "ab"}, "an Azure container name is 3-63 lowercase"),
     "azure-account-name": ({**AZURE, "azureBlob": {"accountName": "Acme-Photos"}}, "spec.source.azureBlob.accountName"),
     "unknown-type": ({**S3, "type": "swift"}, 'spec.source.type: Unsupported value: "swift"'),
 }

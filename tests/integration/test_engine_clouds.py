@@ -41,7 +41,7 @@ from tests.unit import RecordingSink
 MiB = 1024 * 1024
 OPTIONS = {"part_size": 5 * MiB, "multipart_threshold": 5 * MiB, "concurrency": 2, "part_concurrency": 2,
            "progress_interval": 0.2}
-BIG = 11 * MiB + 123  # three parts of 5 MiB
+BIG = 5 * MiB + 123  # two parts of 5 MiB: an upload in parts, at the least bytes
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from datamover.api import MigrationSpec, SpecError, StoreType
 from datamover.backends import open_store
 from datamover.backends.azure_blob import AzureBlobConfig, AzureBlobStore
+from datamover.backends.base import ErrorKind, StoreError
 from datamover.backends.gcs import GcsConfig
 from datamover.backends.s3 import S3Config
 from datamover.controller import resources
@@ -92,3 +94,17 @@ def test_workers_get_the_secret_keys_of_their_location_type() -> None:
         "DATAMOVER_DESTINATION_SERVICE_ACCOUNT_JSON": {"name": "gcs", "key": "serviceAccountJson", "optional": False},
     }
 
+
+
+def test_gcs_without_a_key_or_a_pod_identity_fails_as_configuration_not_at_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    # No key file, no gcloud configuration, and no probe of a metadata server (this machine has none to ask).
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))
+    monkeypatch.setenv("NO_GCE_CHECK", "True")
+    store = open_store(store_config(spec(S3, {"type": "gcs", "bucket": "photos"}).destination, {}))
+    with pytest.raises(StoreError) as raised:
+        store.check_access()
+    assert raised.value.kind is ErrorKind.PERMANENT and raised.value.code == "Credentials"
+    assert "serviceAccountJson" in raised.value.message and "photos" in raised.value.message

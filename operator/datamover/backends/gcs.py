@@ -140,7 +140,18 @@ class GcsStore(ObjectStore):
         elif config.anonymous:
             credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
         options = {"api_endpoint": config.endpoint} if config.endpoint else None
-        self.client = storage.Client(project=config.project or "-", credentials=credentials, client_options=options)
+        self._no_credentials: str | None = None
+        try:
+            self.client = storage.Client(project=config.project or "-", credentials=credentials,
+                                         client_options=options)
+        except google.auth.exceptions.DefaultCredentialsError as error:
+            # No key in the Secret and no identity on the pod: said as a configuration error at the first request
+            # (check_access), so the worker fails permanently with a message, not with a traceback at start.
+            self._no_credentials = (f"no usable credentials for {self.describe()}: the Secret has no "
+                                    f"serviceAccountJson and the pod has no identity ({type(error).__name__})")
+            self.client = storage.Client(project=config.project or "-",
+                                         credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+                                         client_options=options)
         self._bucket = self.client.bucket(config.bucket)
         cap = config.stall_timeout / 4
         self._timeout = (min(config.connect_timeout, cap), min(config.read_timeout, cap))
@@ -158,6 +169,8 @@ class GcsStore(ObjectStore):
     def _errors(self, operation: str, key: str | None) -> Iterator[None]:
         if self._interrupted is not None:
             raise StoreError(ErrorKind.PERMANENT, self._interrupted, "Stalled")
+        if self._no_credentials is not None:
+            raise StoreError(ErrorKind.PERMANENT, self._no_credentials, "Credentials")
         try:
             yield
         except (api_exceptions.GoogleAPIError, google.auth.exceptions.GoogleAuthError,
