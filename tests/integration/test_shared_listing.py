@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -176,3 +177,49 @@ def test_a_worker_killed_mid_range_and_restarted_finishes_its_range_in_a_move(jo
     assert not final.problems(complete=True), final.render()
     ledger, _ = FileLedgerStore(tmp_path / "ledger.json").load()
     assert ledger is not None and ledger["finished"] and not ledger["open"], ledger
+
+
+def _kill_plan(seed: int) -> tuple[str, str, int]:
+    """A seeded kill of worker 1: where (a checkpoint, including before_list_page, where it may hold the listing
+    lock), which occurrence, and copy or move."""
+    rng = random.Random(seed)
+    kill, most = rng.choice([("before_list_page", 3), ("before_object", 12), ("between_parts", 3),
+                             ("after_create_multipart", 2), ("before_delete_source", 8)])
+    mode = "move" if kill == "before_delete_source" else rng.choice(["copy", "move"])
+    return kill, mode, rng.randint(1, most)
+
+
+@pytest.mark.parametrize("seed", [101, 202, 303, 404])
+def test_seeded_kills_of_one_worker_leave_every_key_migrated_once_the_job_is_resumed(
+    job: Job, tmp_path: Path, seed: int,
+) -> None:
+    kill, mode, occurrence = _kill_plan(seed)
+    inventory = capture_inventory(job.side("source"))
+    pages = math.ceil(len(inventory) / PAGE)
+    # A short stall timeout, so that a lock left by the dead worker is taken over after 2 x 4 s.
+    options = {**OPTIONS, "stall_timeout": 4.0}
+    code, lines = _stand_in(job, tmp_path, 1, kill, occurrence, mode, options)
+    context = f"seed={seed} kill={kill}#{occurrence} mode={mode}\n" + "\n".join(lines[-20:])
+    assert code == -signal.SIGKILL, context
+    record = json.loads((tmp_path / "record-1.json").read_text())
+    cleared = {(c["key"], c["since"]) for c in record["cleared"]}
+    intents = [UploadIntent(key=i["key"], since=dt.datetime.fromisoformat(i["since"])) for i in record["intents"]
+               if (i["key"], i["since"]) not in cleared]
+    close_leftovers(open_store(S3Config(**job.config("destination"))), intents=intents)
+    after_kill = check(job.side("source"), job.side("destination"), mode, inventory)
+    assert not after_kill.problems(both_places_ok=True), f"{context}\n{after_kill.render()}"
+    ledger, _ = FileLedgerStore(tmp_path / "ledger.json").load()
+    assert ledger is not None, context
+    reopened = len(ledger["open"].get("1", []))
+    lists = 0
+    for index in (0, 2, 1):  # the others finish the listing (taking a dead holder's lock over), then 1 resumes
+        code, lines = _stand_in(job, tmp_path, index, "none", 0, mode, options)
+        assert code == 0 and any(line.startswith("FINISHED succeeded") for line in lines), (
+            f"{context}\nworker {index}:\n" + "\n".join(lines[-30:]))
+        lists += _requests(lines).get("source.ListObjectsV2", 0)
+    final = check(job.side("source"), job.side("destination"), mode, inventory)
+    assert not final.problems(complete=True), f"{context}\n{final.render()}"
+    ledger, _ = FileLedgerStore(tmp_path / "ledger.json").load()
+    assert ledger is not None and ledger["finished"] and not ledger["open"], ledger
+    # After the kill, the pages left were listed once each, plus one LIST per range the restart listed again.
+    assert lists <= pages + reopened, f"{context}\n{lists} LISTs for {pages} pages, {reopened} reopened"

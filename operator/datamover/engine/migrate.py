@@ -43,6 +43,7 @@ class _RangeWork:
         self._running = 0
         self._all_dispatched = False
         self._clean = True
+        self._closed = False
 
     def started(self) -> None:
         with self._lock:
@@ -60,8 +61,8 @@ class _RangeWork:
             self._maybe_close()
 
     def _maybe_close(self) -> None:
-        if self._all_dispatched and self._running == 0 and self._clean:
-            self._clean = False  # close once
+        if self._all_dispatched and self._running == 0 and self._clean and not self._closed:
+            self._closed = True
             self._listing.close(self._range)
 
 
