@@ -50,8 +50,10 @@ MiB = 1024 * 1024
 REGION = "us-east-1"
 DOC = REPO / "docs" / "performance.md"
 BEGIN, END = "<!-- BEGIN bench-table -->", "<!-- END bench-table -->"
-METRICS = "/minio/v2/metrics/node"
-_REQUESTS = re.compile(r'^minio_s3_requests_total\{api="([^"]+)"[^}]*\} ([0-9.e+]+)$', re.M)
+# Metrics v3: counted as requests end (v2's node metrics are cached for about 10 s, so a run would be charged with the
+# previous run's bucket clean-up and miss its own last requests).
+METRICS = "/minio/metrics/v3/api/requests"
+_REQUESTS = re.compile(r'^minio_api_requests_total\{name="([^"]+)"[^}]*\} ([0-9.e+]+)$', re.M)
 
 
 @dataclass(frozen=True)
