@@ -268,8 +268,7 @@ def test_operator_runs_namespaced_with_the_charts_rbac(kubectl: Kubectl, operato
         values += ["--set", "peering.installCRDs=false"]
     namespaced = OperatorRelease(operator.cluster, operator.node, release=release, namespace=namespace)
     try:
-        namespaced.install(*ground_values(), *values)
-        pods = namespaced.wait_ready(replicas=replicas)
+        pods = namespaced.install(*ground_values(), *values, replicas=replicas)
         account_name = pods[0]["spec"]["serviceAccountName"]
         account = f"system:serviceaccount:{namespace}:{account_name}"
         for verb, resource in [("watch", "migrationjobs.datamover.io"), ("patch", "migrationjobs.datamover.io/status"),
