@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,10 +100,15 @@ def test_a_job_split_across_workers_copies_every_key_once_with_one_listing(job: 
             store.client.meta.events.register(
                 "before-call.s3.ListObjectsV2",
                 lambda side=side, **_: _append(lock, requests[f"lists.{side}"], side))
-        for operation in ("PutObject", "CompleteMultipartUpload"):
-            destination.client.meta.events.register(
-                f"before-parameter-build.s3.{operation}",
-                lambda params, **_: _append(lock, requests["writes"], params["Key"]))
+        # Writes counted on the wire, by key: small PUTs bypass the client's parameter building (s3_direct).
+        bucket_path = f"/{job.destination_bucket}/"
+        for client in {id(destination.client): destination.client,
+                       id(destination.create_client): destination.create_client}.values():
+            for operation in ("PutObject", "CompleteMultipartUpload"):
+                client.meta.events.register(
+                    f"before-send.s3.{operation}",
+                    lambda request, **_: _append(lock, requests["writes"], urllib.parse.unquote(
+                        urllib.parse.urlsplit(request.url).path).removeprefix(bucket_path)))
         options = MigrationOptions(shard_index=index, shard_count=workers, **OPTIONS)
         results[index] = migrate(source, destination, options, AbortSignal(), RecordingSink(), ledger)
 
