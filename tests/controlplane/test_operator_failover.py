@@ -158,8 +158,13 @@ def test_replicas_hand_over_without_duplicates_lost_aborts_or_stale_writes(
             # It dies with no chance to clean up; the abort and the new job come while no replica acts yet.
             high.kill()
             objects = client.CustomObjectsApi(cluster.api)
-            objects.patch_namespaced_custom_object("datamover.io", "v1alpha1", cluster.namespace, "migrationjobs",
-                                                   names[-1], {"spec": {"abort": True}})
+            try:
+                objects.patch_namespaced_custom_object("datamover.io", "v1alpha1", cluster.namespace,
+                                                       "migrationjobs", names[-1], {"spec": {"abort": True}})
+            except client.ApiException as error:
+                # Too late is an answer too (on a fast node the last job can end first): the API server refuses.
+                if error.status != 422 or "already ended" not in str(error.body):
+                    raise
             create_all(cluster.api, cluster.namespace, [manifest(JOBS)], fleet)
             final = fleet.wait([*names, _name(JOBS)], lambda t: t.phase in FINAL_PHASES, "finished", timeout=900)
         max_holding, regressions = fleet.max_holding, fleet.regressions
