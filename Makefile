@@ -32,12 +32,12 @@ host-packages:
 
 ground: venv host-packages binaries image
 
-# The whole suite on the real ground: unit, engine-vs-MinIO integration, control-plane tests. Two pytest workers:
-# one runs the control-plane tier (mostly waiting on the cluster), the other the rest meanwhile.
-TEST_WORKERS ?= 2
+# The whole suite on the real ground: unit, engine-vs-MinIO integration, control-plane tests. One pytest process:
+# `PYTEST_ARGS="-n 2 --dist loadgroup"` (pytest-xdist) is not yet safe, as its groups did not keep the control-plane
+# tier on one worker and two workers then wait on the one real node a host allows.
 test: ground
 	@test "$$(id -u)" = 0 || { echo "make test: needs root (the control-plane tier runs a real kubelet, containerd and runc)" >&2; exit 1; }
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Fast tier only (moto, pure functions, chart rendering): needs only helm and kubeconform of the binaries.
 unit: venv

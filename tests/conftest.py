@@ -10,6 +10,8 @@ pytest_plugins = [
 ]
 
 
+# tryfirst: xdist turns the marks into work units in its own collection hook, which must see them already.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under `pytest -n N --dist loadgroup` (make test): the control-plane tier is one group, so one worker runs it
     against one control plane and one real node (the host has room for one), while the other workers take the unit
