@@ -163,8 +163,10 @@ def test_abort_mid_migration_stops_cleanly_and_moves_only_verified_objects(
         cluster: Cluster, control_plane: Any, cloud_a: Any, cloud_b: Any) -> None:
     src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
     contents = fill(cloud_a, src, small=40, large=12)
+    # Throttled, so that the abort lands while most objects are still to go however fast the data plane is.
     cluster.apply(migration_job("stopme", cloud_a, src, cloud_b, dst, parallelism=2, concurrency=2,
-                                partSize="5Mi", remainSource=False, abortGracePeriodSeconds=30))
+                                partSize="5Mi", remainSource=False, abortGracePeriodSeconds=30,
+                                throttle={"bytesPerSecond": "4Mi"}))
     cluster.wait("stopme", lambda o: any(w.get("openUploads") for w in (o.get("status") or {})
                                          .get("workers", {}).values()), "an open multipart upload")
 
