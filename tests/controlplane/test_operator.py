@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from datamover.api import MigrationStatus, Phase
 from tests.controlplane.conftest import Cluster, migration_job
 from tests.ground.binaries import binary
+from tests.ground.checker import held_uploads
 from tests.ground.node import Node
 from tests.ground.s3 import rclone_check
 from tests.ground.stack import OPERATOR_ACCOUNT, OperatorRelease
@@ -67,8 +68,8 @@ def digest(server: Any, bucket: str, key: str) -> str | None:
     return md5.hexdigest()
 
 
-def open_uploads(server: Any, bucket: str) -> list[dict[str, Any]]:
-    return list(server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+def open_uploads(server: Any, bucket: str) -> list[tuple[str, str]]:
+    return held_uploads(server.client(), bucket)
 
 
 def assert_invariant(source: Any, src_bucket: str, destination: Any, dst_bucket: str,
@@ -375,7 +376,7 @@ def test_frozen_worker_is_killed_after_the_grace_period_and_its_uploads_aborted_
                                                  .get("openUploads")), "an open multipart upload")
     _signal_worker(cluster, node, mid["status"]["workers"]["0"]["pod"], "SIGSTOP")  # it can no longer clean up
     recorded = {u["uploadId"] for u in cluster.get("frozen")["status"]["workers"]["0"]["openUploads"]}
-    assert {u["UploadId"] for u in open_uploads(cloud_b, dst)} >= recorded
+    assert {upload_id for _, upload_id in open_uploads(cloud_b, dst)} >= recorded
 
     cluster.kubectl("patch", "mj", "frozen", "-n", cluster.namespace, "--type", "merge",
                     "-p", '{"spec":{"abort":true}}')

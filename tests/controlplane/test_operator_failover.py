@@ -26,6 +26,7 @@ from kubernetes import client
 
 from tests.controlplane.conftest import Cluster, migration_job
 from tests.ground.binaries import binary
+from tests.ground.checker import held_uploads
 from tests.ground.fleet import FINAL_PHASES, FleetWatch, create_all
 from tests.ground.node import Node
 from tests.ground.stack import OPERATOR_NAMESPACE, KubeCluster, OperatorRelease, ground_values, operator_healthy
@@ -192,4 +193,4 @@ def test_replicas_hand_over_without_duplicates_lost_aborts_or_stale_writes(
         elif phase != "succeeded" or at_destination != expected:
             wrong.append(f"{name}: {phase}, {len(at_destination)} of {len(expected)} object(s) at the destination")
     assert not wrong, f"seed {seed}: {wrong}"
-    assert not cloud_b.client().list_multipart_uploads(Bucket=dst).get("Uploads", [])
+    assert not held_uploads(cloud_b.client(), dst)

@@ -17,6 +17,7 @@ from typing import Any
 from kubernetes import client
 
 from tests.controlplane.conftest import Cluster, migration_job
+from tests.ground.checker import held_uploads
 from tests.ground.fleet import FINAL_PHASES, FleetWatch, create_all
 from tests.ground.stack import GROUND_MAX_CONCURRENT_JOBS, OperatorRelease
 
@@ -151,5 +152,5 @@ def test_hundreds_of_jobs_queue_run_abort_and_survive_an_operator_restart(
             wrong.append(f"{name}: an object at the destination differs from its source")
         if phase == "succeeded" and at_destination != expected:
             wrong.append(f"{name}: succeeded but the destination is incomplete")
-    uploads = cloud_b.client().list_multipart_uploads(Bucket=dst).get("Uploads", [])
+    uploads = held_uploads(cloud_b.client(), dst)
     assert not wrong and not uploads, f"seed {seed}: {wrong[:10]} open uploads: {len(uploads)}"

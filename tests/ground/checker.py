@@ -115,9 +115,35 @@ def capture_inventory(side: Side) -> dict[str, ObjectRecord]:
     return inventory
 
 
-def open_uploads(side: Side) -> list[tuple[str, str]]:
-    """(key, upload ID) of every multipart upload open anywhere in the side's bucket, all pages."""
-    return list_open_uploads(side.client(), side.bucket)
+def open_uploads(side: Side) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(open, ghosts): (key, upload ID) of every multipart upload listed anywhere in the side's bucket, all pages,
+    split by whether the store still holds it (see holds_upload)."""
+    client = side.client()
+    listed = list_open_uploads(client, side.bucket)
+    held = [(key, upload_id) for key, upload_id in listed if holds_upload(client, side.bucket, key, upload_id)]
+    return held, [upload for upload in listed if upload not in held]
+
+
+def held_uploads(client: Any, bucket: str) -> list[tuple[str, str]]:
+    """(key, upload ID) of every upload the bucket lists and holds: the fragments a test must find none of."""
+    return [(key, upload_id) for key, upload_id in list_open_uploads(client, bucket)
+            if holds_upload(client, bucket, key, upload_id)]
+
+
+def holds_upload(client: Any, bucket: str, key: str, upload_id: str) -> bool:
+    """Whether the store holds the listed upload (ListParts answers for it), or only lists it.
+
+    MinIO answers a bucket-wide ListMultipartUploads from an in-memory record of the uploads it created, dropped
+    only when a CompleteMultipartUpload or AbortMultipartUpload returns success. A client killed while its complete
+    is in flight leaves the object committed, the upload gone from storage (ListParts and AbortMultipartUpload
+    answer NoSuchUpload) and its ID still listed until the server's stale-upload expiry. Such a ghost holds no
+    bytes, so it is not a fragment; it is reported apart, never hidden.
+    """
+    try:
+        client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id, MaxParts=1)
+    except client.exceptions.NoSuchUpload:
+        return False
+    return True
 
 
 def list_open_uploads(client: Any, bucket: str) -> list[tuple[str, str]]:
@@ -147,6 +173,7 @@ class Report:
     verdicts: dict[str, Verdict]
     open_uploads: list[tuple[str, str]]
     strays: list[str]  # destination keys under the prefix that no original key accounts for
+    ghost_uploads: list[tuple[str, str]] = field(default_factory=list)  # listed, not held (holds_upload)
 
     def count(self, state: str) -> int:
         return sum(1 for v in self.verdicts.values() if v.state == state)
@@ -180,6 +207,8 @@ class Report:
         lines += [f"  {v.key!r}: {v.state}{' (both places)' if v.both_places else ''}"
                   f"{': ' + v.detail if v.detail else ''}" for v in sorted(self.verdicts.values(), key=lambda v: v.key)]
         lines += [f"  open upload {key!r} {upload_id}" for key, upload_id in self.open_uploads]
+        lines += [f"  listed but not held (a ghost, not a fragment) {key!r} {upload_id}"
+                  for key, upload_id in self.ghost_uploads]
         lines += [f"  stray {key!r}" for key in self.strays]
         return "\n".join(lines)
 
@@ -221,4 +250,5 @@ def check(source: Side, destination: Side, mode: str, inventory: Mapping[str, Ob
         )
     strays = sorted(key for key in _keys(dst, destination.bucket, destination.prefix)
                     if key[len(destination.prefix):] not in inventory)
-    return Report(mode=mode, verdicts=verdicts, open_uploads=open_uploads(destination), strays=strays)
+    held, ghosts = open_uploads(destination)
+    return Report(mode=mode, verdicts=verdicts, open_uploads=held, strays=strays, ghost_uploads=ghosts)

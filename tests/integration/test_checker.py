@@ -131,6 +131,24 @@ def test_open_uploads_are_listed_across_pages() -> None:
     assert client.calls[1] == {"Bucket": "bkt", "KeyMarker": "a", "UploadIdMarker": "1"}
 
 
+def test_an_upload_listed_but_not_held_is_a_ghost_not_a_fragment(
+    cloud_b: S3Server, bucket_factory: BucketFactory,
+) -> None:
+    from tests.ground.checker import Report, holds_upload
+
+    bucket, client = bucket_factory(cloud_b), cloud_b.client()
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
+    client.upload_part(Bucket=bucket, Key="k", UploadId=upload_id, PartNumber=1, Body=b"x")
+    assert holds_upload(client, bucket, "k", upload_id)
+    # The state MinIO reaches when a complete is cut off after the commit: an ID nothing is stored under.
+    client.abort_multipart_upload(Bucket=bucket, Key="k", UploadId=upload_id)
+    assert not holds_upload(client, bucket, "k", upload_id)
+
+    report = Report(mode="copy", verdicts={}, open_uploads=[], strays=[], ghost_uploads=[("k", upload_id)])
+    assert report.problems() == []
+    assert f"listed but not held (a ghost, not a fragment) 'k' {upload_id}" in report.render()
+
+
 # -- the fault proxy really injects its faults ----------------------------------------------------------------
 
 def _through(proxy_endpoint: str, server: S3Server, attempts: int = 1, read_timeout: float = 5) -> Any:

@@ -159,8 +159,9 @@ def successor_cleanup(store: ObjectStore, intents: list[Any], recorded: list[Ope
 
     Only the intents, not the recorded IDs: the matrix checks that intents alone leave nothing behind.
     """
-    engine.close_leftovers(store, intents=intents)
-    return []
+    cleanup = engine.close_leftovers(store, intents=intents)
+    return [f"the successor could not close the uploads on {intent.key!r}: {error}"
+            for intent, error in cleanup.unresolved]
 
 
 class MatrixSink:
