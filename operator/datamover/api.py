@@ -135,6 +135,10 @@ def parse_quantity(value: int | str, field_name: str) -> int:
     return int(float(number) * _SUFFIX[suffix])
 
 
+# spec.destination.serverSideEncryption.type -> the S3 x-amz-server-side-encryption value it asks for.
+SERVER_SIDE_ENCRYPTION = {"SSE-S3": "AES256", "SSE-KMS": "aws:kms"}
+
+
 @dataclass(frozen=True)
 class Location:
     """One side of a migration: spec.source or spec.destination.
@@ -154,6 +158,12 @@ class Location:
     type: StoreType = StoreType.S3
     account_name: str | None = None  # azureBlob.accountName
     project: str | None = None  # gcs.project
+    # Destination only (S3): the class every copy is written in (None keeps each source object's own class), and
+    # the server-side encryption every copy is written with (SSE-S3 or SSE-KMS, with kms_key_id or the store's
+    # default key; None asks for none, so the bucket's default encryption applies).
+    storage_class: str | None = None
+    server_side_encryption: str | None = None
+    kms_key_id: str | None = None
 
     @classmethod
     def from_spec(cls, raw: Mapping[str, Any], side: str) -> Location:
@@ -171,6 +181,16 @@ class Location:
         if store_type is StoreType.AZURE_BLOB and not raw.get("credentialsSecretRef"):
             raise SpecError(f"spec.{side}.credentialsSecretRef is required when type is azureBlob")
         secret = raw.get("credentialsSecretRef") or {}
+        encryption = raw.get("serverSideEncryption") or {}
+        if side == "source" and (raw.get("storageClass") or encryption):
+            raise SpecError("spec.source: storageClass and serverSideEncryption are destination fields")
+        if encryption and encryption.get("type") not in SERVER_SIDE_ENCRYPTION:
+            raise SpecError(f"spec.{side}.serverSideEncryption.type must be one of "
+                            f"{', '.join(SERVER_SIDE_ENCRYPTION)}")
+        if encryption.get("kmsKeyId") and encryption.get("type") != "SSE-KMS":
+            raise SpecError(f"spec.{side}.serverSideEncryption.kmsKeyId goes with type SSE-KMS only")
+        if (raw.get("storageClass") or encryption) and store_type is not StoreType.S3:
+            raise SpecError(f"spec.{side}: storageClass and serverSideEncryption are S3 fields (type s3) only")
         return cls(
             bucket=str(bucket),
             prefix=str(raw.get("prefix") or cls.prefix),
@@ -182,6 +202,9 @@ class Location:
             type=store_type,
             account_name=azure.get("accountName") or None,
             project=gcs.get("project") or None,
+            storage_class=raw.get("storageClass") or None,
+            server_side_encryption=encryption.get("type") or None,
+            kms_key_id=encryption.get("kmsKeyId") or None,
         )
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
-from datamover.api import Location, StoreType
+from datamover.api import SERVER_SIDE_ENCRYPTION, Location, StoreType
 from datamover.backends import StoreConfig
 from datamover.backends.azure_blob import AzureBlobConfig
 from datamover.backends.gcs import GcsConfig
@@ -24,6 +24,8 @@ def s3_config(location: Location, credentials: Mapping[str, str]) -> S3Config:
         session_token=credentials.get("sessionToken") or None,
         insecure_skip_tls_verify=location.insecure_skip_tls_verify,
         addressing_style=location.addressing_style,  # type: ignore[arg-type]
+        server_side_encryption=SERVER_SIDE_ENCRYPTION.get(location.server_side_encryption or ""),
+        kms_key_id=location.kms_key_id,
     )
 
 

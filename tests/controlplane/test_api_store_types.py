@@ -24,6 +24,10 @@ VALID: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "azure-to-gcs": (AZURE, GCS),
     "gcs-to-s3": (GCS, {"bucket": "b", "addressingStyle": "path", "region": "eu-west-1"}),
     "plain-s3-as-before": ({"bucket": "a"}, {"bucket": "b", "insecureSkipTLSVerify": True}),
+    "s3-class-and-encryption": ({"bucket": "a"}, {
+        "bucket": "b", "storageClass": "STANDARD_IA",
+        "serverSideEncryption": {"type": "SSE-KMS", "kmsKeyId": "alias/mig"},
+    }),
 }
 INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "azure-without-member": ({k: v for k, v in AZURE.items() if k != "azureBlob"},
@@ -39,6 +43,18 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "azure-container-too-short": ({**AZURE, "bucket": "ab"}, "an Azure container name is 3-63 lowercase"),
     "azure-account-name": ({**AZURE, "azureBlob": {"accountName": "Acme-Photos"}}, "spec.source.azureBlob.accountName"),
     "unknown-type": ({**S3, "type": "swift"}, 'spec.source.type: Unsupported value: "swift"'),
+    "storage-class-on-source": ({**S3, "storageClass": "GLACIER"},
+                                "storageClass and serverSideEncryption are destination fields"),
+}
+# Destinations refused (the source being a plain S3 bucket).
+INVALID_DESTINATION: dict[str, tuple[dict[str, Any], str]] = {
+    "kms-key-with-sse-s3": ({"bucket": "b", "serverSideEncryption": {"type": "SSE-S3", "kmsKeyId": "k"}},
+                            "kmsKeyId goes with type SSE-KMS only"),
+    "unknown-encryption": ({"bucket": "b", "serverSideEncryption": {"type": "AES"}},
+                           'spec.destination.serverSideEncryption.type: Unsupported value: "AES"'),
+    "storage-class-on-azure": ({**AZURE, "storageClass": "COOL"},
+                               "storageClass and serverSideEncryption are S3 fields (type s3) only"),
+    "lowercase-storage-class": ({"bucket": "b", "storageClass": "glacier"}, "spec.destination.storageClass"),
 }
 
 
@@ -68,5 +84,13 @@ def test_locations_of_every_type_are_accepted(kubectl: Kubectl, crd: None, case:
 def test_a_mismatched_location_is_refused_with_a_readable_message(kubectl: Kubectl, crd: None, case: str) -> None:
     source, message = INVALID[case]
     result = dry_run(kubectl, f"bad-{case}", source, {"bucket": "b"})
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("case", sorted(INVALID_DESTINATION))
+def test_a_bad_destination_is_refused_with_a_readable_message(kubectl: Kubectl, crd: None, case: str) -> None:
+    destination, message = INVALID_DESTINATION[case]
+    result = dry_run(kubectl, f"bad-{case}", {"bucket": "a"}, destination)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr

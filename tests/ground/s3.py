@@ -6,8 +6,10 @@ servers through remotes defined in environment variables, so no credentials are 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
 
 REGION = "us-east-1"
 READY_TIMEOUT = 60.0
+# The key of MinIO's built-in KMS on every ground server: what SSE-S3 and SSE-KMS (with this key id) encrypt with.
+KMS_KEY_ID = "datamover-ground"
 
 
 @dataclass
@@ -77,7 +81,9 @@ def start_minio(
     """Run one MinIO server with data under `workdir/<name>` for the duration of the block; the data goes with it.
 
     `host` is loopback except for `make e2e`, where the pods of another cluster must reach the server. `extra_env`
-    adds MinIO settings (the benchmark opens its request metrics with MINIO_PROMETHEUS_AUTH_TYPE=public).
+    adds MinIO settings (the benchmark opens its request metrics with MINIO_PROMETHEUS_AUTH_TYPE=public). Every
+    server has a built-in KMS key (KMS_KEY_ID), so it takes server-side encryption as AWS S3 does; objects written
+    without asking for it are stored as before.
     """
     if len(access_key) < 3 or len(secret_key) < 8:
         raise GroundError("minio: the access key needs 3+ characters and the secret key 8+")
@@ -102,6 +108,7 @@ def start_minio(
         "MINIO_BROWSER": "off",
         "MINIO_UPDATE": "off",
         "MINIO_CI_CD": "1",  # allows a data directory on the root disk
+        "MINIO_KMS_SECRET_KEY": f"{KMS_KEY_ID}:{base64.b64encode(secrets.token_bytes(32)).decode()}",
         **(extra_env or {}),
     }
     argv = [

@@ -108,3 +108,29 @@ def test_gcs_without_a_key_or_a_pod_identity_fails_as_configuration_not_at_start
         store.check_access()
     assert raised.value.kind is ErrorKind.PERMANENT and raised.value.code == "Credentials"
     assert "serviceAccountJson" in raised.value.message and "photos" in raised.value.message
+
+
+def test_a_destination_storage_class_and_encryption_reach_the_s3_config() -> None:
+    parsed = spec(S3, {"bucket": "b", "storageClass": "STANDARD_IA",
+                       "serverSideEncryption": {"type": "SSE-KMS", "kmsKeyId": "alias/migrations"}})
+    assert parsed.destination.storage_class == "STANDARD_IA"
+    config = store_config(parsed.destination, {})
+    assert isinstance(config, S3Config)
+    assert (config.server_side_encryption, config.kms_key_id) == ("aws:kms", "alias/migrations")
+    sse_s3 = store_config(spec(S3, {"bucket": "b", "serverSideEncryption": {"type": "SSE-S3"}}).destination, {})
+    assert isinstance(sse_s3, S3Config) and (sse_s3.server_side_encryption, sse_s3.kms_key_id) == ("AES256", None)
+
+
+@pytest.mark.parametrize(("source", "destination", "message"), [
+    ({**S3, "storageClass": "GLACIER"}, {"bucket": "b"}, r"spec\.source: storageClass and serverSideEncryption are "
+                                                          r"destination fields"),
+    (S3, {"bucket": "b", "serverSideEncryption": {"type": "AES"}}, r"serverSideEncryption\.type must be one of"),
+    (S3, {"bucket": "b", "serverSideEncryption": {"type": "SSE-S3", "kmsKeyId": "k"}}, r"kmsKeyId goes with type "
+                                                                                       r"SSE-KMS only"),
+    (S3, {**GCS, "storageClass": "NEARLINE"}, r"spec\.destination: storageClass and serverSideEncryption are S3"),
+])
+def test_fidelity_fields_in_the_wrong_place_are_refused_naming_them(
+    source: dict[str, Any], destination: dict[str, Any], message: str,
+) -> None:
+    with pytest.raises(SpecError, match=message):
+        spec(source, destination)

@@ -69,6 +69,7 @@ from datamover.backends.base import (
     PartLimits,
     ServerSideCopy,
     StoreError,
+    refuse_untaken_attributes,
 )
 
 log = logging.getLogger("datamover.backends.azure_blob")
@@ -348,6 +349,7 @@ class AzureBlobStore(ObjectStore, ServerSideCopy):
         return _AzureStream(iter(downloader.chunks()), self.describe(key), info)
 
     def put(self, key: str, body: bytes, attributes: ObjectAttributes, content_md5: str) -> str:
+        refuse_untaken_attributes(self, key, attributes)
         # x-ms-blob-content-md5 on Put Blob is checked by the service against the body, and stored.
         with self._errors("PutBlob", key):
             self.container.get_blob_client(key).upload_blob(
@@ -357,6 +359,7 @@ class AzureBlobStore(ObjectStore, ServerSideCopy):
         return ""  # Azure's ETags are opaque
 
     def create_upload(self, key: str, attributes: ObjectAttributes) -> OpenUpload:
+        refuse_untaken_attributes(self, key, attributes)
         upload_id = f"{int(time.time()):010d}{secrets.token_hex(4)}"
         with self._errors("PutBlock (upload marker)", key):
             self.container.get_blob_client(key).stage_block(_block_id(upload_id, _MARKER_PART), b"\0")
@@ -454,7 +457,10 @@ class AzureBlobStore(ObjectStore, ServerSideCopy):
             sas = (source.config.sas_token or "").lstrip("?")
         return f"{blob.url}?{sas}"
 
-    def copy_object(self, source: ObjectStore, source_key: str, key: str, if_match: str) -> str:
+    def copy_object(
+        self, source: ObjectStore, source_key: str, key: str, if_match: str, storage_class: str | None = None,
+    ) -> str:
+        refuse_untaken_attributes(self, key, ObjectAttributes(storage_class=storage_class))
         if isinstance(source, AzureBlobStore):
             info = source.stat(source_key)
             if info is not None and info.size > MAX_SYNC_COPY:

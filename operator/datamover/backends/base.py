@@ -28,6 +28,7 @@ class ObjectSummary:
     size: int
     etag: str
     last_modified: dt.datetime | None = None  # aware UTC, when the listing says (spec.filter's time bounds)
+    storage_class: str | None = None  # as the listing says; None is the store's default class
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,10 @@ class ObjectAttributes:
     content_language: str | None = None
     expires: str | None = None  # the Expires header exactly as the store returned it (an HTTP date, usually)
     user_metadata: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)  # S3 object tags (a store without them refuses them)
+    # The object's storage class; None is the store's default (S3's STANDARD). A store that has no such notion, or
+    # does not know the class, refuses the object rather than storing it in another class.
+    storage_class: str | None = None
 
 
 class EtagKind(enum.Enum):
@@ -64,6 +69,8 @@ class ObjectInfo:
     # Hex MD5 of the whole content when the store keeps one apart from the ETag (Azure's Content-MD5 property, GCS's
     # md5Hash), else None: lets stores with opaque ETags be compared without reading their bytes.
     content_md5: str | None = None
+    # The server-side encryption the store reports for the object (S3: AES256, aws:kms), None if none is reported.
+    encryption: str | None = None
 
     @property
     def known_md5(self) -> str | None:
@@ -115,6 +122,19 @@ class StoreError(Exception):
         self.kind = kind
         self.message = message
         self.code = code
+
+
+def refuse_untaken_attributes(store: ObjectStore, key: str, attributes: ObjectAttributes) -> None:
+    """For a store that keeps neither S3 object tags nor storage classes: fail the object, naming what it cannot take.
+
+    Writing it without them would be a silent degradation (the copy would look exact and not be).
+    """
+    if attributes.tags:
+        raise StoreError(ErrorKind.OTHER, f"the object has {len(attributes.tags)} tag(s), which this store cannot "
+                                          f"keep: {store.describe(key)}", "TagsNotSupported")
+    if attributes.storage_class:
+        raise StoreError(ErrorKind.OTHER, f"the object's storage class {attributes.storage_class} is not one this "
+                                          f"store has: {store.describe(key)}", "StorageClassNotSupported")
 
 
 class ByteStream(abc.ABC):
@@ -226,6 +246,11 @@ class ObjectStore(abc.ABC):
         """Size of part 1 of an object written in parts, or None if unknown (declared by capabilities.part_layout)."""
         return None
 
+    def stored_as_configured(self, info: ObjectInfo) -> bool:
+        """Whether an object already here is stored as this store writes objects (e.g. the encryption it was told
+        to ask for): one that is not is written again, even with the same bytes and attributes."""
+        return True
+
     # Liveness, for the engine's stall detector: the defaults say "always answering".
 
     def stalled_for(self) -> float:
@@ -245,8 +270,11 @@ class ServerSideCopy(abc.ABC):
         """True if this store can copy from `source` server-side (same service, same credentials)."""
 
     @abc.abstractmethod
-    def copy_object(self, source: ObjectStore, source_key: str, key: str, if_match: str) -> str:
-        """Copy a whole object, its attributes included; returns the new ETag."""
+    def copy_object(
+        self, source: ObjectStore, source_key: str, key: str, if_match: str, storage_class: str | None = None,
+    ) -> str:
+        """Copy a whole object, its attributes included, into `storage_class` (None: the default); returns the new
+        ETag."""
 
     @abc.abstractmethod
     def copy_part(

@@ -53,6 +53,7 @@ from datamover.backends.base import (
     OpenUpload,
     PartLimits,
     StoreError,
+    refuse_untaken_attributes,
 )
 
 log = logging.getLogger("datamover.backends.gcs")
@@ -281,6 +282,7 @@ class GcsStore(ObjectStore):
         return _GcsStream(self, blob, first, last, info)
 
     def put(self, key: str, body: bytes, attributes: ObjectAttributes, content_md5: str) -> str:
+        refuse_untaken_attributes(self, key, attributes)
         blob = self._bucket.blob(key)
         self._apply(blob, attributes)
         blob.md5_hash = content_md5  # sent with the object's metadata: the service checks the body against it
@@ -289,6 +291,7 @@ class GcsStore(ObjectStore):
         return ""  # the generation is our ETag, never the MD5
 
     def create_upload(self, key: str, attributes: ObjectAttributes) -> OpenUpload:
+        refuse_untaken_attributes(self, key, attributes)
         upload_id = secrets.token_hex(8)
         marker = self._bucket.blob(f"{_area(self.prefix, key)}{upload_id}/marker")
         marker.metadata = {KEY_METADATA: key}

@@ -16,8 +16,9 @@ import logging
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
@@ -100,6 +101,10 @@ class S3Config:
     max_pool_connections: int = 32
     # Keys per ListObjectsV2 page (S3 caps it at 1000); smaller pages mean more abort checkpoints while listing.
     list_page_size: int = 1000
+    # Server-side encryption asked of every object this store writes (spec.destination.serverSideEncryption):
+    # AES256 (SSE-S3) or aws:kms (SSE-KMS, with kms_key_id or the store's default key); None asks for none.
+    server_side_encryption: str | None = None
+    kms_key_id: str | None = None
 
     def __post_init__(self) -> None:
         if not self.bucket:
@@ -108,6 +113,10 @@ class S3Config:
             raise ValueError(f"addressing_style must be auto, path or virtual, not {self.addressing_style!r}")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if self.server_side_encryption not in (None, "AES256", "aws:kms"):
+            raise ValueError(f"server_side_encryption must be AES256 or aws:kms, not {self.server_side_encryption!r}")
+        if self.kms_key_id and self.server_side_encryption != "aws:kms":
+            raise ValueError("kms_key_id goes with server_side_encryption aws:kms only")
         if self.stall_timeout <= 0:
             raise ValueError("stall_timeout must be positive")
 
@@ -183,6 +192,13 @@ class _Liveness:
 
 _LOADER = botocore.loaders.create_loader()
 _META = "x-amz-meta-"
+# The class S3 gives an object that names none: reported as None, so a default-class object is the same everywhere.
+DEFAULT_STORAGE_CLASS = "STANDARD"
+# The encryption request parameters of the client -> their HTTP headers on the direct path.
+_ENCRYPTION_HEADERS = {
+    "ServerSideEncryption": "x-amz-server-side-encryption",
+    "SSEKMSKeyId": "x-amz-server-side-encryption-aws-kms-key-id",
+}
 # ObjectAttributes field -> its HTTP header (Expires included: carried as the raw text the store returned).
 _ATTRIBUTE_HEADERS = {
     "content_type": "Content-Type", "content_encoding": "Content-Encoding", "cache_control": "Cache-Control",
@@ -190,23 +206,37 @@ _ATTRIBUTE_HEADERS = {
 }
 
 
+def storage_class(reported: str | None) -> str | None:
+    """A storage class as ObjectAttributes holds it: None for the default."""
+    return None if not reported or reported == DEFAULT_STORAGE_CLASS else reported
+
+
 def _info_from_headers(key: str, headers: Mapping[str, str], size: int) -> ObjectInfo:
-    """An ObjectInfo from the raw headers of a GET (the direct path), as `S3Store._info_from` reads the client's."""
+    """An ObjectInfo from the raw headers of a GET (the direct path), as `S3Store._info_from` reads the client's.
+
+    Tags are not in the headers, only their count: the caller fetches them when there are any (`S3Store._tagged`).
+    """
+    content_headers: dict[str, Any] = {name: headers.get(header) for name, header in _ATTRIBUTE_HEADERS.items()}
     attributes = ObjectAttributes(
-        **{name: headers.get(header) for name, header in _ATTRIBUTE_HEADERS.items()},
+        **content_headers,
         # As botocore parses them: the name after the prefix as the store sent it.
         user_metadata={name[len(_META):]: value for name, value in headers.items() if name.lower().startswith(_META)},
+        storage_class=storage_class(headers.get("x-amz-storage-class")),
     )
     etag = _strip_etag(headers.get("ETag"))
-    kind = etag_kind(etag, headers.get("x-amz-server-side-encryption"),
-                     bool(headers.get("x-amz-server-side-encryption-customer-algorithm")))
-    return ObjectInfo(key=key, size=size, etag=etag, attributes=attributes, etag_kind=kind)
+    encryption = headers.get("x-amz-server-side-encryption")
+    kind = etag_kind(etag, encryption, bool(headers.get("x-amz-server-side-encryption-customer-algorithm")))
+    return ObjectInfo(key=key, size=size, etag=etag, attributes=attributes, etag_kind=kind, encryption=encryption)
 
 
 def _attribute_headers(attributes: ObjectAttributes) -> dict[str, str]:
     """The headers that give a written object these attributes (Expires as the very text the source sent)."""
     headers = {header: value for name, header in _ATTRIBUTE_HEADERS.items() if (value := getattr(attributes, name))}
     headers.update({_META + name: value for name, value in attributes.user_metadata.items()})
+    if attributes.tags:
+        headers["x-amz-tagging"] = urllib.parse.urlencode(attributes.tags, quote_via=urllib.parse.quote)
+    if attributes.storage_class:
+        headers["x-amz-storage-class"] = attributes.storage_class
     return headers
 
 
@@ -388,7 +418,7 @@ class S3Store(ObjectStore, ServerSideCopy):
             response = self.client.list_objects_v2(**kwargs)
         objects = [
             ObjectSummary(key=item["Key"], size=int(item.get("Size", 0)), etag=_strip_etag(item.get("ETag")),
-                          last_modified=item.get("LastModified"))
+                          last_modified=item.get("LastModified"), storage_class=storage_class(item.get("StorageClass")))
             for item in response.get("Contents", [])
         ]
         next_token = response.get("NextContinuationToken") if response.get("IsTruncated") else None
@@ -402,21 +432,37 @@ class S3Store(ObjectStore, ServerSideCopy):
             if error.kind is ErrorKind.NOT_FOUND:
                 return None
             raise
-        return self._info_from(key, response, int(response.get("ContentLength", 0)))
+        return self._tagged(self._info_from(key, response, int(response.get("ContentLength", 0))),
+                            response.get("TagCount"))
+
+    def _tagged(self, info: ObjectInfo, tag_count: object) -> ObjectInfo:
+        """The info with the object's tags, fetched (one GetObjectTagging) only when the response counted some."""
+        if not tag_count or int(str(tag_count)) <= 0:
+            return info
+        with self._errors("GetObjectTagging", info.key):
+            tag_set = self.client.get_object_tagging(Bucket=self.bucket, Key=info.key)["TagSet"]
+        tags = {tag["Key"]: tag["Value"] for tag in tag_set}
+        return replace(info, attributes=replace(info.attributes, tags=tags))
+
+    def stored_as_configured(self, info: ObjectInfo) -> bool:
+        wanted = self.config.server_side_encryption
+        return wanted is None or info.encryption == wanted
 
     @staticmethod
     def _info_from(key: str, response: Any, size: int) -> ObjectInfo:
-        """An ObjectInfo from the headers of a HeadObject or GetObject response."""
+        """An ObjectInfo from the headers of a HeadObject or GetObject response (tags apart: see _tagged)."""
         attributes = ObjectAttributes(
             **{name: response.get(parameter) for name, parameter in _ATTRIBUTE_PARAMETERS.items()},
             # The raw header, not botocore's parsed datetime: an exact copy carries the same text.
             expires=(response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("expires")
                      or response.get("ExpiresString")),
             user_metadata=dict(response.get("Metadata", {})),
+            storage_class=storage_class(response.get("StorageClass")),
         )
         etag = _strip_etag(response.get("ETag"))
-        kind = etag_kind(etag, response.get("ServerSideEncryption"), bool(response.get("SSECustomerAlgorithm")))
-        return ObjectInfo(key=key, size=size, etag=etag, attributes=attributes, etag_kind=kind)
+        encryption = response.get("ServerSideEncryption")
+        kind = etag_kind(etag, encryption, bool(response.get("SSECustomerAlgorithm")))
+        return ObjectInfo(key=key, size=size, etag=etag, attributes=attributes, etag_kind=kind, encryption=encryption)
 
     def open_read(self, key: str, start: int | None, end: int | None, if_match: str | None) -> ByteStream:
         headers: dict[str, str] = {}
@@ -431,7 +477,8 @@ class S3Store(ObjectStore, ServerSideCopy):
         content_range = found.get("Content-Range")  # "bytes 0-99/12345": the whole object's size follows the slash
         if content_range and "/" in content_range and not content_range.endswith("*"):
             size = int(content_range.rsplit("/", 1)[1])
-        return _S3Stream(response.raw, self.describe(key), _info_from_headers(key, found, size), self._liveness)
+        info = self._tagged(_info_from_headers(key, found, size), found.get("x-amz-tagging-count"))
+        return _S3Stream(response.raw, self.describe(key), info, self._liveness)
 
     def first_part_size(self, key: str) -> int | None:
         try:
@@ -443,16 +490,29 @@ class S3Store(ObjectStore, ServerSideCopy):
             raise
         return int(response.get("ContentLength", 0)) or None
 
-    @staticmethod
-    def _attribute_args(attributes: ObjectAttributes) -> dict[str, Any]:
+    def _attribute_args(self, attributes: ObjectAttributes) -> dict[str, Any]:
         args: dict[str, Any] = {parameter: getattr(attributes, name) for name, parameter in
                                 _ATTRIBUTE_PARAMETERS.items() if getattr(attributes, name)}
         if attributes.expires:
             args["Expires"] = attributes.expires  # botocore parses the HTTP date and sends it back in HTTP format
-        return {"Metadata": dict(attributes.user_metadata), **args}
+        if attributes.tags:
+            args["Tagging"] = urllib.parse.urlencode(attributes.tags, quote_via=urllib.parse.quote)
+        if attributes.storage_class:
+            args["StorageClass"] = attributes.storage_class
+        return {"Metadata": dict(attributes.user_metadata), **args, **self._encryption_args()}
+
+    def _encryption_args(self) -> dict[str, str]:
+        """The request parameters asking for the configured server-side encryption of what is written."""
+        args = {}
+        if self.config.server_side_encryption:
+            args["ServerSideEncryption"] = self.config.server_side_encryption
+        if self.config.kms_key_id:
+            args["SSEKMSKeyId"] = self.config.kms_key_id
+        return args
 
     def put(self, key: str, body: bytes, attributes: ObjectAttributes, content_md5: str) -> str:
-        headers = {**_attribute_headers(attributes), "Content-MD5": content_md5}
+        encryption = {_ENCRYPTION_HEADERS[name]: value for name, value in self._encryption_args().items()}
+        headers = {**_attribute_headers(attributes), **encryption, "Content-MD5": content_md5}
         with self._errors("PutObject", key):
             response = self.direct.send("PutObject", "PUT", key, headers, body, stream=False)
         found = response.headers
@@ -525,11 +585,17 @@ class S3Store(ObjectStore, ServerSideCopy):
             and mine.session_token == theirs.session_token
         )
 
-    def copy_object(self, source: ObjectStore, source_key: str, key: str, if_match: str) -> str:
+    def copy_object(
+        self, source: ObjectStore, source_key: str, key: str, if_match: str, storage_class: str | None = None,
+    ) -> str:
+        # Metadata and tags travel with the COPY directives (S3's defaults); the class does not: a copy that names
+        # none gets STANDARD, so it is named.
+        named_class = {"StorageClass": storage_class} if storage_class else {}
         with self._errors(f"CopyObject from {source.bucket}/{source_key!r}", key):
             response = self.client.copy_object(
                 Bucket=self.bucket, Key=key, CopySource={"Bucket": source.bucket, "Key": source_key},
-                CopySourceIfMatch=f'"{if_match}"', MetadataDirective="COPY",
+                CopySourceIfMatch=f'"{if_match}"', MetadataDirective="COPY", TaggingDirective="COPY",
+                **named_class, **self._encryption_args(),  # type: ignore[arg-type]
             )
         return _strip_etag(response.get("CopyObjectResult", {}).get("ETag"))
 

@@ -11,9 +11,17 @@ import base64
 import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from datamover.backends.base import ObjectInfo, ObjectStore, ObjectSummary, OpenUpload, ServerSideCopy, StoreError
+from datamover.backends.base import (
+    ObjectAttributes,
+    ObjectInfo,
+    ObjectStore,
+    ObjectSummary,
+    OpenUpload,
+    ServerSideCopy,
+    StoreError,
+)
 from datamover.engine.abort import AbortSignal
 from datamover.engine.fsm import ObjectState
 from datamover.engine.janitor import UploadIntent
@@ -59,6 +67,12 @@ class RunContext:
     def writing(self) -> None:
         """A write request to the destination is about to start (the operator's pending -> running signal)."""
         self.tracker.destination_written()
+
+    def written_attributes(self, source: ObjectAttributes) -> ObjectAttributes:
+        """What a copy of an object with the `source` attributes must carry: the same, in the job's storage class."""
+        if self.options.storage_class is None:
+            return source
+        return replace(source, storage_class=self.options.storage_class)
 
     def destination_key(self, source_key: str) -> str:
         return self.destination.prefix + source_key[len(self.source.prefix):]

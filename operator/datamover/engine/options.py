@@ -38,6 +38,8 @@ class MigrationOptions:
     stall_timeout: float = 60.0
     # Which objects of the shard move (spec.filter); the others are counted as excluded and never touched.
     filter: ObjectFilter = field(default_factory=ObjectFilter)
+    # spec.destination.storageClass: the class of every copy; None keeps each source object's own class.
+    storage_class: str | None = None
     # This worker's share of spec.throttle; the worker changes its limits live (None: no limit, no wrapper).
     throttle: Throttle | None = field(default=None, compare=False)
 

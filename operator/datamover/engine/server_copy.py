@@ -14,7 +14,10 @@ def copy_listed(ctx: RunContext, copy: ObjectCopy) -> None:
     assert ctx.copier is not None
     ctx.writing()
     try:
-        copy.written_etag = ctx.copier.copy_object(ctx.source, copy.source.key, copy.destination_key, copy.source.etag)
+        copy.written_etag = ctx.copier.copy_object(
+            ctx.source, copy.source.key, copy.destination_key, copy.source.etag,
+            ctx.options.storage_class or copy.source.storage_class,
+        )
     except StoreError as error:
         if error.kind is not ErrorKind.PRECONDITION:
             raise
@@ -27,7 +30,8 @@ def copy_whole(ctx: RunContext, copy: ObjectCopy, info: ObjectInfo) -> None:
     """One server-side copy of the object, attributes included, pinned to the version stat'ed (If-Match)."""
     assert ctx.copier is not None
     ctx.writing()
-    copy.written_etag = ctx.copier.copy_object(ctx.source, info.key, copy.destination_key, info.etag)
+    copy.written_etag = ctx.copier.copy_object(ctx.source, info.key, copy.destination_key, info.etag,
+                                               ctx.written_attributes(info.attributes).storage_class)
     copy.wrote_destination = True
 
 

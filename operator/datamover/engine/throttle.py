@@ -176,6 +176,9 @@ class ThrottledStore(ObjectStore):
         self._request()
         return self.inner.first_part_size(key)
 
+    def stored_as_configured(self, info: ObjectInfo) -> bool:
+        return self.inner.stored_as_configured(info)
+
     def stalled_for(self) -> float:
         return self.inner.stalled_for()
 
@@ -192,9 +195,11 @@ class ThrottledCopier(ServerSideCopy):
     def can_copy_from(self, source: ObjectStore) -> bool:
         return self._copier.can_copy_from(source.inner if isinstance(source, ThrottledStore) else source)
 
-    def copy_object(self, source: ObjectStore, source_key: str, key: str, if_match: str) -> str:
+    def copy_object(
+        self, source: ObjectStore, source_key: str, key: str, if_match: str, storage_class: str | None = None,
+    ) -> str:
         self._throttle.take_request(self._abort)
-        return self._copier.copy_object(unwrapped(source), source_key, key, if_match)
+        return self._copier.copy_object(unwrapped(source), source_key, key, if_match, storage_class)
 
     def copy_part(
         self, source: ObjectStore, source_key: str, upload: OpenUpload, part_number: int, start: int, end: int,

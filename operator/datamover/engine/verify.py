@@ -32,12 +32,15 @@ def _http_date(value: str | None) -> object:
 
 
 def same_attributes(a: ObjectAttributes, b: ObjectAttributes) -> bool:
-    """Content headers and user metadata equal: an object that differs only here is copied again (exactness)."""
+    """Content headers, user metadata, tags and storage class equal: an object that differs only here is copied
+    again (exactness)."""
     return (
         (a.content_type, a.content_encoding, a.cache_control, a.content_disposition, a.content_language)
         == (b.content_type, b.content_encoding, b.cache_control, b.content_disposition, b.content_language)
         and _http_date(a.expires) == _http_date(b.expires)
         and dict(a.user_metadata) == dict(b.user_metadata)
+        and dict(a.tags) == dict(b.tags)
+        and a.storage_class == b.storage_class
     )
 
 
@@ -73,8 +76,11 @@ def already_at_destination(ctx: RunContext, copy: ObjectCopy, hint: DestinationH
     source = stat_source(ctx, copy)
     if source.size != written.size:
         return False
-    if not same_attributes(source.attributes, written.attributes):
+    if not same_attributes(ctx.written_attributes(source.attributes), written.attributes):
         log.info(kv(event="metadata_differs", shard=ctx.shard, key=copy.source.key))
+        return False
+    if not ctx.destination.stored_as_configured(written):
+        log.info(kv(event="encryption_differs", shard=ctx.shard, key=copy.source.key))
         return False
     return _same_bytes(ctx, copy, source, written)
 

@@ -166,6 +166,7 @@ def run(env: Mapping[str, str] = os.environ) -> int:
         stall_timeout=float(spec.stall_timeout_seconds),
         filter=spec.filter.anchored(parse_time(body["metadata"]["creationTimestamp"])),
         throttle=throttle,
+        storage_class=spec.destination.storage_class,
     )
     # One connection per object in flight plus one per part in flight, or urllib3 throws connections away.
     pool = max(32, options.concurrency * (options.part_concurrency + 1))
