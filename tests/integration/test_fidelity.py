@@ -11,16 +11,16 @@ import os
 import urllib.parse
 from typing import Any
 
-from azure.storage.blob import BlobServiceClient
+from azure.storage.blob import StandardBlobTier
 
 from datamover.backends import open_store
 from datamover.engine import AbortSignal, MigrationOptions, MigrationResult, Outcome, migrate
-from tests.ground.clouds import AzuriteServer
+from tests.ground.clouds import AzuriteServer, FakeGcsServer
 from tests.ground.plugin_clouds import ContainerFactory
 from tests.ground.plugin_s3 import BucketFactory
 from tests.ground.s3 import KMS_KEY_ID, S3Server, rclone_check
 from tests.integration.test_engine_minio import config, open_
-from tests.integration.test_store_conformance_clouds import azure_config
+from tests.integration.test_store_conformance_clouds import azure_config, gcs_config
 from tests.unit import RecordingSink
 
 MiB = 1024 * 1024
@@ -68,7 +68,7 @@ def _run(source: Any, destination: Any, **options: Any) -> MigrationResult:
 
 
 def _assert_bytes_equal(source: S3Server, source_bucket: str, destination: S3Server, destination_bucket: str) -> None:
-    result = rclone_check(source, source_bucket, destination, destination_bucket, "--download")
+    result = rclone_check(source, source_bucket, destination, destination_bucket)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -162,23 +162,65 @@ def test_server_side_encryption_is_asked_for_every_copy_and_an_unencrypted_copy_
     _assert_bytes_equal(cloud_a, source_bucket, cloud_b, kms_bucket)
 
 
-def test_a_store_without_tags_or_classes_fails_just_the_objects_that_have_them(
-    cloud_a: S3Server, azurite: AzuriteServer, azure_container: ContainerFactory, bucket_factory: BucketFactory,
+def test_a_store_without_tags_or_the_class_fails_just_the_objects_that_have_them(
+    cloud_a: S3Server, fake_gcs: FakeGcsServer, gcs_bucket: ContainerFactory, bucket_factory: BucketFactory,
 ) -> None:
-    source_bucket, container = bucket_factory(cloud_a), azure_container()
+    source_bucket, bucket = bucket_factory(cloud_a), gcs_bucket()
     md5s = _fill(cloud_a, source_bucket)
 
-    result = _run(open_(cloud_a, source_bucket), open_store(azure_config(azurite, container)))
+    result = _run(open_(cloud_a, source_bucket), open_store(gcs_config(fake_gcs, bucket)))
 
+    # GCS objects have no tags, and S3's REDUCED_REDUNDANCY has no GCS counterpart.
     untaken = sorted(key for key, (_, tags, storage_class) in DATASET.items() if tags or storage_class)
     assert result.outcome is Outcome.FAILED
     assert sorted(result.failed_keys) == untaken
     assert "tag(s), which this store cannot keep" in (result.error or "")
-    blobs = BlobServiceClient(azurite.endpoint, credential={"account_name": azurite.account,
-                                                            "account_key": azurite.key}).get_container_client(container)
-    written = {blob.name: blob.content_settings.content_md5.hex() if blob.content_settings.content_md5 else None
-               for blob in blobs.list_blobs()}
+    written = {blob.name: blob for blob in fake_gcs.client().list_blobs(bucket)}
     assert sorted(written) == sorted(set(DATASET) - set(untaken)), "the others moved, the refused ones are absent"
+    for key, blob in written.items():
+        assert hashlib.md5(blob.download_as_bytes()).hexdigest() == md5s[key], key
+    # Each copy names its class (STANDARD), rather than taking the bucket's default.
     for key in written:
-        body = blobs.download_blob(key).readall()
-        assert hashlib.md5(body).hexdigest() == md5s[key], key
+        assert fake_gcs.client().bucket(bucket).get_blob(key).storage_class == "STANDARD", key
+
+
+def test_tiers_classes_and_index_tags_map_between_azure_gcs_and_s3(
+    cloud_b: S3Server, azurite: AzuriteServer, azure_container: ContainerFactory, fake_gcs: FakeGcsServer,
+    gcs_bucket: ContainerFactory, bucket_factory: BucketFactory,
+) -> None:
+    source = azure_container()
+    blobs = azurite.client().get_container_client(source)
+    bodies = {"hot-tagged": os.urandom(3000), "cool-plain": os.urandom(4000)}
+    blobs.upload_blob("hot-tagged", bodies["hot-tagged"], tags={"owner": "ops", "stage": "raw data"})
+    blobs.upload_blob("cool-plain", bodies["cool-plain"], standard_blob_tier=StandardBlobTier.COOL)
+    azure_source = open_store(azure_config(azurite, source))
+
+    # Azure -> Azure (server-side): tier and index tags both kept.
+    twin = azure_container()
+    assert _run(azure_source, open_store(azure_config(azurite, twin))).outcome is Outcome.SUCCEEDED
+    twins = azurite.client().get_container_client(twin)
+    assert twins.get_blob_client("hot-tagged").get_blob_tags() == {"owner": "ops", "stage": "raw data"}
+    assert twins.get_blob_client("cool-plain").get_blob_properties().blob_tier == "Cool"
+
+    # Azure -> GCS: Cool is NEARLINE; index tags have nowhere to go, so that object fails alone.
+    bucket = gcs_bucket()
+    to_gcs = _run(azure_source, open_store(gcs_config(fake_gcs, bucket)))
+    assert (to_gcs.outcome, to_gcs.failed_keys) == (Outcome.FAILED, ("hot-tagged",))
+    (gcs_copy,) = fake_gcs.client().list_blobs(bucket)
+    assert (gcs_copy.name, gcs_copy.storage_class) == ("cool-plain", "NEARLINE")
+    assert gcs_copy.download_as_bytes() == bodies["cool-plain"]
+
+    # GCS -> Azure: NEARLINE is Cool again.
+    back = azure_container()
+    assert _run(open_store(gcs_config(fake_gcs, bucket)), open_store(azure_config(azurite, back))).outcome \
+        is Outcome.SUCCEEDED
+    assert azurite.client().get_container_client(back).get_blob_client("cool-plain").get_blob_properties() \
+        .blob_tier == "Cool"
+
+    # Azure -> S3: index tags become object tags; Cool is STANDARD_IA, a class MinIO does not have: refused there.
+    s3_bucket = bucket_factory(cloud_b)
+    to_s3 = _run(azure_source, open_store(config(cloud_b, s3_bucket)))
+    assert (to_s3.outcome, to_s3.failed_keys) == (Outcome.FAILED, ("cool-plain",))
+    assert _tags(cloud_b, s3_bucket, "hot-tagged") == {"owner": "ops", "stage": "raw data"}
+    assert cloud_b.client().get_object(Bucket=s3_bucket, Key="hot-tagged")["Body"].read() == bodies["hot-tagged"]
+    assert [o["Key"] for o in cloud_b.client().list_objects_v2(Bucket=s3_bucket)["Contents"]] == ["hot-tagged"]

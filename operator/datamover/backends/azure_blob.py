@@ -51,6 +51,7 @@ from azure.storage.blob import (
     BlobServiceClient,
     ContainerClient,
     ContentSettings,
+    StandardBlobTier,
     generate_blob_sas,
 )
 
@@ -69,7 +70,8 @@ from datamover.backends.base import (
     PartLimits,
     ServerSideCopy,
     StoreError,
-    refuse_untaken_attributes,
+    common_storage_class,
+    native_storage_class,
 )
 
 log = logging.getLogger("datamover.backends.azure_blob")
@@ -87,6 +89,10 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # Copy Blob From URL (synchronous: the only whole-object copy done when the request returns) takes up to 256 MiB.
 MAX_SYNC_COPY = 256 * MiB
+# Storage classes (S3's names) -> the access tier that is their counterpart; Hot is the default class. S3's other
+# classes (REDUCED_REDUNDANCY, ONEZONE_IA, INTELLIGENT_TIERING, GLACIER) have none, and objects in them are refused.
+ACCESS_TIERS = {"STANDARD_IA": "Cool", "GLACIER_IR": "Cold", "DEEP_ARCHIVE": "Archive"}
+DEFAULT_TIER = "Hot"
 # How long a source SAS made for one server-side copy request stays valid.
 COPY_SAS_LIFETIME = dt.timedelta(hours=1)
 
@@ -276,14 +282,24 @@ class AzureBlobStore(ObjectStore, ServerSideCopy):
             content_language=attributes.content_language, content_md5=content_md5,  # type: ignore[arg-type]
         )
 
-    @staticmethod
-    def _info(key: str, properties: Any, size: int, whole: bool = True) -> ObjectInfo:
+    def _info(self, key: str, properties: Any, size: int, whole: bool = True) -> ObjectInfo:
+        """The object's info from its properties, with its index tags (one Get Blob Tags, only if it has some).
+
+        The tier is in a stat's properties, not a read's: a read reports the default class, and the engine takes
+        the class from the listing instead (ObjectSummary.storage_class).
+        """
         settings = properties.content_settings
         user, expires = metadata_from_azure(properties.metadata or {})
+        tags: dict[str, str] = {}
+        if getattr(properties, "tag_count", None):
+            with self._errors("GetBlobTags", key):
+                tags = dict(self.container.get_blob_client(key).get_blob_tags())
+        tier = None if getattr(properties, "blob_tier_inferred", False) else getattr(properties, "blob_tier", None)
         attributes = ObjectAttributes(
             content_type=settings.content_type or None, content_encoding=settings.content_encoding or None,
             cache_control=settings.cache_control or None, content_disposition=settings.content_disposition or None,
-            content_language=settings.content_language or None, expires=expires, user_metadata=user,
+            content_language=settings.content_language or None, expires=expires, user_metadata=user, tags=tags,
+            storage_class=common_storage_class(str(tier) if tier else None, ACCESS_TIERS, DEFAULT_TIER),
         )
         # Content-MD5 describes the whole blob in a stat or a whole read; a range's response may carry the range's.
         md5 = settings.content_md5 if whole else None
@@ -314,7 +330,10 @@ class AzureBlobStore(ObjectStore, ServerSideCopy):
             while True:
                 page: Any = next(pager, [])
                 objects = [ObjectSummary(key=blob.name, size=int(blob.size), etag=str(blob.etag).strip('"'),
-                                         last_modified=blob.last_modified)
+                                         last_modified=blob.last_modified,
+                                         storage_class=common_storage_class(
+                                             str(blob.blob_tier) if blob.blob_tier else None, ACCESS_TIERS,
+                                             DEFAULT_TIER))
                            for blob in page if after is None or blob.name.encode() > after.encode()]
                 next_token = pager.continuation_token or None  # type: ignore[attr-defined]
                 if objects or next_token is None:
@@ -348,18 +367,23 @@ class AzureBlobStore(ObjectStore, ServerSideCopy):
         info = self._info(key, properties, size, whole=start is None)
         return _AzureStream(iter(downloader.chunks()), self.describe(key), info)
 
+    def _tier_and_tags(self, key: str, attributes: ObjectAttributes) -> dict[str, Any]:
+        """The write arguments giving a blob the attributes' tier and index tags."""
+        tier = native_storage_class(self, key, attributes.storage_class, ACCESS_TIERS)
+        return {"standard_blob_tier": StandardBlobTier(tier) if tier else None, "tags": dict(attributes.tags) or None}
+
     def put(self, key: str, body: bytes, attributes: ObjectAttributes, content_md5: str) -> str:
-        refuse_untaken_attributes(self, key, attributes)
+        tier_and_tags = self._tier_and_tags(key, attributes)
         # x-ms-blob-content-md5 on Put Blob is checked by the service against the body, and stored.
         with self._errors("PutBlob", key):
             self.container.get_blob_client(key).upload_blob(
                 body, overwrite=True, content_settings=self._settings(attributes, base64.b64decode(content_md5)),
-                metadata=metadata_to_azure(attributes),
+                metadata=metadata_to_azure(attributes), **tier_and_tags,
             )
         return ""  # Azure's ETags are opaque
 
     def create_upload(self, key: str, attributes: ObjectAttributes) -> OpenUpload:
-        refuse_untaken_attributes(self, key, attributes)
+        self._tier_and_tags(key, attributes)  # refused before any block is staged, not at the commit
         upload_id = f"{int(time.time()):010d}{secrets.token_hex(4)}"
         with self._errors("PutBlock (upload marker)", key):
             self.container.get_blob_client(key).stage_block(_block_id(upload_id, _MARKER_PART), b"\0")
@@ -384,6 +408,7 @@ class AzureBlobStore(ObjectStore, ServerSideCopy):
         with self._errors("PutBlockList", upload.key):
             result = self.container.get_blob_client(upload.key).commit_block_list(
                 blocks, content_settings=self._settings(attributes), metadata=metadata_to_azure(attributes),
+                **self._tier_and_tags(upload.key, attributes),
             )
         with self._lock:
             self._pending_attributes.pop(upload.upload_id, None)
@@ -460,17 +485,20 @@ class AzureBlobStore(ObjectStore, ServerSideCopy):
     def copy_object(
         self, source: ObjectStore, source_key: str, key: str, if_match: str, storage_class: str | None = None,
     ) -> str:
-        refuse_untaken_attributes(self, key, ObjectAttributes(storage_class=storage_class))
+        tags: dict[str, str] = {}
         if isinstance(source, AzureBlobStore):
             info = source.stat(source_key)
             if info is not None and info.size > MAX_SYNC_COPY:
                 raise StoreError(ErrorKind.OTHER, f"Copy Blob From URL takes at most 256 MiB; {source_key!r} has "
                                                   f"{info.size} bytes (lower the multipart threshold to copy it in "
                                                   f"parts): {self.describe(key)}", "CopySourceTooLarge")
+            # Index tags are not copied with the blob: they are set on the copy from the source's (pinned by ETag).
+            tags = dict(info.attributes.tags) if info is not None else {}
+        tier_and_tags = self._tier_and_tags(key, ObjectAttributes(tags=tags, storage_class=storage_class))
         with self._errors(f"CopyBlobFromURL from {source.bucket}/{source_key!r}", key):
             result = self.container.get_blob_client(key).start_copy_from_url(
                 self._source_url(source, source_key), requires_sync=True, source_etag=f'"{if_match}"',
-                source_match_condition=MatchConditions.IfNotModified,
+                source_match_condition=MatchConditions.IfNotModified, **tier_and_tags,
             )
         return str(result.get("etag", "")).strip('"')
 

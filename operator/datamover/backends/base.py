@@ -42,9 +42,11 @@ class ObjectAttributes:
     content_language: str | None = None
     expires: str | None = None  # the Expires header exactly as the store returned it (an HTTP date, usually)
     user_metadata: Mapping[str, str] = field(default_factory=dict)
-    tags: Mapping[str, str] = field(default_factory=dict)  # S3 object tags (a store without them refuses them)
-    # The object's storage class; None is the store's default (S3's STANDARD). A store that has no such notion, or
-    # does not know the class, refuses the object rather than storing it in another class.
+    # Object tags (S3 tags, Azure blob index tags); a store without tags (GCS) refuses an object that has some.
+    tags: Mapping[str, str] = field(default_factory=dict)
+    # The object's storage class in S3's names, the one vocabulary every backend maps its own to (Azure's Cool tier
+    # is STANDARD_IA, GCS's NEARLINE too); None is the default class (STANDARD, Hot). A store without a counterpart
+    # of the class refuses the object rather than storing it in another class.
     storage_class: str | None = None
 
 
@@ -124,17 +126,35 @@ class StoreError(Exception):
         self.code = code
 
 
-def refuse_untaken_attributes(store: ObjectStore, key: str, attributes: ObjectAttributes) -> None:
-    """For a store that keeps neither S3 object tags nor storage classes: fail the object, naming what it cannot take.
+# Writing an object without what it carries would be a silent degradation (the copy would look exact and not be):
+# the two helpers below fail that object instead, naming what the store cannot take.
 
-    Writing it without them would be a silent degradation (the copy would look exact and not be).
-    """
+def refuse_tags(store: ObjectStore, key: str, attributes: ObjectAttributes) -> None:
+    """For a store without object tags."""
     if attributes.tags:
         raise StoreError(ErrorKind.OTHER, f"the object has {len(attributes.tags)} tag(s), which this store cannot "
                                           f"keep: {store.describe(key)}", "TagsNotSupported")
-    if attributes.storage_class:
-        raise StoreError(ErrorKind.OTHER, f"the object's storage class {attributes.storage_class} is not one this "
-                                          f"store has: {store.describe(key)}", "StorageClassNotSupported")
+
+
+def native_storage_class(store: ObjectStore, key: str, storage_class: str | None,
+                         natives: Mapping[str, str]) -> str | None:
+    """The store's own name (from `natives`, S3 name -> the store's) of a class; None for the default class."""
+    if storage_class is None:
+        return None
+    native = natives.get(storage_class)
+    if native is None:
+        raise StoreError(ErrorKind.OTHER, f"the object's storage class {storage_class} has no counterpart in this "
+                                          f"store (it has {', '.join(sorted(natives))}): {store.describe(key)}",
+                         "StorageClassNotSupported")
+    return native
+
+
+def common_storage_class(native: str | None, natives: Mapping[str, str], default: str) -> str | None:
+    """The S3 name of a store's own class (None for its default, or a class with no S3 counterpart: reported as
+    the default rather than failing reads; the store's docs say which)."""
+    if not native or native == default:
+        return None
+    return next((common for common, own in natives.items() if own == native), None)
 
 
 class ByteStream(abc.ABC):

@@ -53,7 +53,9 @@ from datamover.backends.base import (
     OpenUpload,
     PartLimits,
     StoreError,
-    refuse_untaken_attributes,
+    common_storage_class,
+    native_storage_class,
+    refuse_tags,
 )
 
 log = logging.getLogger("datamover.backends.gcs")
@@ -65,6 +67,10 @@ GCS_LIMITS = PartLimits(min_part_size=1 * MiB, max_part_size=5 * GiB, max_parts=
 UPLOAD_AREA = ".datamover-uploads/"
 KEY_METADATA = "datamover-key"
 EXPIRES_METADATA = "datamover-expires"
+# Storage classes (S3's names) -> their GCS counterparts. Every copy names its class (STANDARD for the default), so a
+# bucket whose default class is another one does not change it. GCS objects have no tags: a tagged object is refused.
+STORAGE_CLASSES = {"STANDARD_IA": "NEARLINE", "GLACIER_IR": "COLDLINE", "DEEP_ARCHIVE": "ARCHIVE"}
+DEFAULT_CLASS = "STANDARD"
 READ_CHUNK = 8 * MiB
 
 _PERMANENT_STATUS = frozenset({400, 401, 403})
@@ -196,8 +202,10 @@ class GcsStore(ObjectStore):
             return StoreError(ErrorKind.OTHER, message, "BadDigest")
         return StoreError(ErrorKind.OTHER, message, str(status or ""))
 
-    @staticmethod
-    def _apply(blob: storage.Blob, attributes: ObjectAttributes) -> None:
+    def _apply(self, blob: storage.Blob, attributes: ObjectAttributes) -> None:
+        refuse_tags(self, blob.name, attributes)
+        blob.storage_class = native_storage_class(self, blob.name, attributes.storage_class,
+                                                  STORAGE_CLASSES) or DEFAULT_CLASS
         blob.content_type = attributes.content_type
         blob.content_encoding = attributes.content_encoding
         blob.cache_control = attributes.cache_control
@@ -216,6 +224,7 @@ class GcsStore(ObjectStore):
             content_type=blob.content_type or None, content_encoding=blob.content_encoding or None,
             cache_control=blob.cache_control or None, content_disposition=blob.content_disposition or None,
             content_language=blob.content_language or None, expires=expires, user_metadata=metadata,
+            storage_class=common_storage_class(blob.storage_class, STORAGE_CLASSES, DEFAULT_CLASS),
         )
         # md5Hash: every object but a composed one (those carry only CRC32C).
         md5 = base64.b64decode(blob.md5_hash).hex() if blob.md5_hash else None
@@ -258,7 +267,9 @@ class GcsStore(ObjectStore):
                 page = next(pages, None)
                 blobs = list(page) if page is not None else []
                 objects = [ObjectSummary(key=blob.name, size=int(blob.size or 0), etag=str(blob.generation),
-                                         last_modified=blob.updated) for blob in blobs
+                                         last_modified=blob.updated,
+                                         storage_class=common_storage_class(blob.storage_class, STORAGE_CLASSES,
+                                                                            DEFAULT_CLASS)) for blob in blobs
                            if not blob.name.startswith(area) and (after is None or blob.name.encode() > after.encode())]
                 next_token = iterator.next_page_token or None
                 if objects or next_token is None:
@@ -282,7 +293,6 @@ class GcsStore(ObjectStore):
         return _GcsStream(self, blob, first, last, info)
 
     def put(self, key: str, body: bytes, attributes: ObjectAttributes, content_md5: str) -> str:
-        refuse_untaken_attributes(self, key, attributes)
         blob = self._bucket.blob(key)
         self._apply(blob, attributes)
         blob.md5_hash = content_md5  # sent with the object's metadata: the service checks the body against it
@@ -291,7 +301,7 @@ class GcsStore(ObjectStore):
         return ""  # the generation is our ETag, never the MD5
 
     def create_upload(self, key: str, attributes: ObjectAttributes) -> OpenUpload:
-        refuse_untaken_attributes(self, key, attributes)
+        self._apply(self._bucket.blob(key), attributes)  # refused before any part is written, not at the compose
         upload_id = secrets.token_hex(8)
         marker = self._bucket.blob(f"{_area(self.prefix, key)}{upload_id}/marker")
         marker.metadata = {KEY_METADATA: key}

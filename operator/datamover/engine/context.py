@@ -68,11 +68,11 @@ class RunContext:
         """A write request to the destination is about to start (the operator's pending -> running signal)."""
         self.tracker.destination_written()
 
-    def written_attributes(self, source: ObjectAttributes) -> ObjectAttributes:
-        """What a copy of an object with the `source` attributes must carry: the same, in the job's storage class."""
-        if self.options.storage_class is None:
-            return source
-        return replace(source, storage_class=self.options.storage_class)
+    def written_attributes(self, source: ObjectAttributes, listed: ObjectSummary) -> ObjectAttributes:
+        """What a copy of the object `listed` with the `source` attributes must carry: the same, in the job's
+        storage class, else its own (the listing's when a read does not tell it: Azure's Get Blob has no tier)."""
+        storage_class = self.options.storage_class or source.storage_class or listed.storage_class
+        return source if storage_class == source.storage_class else replace(source, storage_class=storage_class)
 
     def destination_key(self, source_key: str) -> str:
         return self.destination.prefix + source_key[len(self.source.prefix):]

@@ -67,7 +67,7 @@ def part_layout(ctx: RunContext, info: ObjectInfo) -> tuple[int, bool]:
 def copy_in_parts(ctx: RunContext, copy: ObjectCopy, info: ObjectInfo, write_part: PartWriter) -> None:
     """Create the upload with exactly the source's attributes, write every part, complete, confirm by listing."""
     # The undo is registered where the resource is created: from here on any stop aborts this upload.
-    copy.upload = upload = _create_upload(ctx, copy, ctx.written_attributes(info.attributes))
+    copy.upload = upload = _create_upload(ctx, copy, ctx.written_attributes(info.attributes, copy.source))
     ctx.checkpoint("after_create_multipart", info.key)
     log.info(kv(event="upload_opened", shard=ctx.shard, key=copy.destination_key, upload_id=upload.upload_id))
     # The ID is announced before the first part (the intent already covers a crash before this line).
@@ -144,7 +144,9 @@ def _create_upload(ctx: RunContext, copy: ObjectCopy, attributes: ObjectAttribut
         try:
             return ctx.destination.create_upload(key, attributes)
         except StoreError as error:
-            if error.kind is ErrorKind.PERMANENT or attempt == attempts:
+            # Only a lost or failed answer is tried again: a refusal (a class the store lacks, too many tags) was
+            # answered, so nothing was created, and asking again would get the same answer.
+            if error.kind is not ErrorKind.TRANSIENT or attempt == attempts:
                 raise
             log.warning(kv(event="create_upload_retry", shard=ctx.shard, key=key, attempt=attempt,
                            error=error.message))

@@ -31,7 +31,7 @@ def copy_whole(ctx: RunContext, copy: ObjectCopy, info: ObjectInfo) -> None:
     assert ctx.copier is not None
     ctx.writing()
     copy.written_etag = ctx.copier.copy_object(ctx.source, info.key, copy.destination_key, info.etag,
-                                               ctx.written_attributes(info.attributes).storage_class)
+                                               ctx.written_attributes(info.attributes, copy.source).storage_class)
     copy.wrote_destination = True
 
 

@@ -18,7 +18,7 @@ def copy_single(ctx: RunContext, copy: ObjectCopy) -> bool:
     if info.etag_kind is EtagKind.MD5 and copy.content_md5 != info.etag:
         raise IntegrityError(f"bytes read do not match the source ETag {info.etag} ({ctx.source.describe(info.key)})")
     ctx.writing()
-    copy.written_etag = ctx.destination.put(copy.destination_key, body, ctx.written_attributes(info.attributes),
-                                             b64(digest))
+    attributes = ctx.written_attributes(info.attributes, copy.source)
+    copy.written_etag = ctx.destination.put(copy.destination_key, body, attributes, b64(digest))
     copy.wrote_destination = True
     return True

@@ -76,7 +76,7 @@ def already_at_destination(ctx: RunContext, copy: ObjectCopy, hint: DestinationH
     source = stat_source(ctx, copy)
     if source.size != written.size:
         return False
-    if not same_attributes(ctx.written_attributes(source.attributes), written.attributes):
+    if not same_attributes(ctx.written_attributes(source.attributes, copy.source), written.attributes):
         log.info(kv(event="metadata_differs", shard=ctx.shard, key=copy.source.key))
         return False
     if not ctx.destination.stored_as_configured(written):
