@@ -546,6 +546,31 @@ def test_a_filtered_move_moves_what_it_selects_and_leaves_the_rest_untouched(
     assert in_source == set(bodies) - selected
 
 
+
+def test_tags_travel_and_the_destination_class_and_encryption_apply_to_every_copy(
+        cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:
+    src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
+    s3 = cloud_a.client()
+    s3.put_object(Bucket=src, Key="tagged.csv", Body=b"a,b\n" * 100, Tagging="owner=finance&retention=7y")
+    s3.put_object(Bucket=src, Key="plain.bin", Body=os.urandom(12 * MiB))  # in parts
+    destination = {"storageClass": "REDUCED_REDUNDANCY", "serverSideEncryption": {"type": "SSE-S3"}}
+    job = migration_job("exact", cloud_a, src, cloud_b, dst, partSize="5Mi")
+    job["spec"]["destination"].update(destination)
+    cluster.apply(job)
+
+    done = cluster.wait_phase("exact", {"succeeded", "failed"}, timeout=120)
+    assert phase_of(done) == "succeeded", done["status"]
+    # Judged with plain boto3 on the destination.
+    s3b = cloud_b.client()
+    for key in ("tagged.csv", "plain.bin"):
+        head = s3b.head_object(Bucket=dst, Key=key)
+        assert (head.get("StorageClass"), head.get("ServerSideEncryption")) == ("REDUCED_REDUNDANCY", "AES256"), key
+    tags = s3b.get_object_tagging(Bucket=dst, Key="tagged.csv")["TagSet"]
+    assert {t["Key"]: t["Value"] for t in tags} == {"owner": "finance", "retention": "7y"}
+    check = rclone_check(cloud_a, src, cloud_b, dst)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
 # 7. RBAC -------------------------------------------------------------------------------------------------------
 
 def test_worker_token_reaches_only_its_own_migrationjob(cluster: Cluster, control_plane: Any, cloud_a: Any,
