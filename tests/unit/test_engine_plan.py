@@ -54,6 +54,9 @@ def test_server_side_copies_and_moves() -> None:
     assert estimate(100 * MiB, server_side=True) == ("server_copy", {}, {"CopyObject": 1})
     assert estimate(100 * MiB, "0123456789abcdef0123456789abcdef-7", server_side=True) == (
         "server_copy", {"HeadObject": 1}, {"CopyObject": 1, "HeadObject": 1})
+    # The comparison already sent a HEAD to the source: verification asks only the destination.
+    assert estimate(100 * MiB, server_side=True, source_stated=True) == ("server_copy", {}, {"CopyObject": 1,
+                                                                                          "HeadObject": 1})
     mechanism, _, destination = estimate(6 * 1024 * MiB, server_side=True, move=True)
     assert mechanism == "server_part_copy" and destination["UploadPartCopy"] == 384
     assert estimate(1, move=True)[1] == {"GetObject": 1, "DeleteObject": 1}

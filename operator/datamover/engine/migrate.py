@@ -288,7 +288,8 @@ class _Worker:
                     summary, server_side=context.copier is not None, part_size=self.options.part_size,
                     multipart_threshold=self.options.multipart_threshold,
                     limits=self.destination.capabilities.limits,
-                    source_part_layout=self.source.capabilities.part_layout, move=move)
+                    source_part_layout=self.source.capabilities.part_layout, move=move,
+                    source_stated=copy.source_info is not None)
                 self.tally.copy(summary.size, estimate, move)
                 copy.strategy = estimate.mechanism
                 copy.state = ObjectState.MIGRATED  # what a run would do; the plan itself wrote nothing

@@ -155,7 +155,7 @@ class RunEstimate:
 
 def estimate_copy(
     summary: ObjectSummary, *, server_side: bool, part_size: int, multipart_threshold: int, limits: PartLimits,
-    source_part_layout: bool, move: bool,
+    source_part_layout: bool, move: bool, source_stated: bool = False,
 ) -> RunEstimate:
     """The copy (and, for a move, delete) requests mover.py sends for `summary`, by side, after the comparison.
 
@@ -163,6 +163,8 @@ def estimate_copy(
     server-side; one GET and one PUT up to the multipart threshold otherwise; else a HEAD, an upload in parts (a
     multipart source in its own layout, when it tells it, else our part size grown to fit the part count), one
     listing of the key's uploads to confirm none is left, and a HEAD to verify. Retries are not counted.
+    `source_stated`: the comparison already sent a HEAD to the source (the destination held the key at this size),
+    which verification then uses instead of the CopyObject's answer.
     """
     size, multipart_source = summary.size, "-" in summary.etag
     source: Counter[str] = Counter()
@@ -170,7 +172,9 @@ def estimate_copy(
     if server_side and size <= limits.single_copy_limit:
         mechanism = "server_copy"
         destination[COPY] += 1
-        if multipart_source:  # the copy's ETag is its own: verified by a HEAD on each side
+        if source_stated:
+            destination[HEAD] += 1
+        elif multipart_source:  # the copy's ETag is its own: verified by a HEAD on each side
             source[HEAD] += 1
             destination[HEAD] += 1
     elif not server_side and size <= multipart_threshold:
