@@ -46,7 +46,8 @@ def put_in_parts(client: Any, bucket: str, key: str, body: bytes) -> None:
 def listing(server: S3Server, bucket: str) -> dict[str, tuple[int, str, Any]]:
     """key -> (size, ETag, last modified), as the store lists it."""
     pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
-    return {o["Key"]: (o["Size"], o["ETag"].strip('"'), o["LastModified"]) for p in pages for o in p.get("Contents", [])}
+    objects = [o for page in pages for o in page.get("Contents", [])]
+    return {o["Key"]: (o["Size"], o["ETag"].strip('"'), o["LastModified"]) for o in objects}
 
 
 def fill(source: S3Server, source_bucket: str, destination: S3Server, destination_bucket: str) -> None:
