@@ -211,7 +211,9 @@ def decide(obs: Observation) -> Decision:
                 first = _worker_failure(obs.workers)
                 detail = f"; {first[1]}" if first is not None else ""
                 return Decision(Phase.FAILED, "ObjectsFailed",
-                                f"{failed_objects} object(s) could not be migrated{detail}", run_janitor=True)
+                                f"{failed_objects} object(s) could not be "
+                                f"{'compared (plan mode; status.plan covers the others)' if obs.plan else 'migrated'}"
+                                f"{detail}", run_janitor=True)
             if obs.plan:
                 plan = job_plan(obs.workers)
                 summary = plan_summary(plan, obs.move) if plan else "nothing was written"
