@@ -189,6 +189,7 @@ def test_samples_cover_copy_move_abort_and_credentials() -> None:
     assert any(spec.get("remainSource", True) and not spec.get("abort") for spec in jobs.values())
     assert any(spec.get("remainSource") is False for spec in jobs.values())
     assert any(spec.get("abort") is True for spec in jobs.values())
+    assert any(spec.get("mode") == "plan" for spec in jobs.values())
     secrets = [doc for _, doc in sample_objects() if doc["kind"] == "Secret"]
     referenced = {loc["credentialsSecretRef"]["name"] for spec in jobs.values()
                   for loc in (spec["source"], spec["destination"]) if "credentialsSecretRef" in loc}
