@@ -6,12 +6,13 @@ import dataclasses
 import os
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from datamover.backends.base import S3_LIMITS, MiB, ObjectSummary
 from datamover.backends.s3 import S3Store
-from datamover.engine import Amount, MigrationOptions, NullSink, ObjectFilter, Outcome, migrate
+from datamover.engine import Amount, MemoryLedgerStore, MigrationOptions, NullSink, ObjectFilter, Outcome, migrate
 from datamover.engine.abort import AbortSignal
 from datamover.engine.plan import estimate_copy
 from tests.unit import moto_s3, requests_of, store
@@ -130,3 +131,25 @@ def test_a_move_plan_counts_source_deletes_and_deletes_nothing(stores: tuple[S3S
     assert result.plan.delete_from_source == Amount(2, 30)
     assert result.plan.run_requests["source"]["DeleteObject"] == 2
     assert set(contents(source)) == {"a", "b"} and set(contents(destination)) == {"b"}
+
+
+def test_workers_sharing_a_listing_plan_each_page_once_and_a_restarted_one_plans_its_pages_again() -> None:
+    with moto_s3():
+        source, destination = store("src", account="a", list_page_size=4), store("dst", account="b")
+        for index in range(30):
+            put(source, f"k/{index:02d}", b"x" * (index + 1))
+            if index % 3 == 0:
+                put(destination, f"k/{index:02d}", b"x" * (index + 1))
+        ledger = MemoryLedgerStore()
+        options = [dataclasses.replace(OPTIONS, plan=True, shard_index=index, shard_count=2) for index in (0, 1)]
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda o: migrate(source, destination, o, AbortSignal(), NullSink(), ledger),
+                                    options))
+        plans = [result.plan for result in results]
+        copy = sum(plan.copy.objects for plan in plans if plan)
+        identical = sum(plan.identical.objects for plan in plans if plan)
+        assert None not in plans and (copy, identical) == (20, 10)
+        # Worker 0 restarted (its report lost with its pod): it plans every page it had claimed again.
+        again = migrate(source, destination, options[0], AbortSignal(), NullSink(), ledger)
+        assert again.plan is not None and plans[0] is not None
+        assert (again.plan.copy, again.plan.identical) == (plans[0].copy, plans[0].identical)
