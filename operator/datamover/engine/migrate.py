@@ -280,9 +280,9 @@ class _Worker:
             copy.state = ObjectState.FAILED
             copy.error = f"internal error on {self.source.describe(summary.key)}: {type(error).__name__}: {error}"
         else:
+            # A planned object's state stays pending: nothing was done to it (only failures and stops are states).
             if identical:
                 self.tally.identical(summary.size, move)
-                copy.state = ObjectState.SKIPPED
             else:
                 estimate = estimate_copy(
                     summary, server_side=context.copier is not None, part_size=self.options.part_size,
@@ -292,7 +292,6 @@ class _Worker:
                     source_stated=copy.source_info is not None)
                 self.tally.copy(summary.size, estimate, move)
                 copy.strategy = estimate.mechanism
-                copy.state = ObjectState.MIGRATED  # what a run would do; the plan itself wrote nothing
             self.tracker.planned(summary.size)
             log.info(kv(event="planned", shard=self.shard, key=summary.key, size=summary.size,
                         action="skip_identical" if identical else "copy", mechanism=copy.strategy or None,
