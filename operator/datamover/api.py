@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from datamover.engine import ObjectFilter, OpenUpload, Progress, UploadIntent, check_pattern
+from datamover.engine import Amount, ObjectFilter, OpenUpload, Plan, Progress, UploadIntent, check_pattern
 from datamover.engine.fsm import WorkerState
 
 GROUP = "datamover.io"
@@ -104,6 +104,14 @@ class Phase(enum.StrEnum):
 
 
 TERMINAL_PHASES = frozenset({Phase.ABORTED, Phase.CANCELLED, Phase.SUCCEEDED, Phase.FAILED})
+
+
+class Mode(enum.StrEnum):
+    """spec.mode: run migrates; plan lists and compares both sides, writes nothing, and reports in status.plan what
+    a run would do."""
+
+    RUN = "run"
+    PLAN = "plan"
 
 
 class SpecError(ValueError):
@@ -349,6 +357,7 @@ class MigrationSpec:
     throttle: ThrottleSpec = field(default_factory=ThrottleSpec)
     suspend: bool = False
     notify: NotifySpec = field(default_factory=NotifySpec)
+    mode: Mode = Mode.RUN
 
     @classmethod
     def from_spec(cls, raw: Mapping[str, Any]) -> MigrationSpec:
@@ -365,6 +374,10 @@ class MigrationSpec:
         part_concurrency = int(raw.get("partConcurrency", cls.part_concurrency))
         if not 1 <= part_concurrency <= 256:
             raise SpecError(f"spec.partConcurrency: {part_concurrency} is outside 1..256")
+        try:
+            mode = Mode(raw.get("mode") or cls.mode)
+        except ValueError:
+            raise SpecError(f"spec.mode: {raw.get('mode')!r} is not one of {', '.join(Mode)}") from None
         return cls(
             source=Location.from_spec(raw["source"], "source"),
             destination=Location.from_spec(raw["destination"], "destination"),
@@ -380,6 +393,7 @@ class MigrationSpec:
             throttle=ThrottleSpec.from_spec(raw.get("throttle") or {}),
             suspend=bool(raw.get("suspend", cls.suspend)),
             notify=NotifySpec.from_spec(raw.get("notify") or {}),
+            mode=mode,
         )
 
 
@@ -401,7 +415,8 @@ MAX_STATUS_KEYS = 100
 # the status key is its camelCase. The rest of Progress (objects in flight, bytes of parts in flight) is the worker's
 # own business.
 REPORTED_COUNTERS = ("objects_total", "objects_migrated", "objects_skipped", "objects_failed", "objects_retained",
-                     "objects_excluded", "bytes_total", "bytes_migrated", "bytes_skipped")
+                     "objects_excluded", "bytes_total", "bytes_migrated", "bytes_skipped", "objects_planned",
+                     "bytes_planned")
 REPORTED_FLAGS = ("listing_done", "destination_written")
 
 
@@ -424,6 +439,7 @@ class WorkerReport(Progress):
     last_progress: str = ""
     open_uploads: tuple[OpenUpload, ...] = field(default_factory=tuple)
     upload_intents: tuple[UploadIntent, ...] = field(default_factory=tuple)
+    plan: Plan | None = None  # plan mode: in the final report only
 
     @classmethod
     def of(cls, progress: Progress, **report: Any) -> WorkerReport:
@@ -443,6 +459,7 @@ class WorkerReport(Progress):
             "openUploads": [open_upload_status(u) for u in self.open_uploads],
             "uploadIntents": [upload_intent_status(i) for i in self.upload_intents],
             "retainedKeys": list(self.retained_keys[:MAX_STATUS_KEYS]),
+            **({"plan": plan_status(self.plan)} if self.plan is not None else {}),
         }
 
     @classmethod
@@ -470,7 +487,83 @@ class WorkerReport(Progress):
             upload_intents=tuple(UploadIntent(str(i["key"]), parse_time(str(i["since"])))
                                  for i in raw.get("uploadIntents") or ()),
             retained_keys=tuple(str(k) for k in raw.get("retainedKeys") or ()),
+            plan=plan_from_status(raw["plan"]) if raw.get("plan") else None,
         )
+
+
+# The plan's copy mechanisms (engine.plan.MECHANISMS) as status names them.
+_MECHANISM_STATUS = {"single": "single", "multipart": "multipart", "server_copy": "serverSideCopy",
+                     "server_part_copy": "serverSidePartCopy"}
+_PLAN_AMOUNTS = ("copy", "identical", "delete_from_source", "excluded")
+
+
+def _amount_status(amount: Amount) -> dict[str, int]:
+    return {"objects": amount.objects, "bytes": amount.bytes}
+
+
+def _amount(raw: Mapping[str, Any] | None) -> Amount:
+    return Amount(int((raw or {}).get("objects", 0)), int((raw or {}).get("bytes", 0)))
+
+
+def plan_status(plan: Plan) -> dict[str, Any]:
+    """A plan as status.plan (and status.workers[i].plan) records it."""
+    return {
+        **{_camel(name): _amount_status(getattr(plan, name)) for name in _PLAN_AMOUNTS},
+        "byMechanism": {_MECHANISM_STATUS[name]: _amount_status(amount)
+                        for name, amount in sorted(plan.by_mechanism.items())},
+        "runRequests": {side: dict(counts) for side, counts in plan.run_requests.items()},
+        "planRequests": {side: dict(counts) for side, counts in plan.plan_requests.items()},
+    }
+
+
+def plan_from_status(raw: Mapping[str, Any]) -> Plan:
+    mechanisms = {status: name for name, status in _MECHANISM_STATUS.items()}
+
+    def requests(sides: Mapping[str, Any] | None) -> dict[str, dict[str, int]]:
+        return {str(side): {str(kind): int(n) for kind, n in counts.items()} for side, counts in (sides or {}).items()}
+
+    return Plan(**{name: _amount(raw.get(_camel(name))) for name in _PLAN_AMOUNTS},
+                by_mechanism={mechanisms[key]: _amount(value) for key, value in (raw.get("byMechanism") or {}).items()
+                              if key in mechanisms},
+                run_requests=requests(raw.get("runRequests")), plan_requests=requests(raw.get("planRequests")))
+
+
+def _add(a: Amount, b: Amount) -> Amount:
+    return Amount(a.objects + b.objects, a.bytes + b.bytes)
+
+
+def _add_requests(a: Mapping[str, Mapping[str, int]], b: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    return {side: {kind: a.get(side, {}).get(kind, 0) + b.get(side, {}).get(kind, 0)
+                   for kind in sorted({*a.get(side, {}), *b.get(side, {})})}
+            for side in sorted({*a, *b})}
+
+
+def job_plan(reports: Mapping[int, WorkerReport]) -> Plan | None:
+    """The workers' plans summed (the job's plan), or None while no worker has reported one."""
+    plans = [report.plan for _, report in sorted(reports.items()) if report.plan is not None]
+    if not plans:
+        return None
+    total = Plan()
+    for plan in plans:
+        total = Plan(**{name: _add(getattr(total, name), getattr(plan, name)) for name in _PLAN_AMOUNTS},
+                     by_mechanism={name: _add(total.by_mechanism.get(name, Amount()),
+                                              plan.by_mechanism.get(name, Amount()))
+                                   for name in sorted({*total.by_mechanism, *plan.by_mechanism})},
+                     run_requests=_add_requests(total.run_requests, plan.run_requests),
+                     plan_requests=_add_requests(total.plan_requests, plan.plan_requests))
+    return total
+
+
+def plan_summary(plan: Plan, move: bool) -> str:
+    """One sentence saying what a run would do (the Planned condition's and Event's message)."""
+    requests = sum(n for counts in plan.run_requests.values() for n in counts.values())
+    parts = [f"a run would copy {plan.copy.objects} object(s) ({human_bytes(plan.copy.bytes)})",
+             f"skip {plan.identical.objects} identical ({human_bytes(plan.identical.bytes)})"]
+    if move:
+        parts.append(f"delete {plan.delete_from_source.objects} from the source "
+                     f"({human_bytes(plan.delete_from_source.bytes)})")
+    parts.append(f"leave {plan.excluded.objects} excluded by spec.filter")
+    return ", ".join(parts) + f", in about {requests} request(s); nothing was written (status.plan)"
 
 
 def worker_reports(body: Mapping[str, Any]) -> dict[int, WorkerReport]:
@@ -518,6 +611,7 @@ class MigrationStatus:
     abort_requested_time: str = ""
     conditions: tuple[Condition, ...] = ()
     progress: Mapping[str, Any] = field(default_factory=dict)  # as progress_status() rendered it
+    plan: Mapping[str, Any] = field(default_factory=dict)  # plan mode: as plan_status() rendered the job's plan
     workers: Mapping[int, WorkerReport] = field(default_factory=dict)
 
     @classmethod
@@ -539,6 +633,7 @@ class MigrationStatus:
             abort_requested_time=str(raw.get("abortRequestedTime", "")),
             conditions=tuple(Condition.from_status(c) for c in raw.get("conditions") or ()),
             progress=dict(raw.get("progress") or {}),
+            plan=dict(raw.get("plan") or {}),
             workers=worker_reports(body),
         )
 
@@ -570,8 +665,9 @@ def human_bytes(n: int) -> str:
 def progress_status(reports: Mapping[int, WorkerReport]) -> dict[str, Any]:
     """status.progress: the workers' counters summed, plus the strings the printer columns show."""
     sums = {name: sum(getattr(r, name) for r in reports.values()) for name in REPORTED_COUNTERS}
-    done = sums["objects_migrated"] + sums["objects_skipped"]
-    done_bytes = sums["bytes_migrated"] + sums["bytes_skipped"]
+    # A plan's work is examining objects: in plan mode nothing is migrated or skipped, and planned objects are done.
+    done = sums["objects_migrated"] + sums["objects_skipped"] + sums["objects_planned"]
+    done_bytes = sums["bytes_migrated"] + sums["bytes_skipped"] + sums["bytes_planned"]
     # Bytes, not objects: one large object left to copy is most of the work however many small ones are done.
     # Skipped (already identical) objects count as done bytes, so a resumed job reaches 100%. A listing of empty
     # objects only has no bytes to count: then objects are the measure.

@@ -94,3 +94,21 @@ def test_a_bad_destination_is_refused_with_a_readable_message(kubectl: Kubectl, 
     result = dry_run(kubectl, f"bad-{case}", {"bucket": "a"}, destination)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(("mode", "complaint"), [
+    ("dry-run", 'spec.mode: Unsupported value: "dry-run": supported values: "run", "plan"'),
+    ("Plan", 'spec.mode: Unsupported value: "Plan"'),
+])
+def test_a_bad_mode_is_refused_naming_the_field(kubectl: Kubectl, crd: None, mode: str, complaint: str) -> None:
+    job = {"apiVersion": "datamover.io/v1alpha1", "kind": "MigrationJob",
+           "metadata": {"name": "bad-mode", "namespace": "default"},
+           "spec": {"source": {"bucket": "a"}, "destination": {"bucket": "b"}, "mode": mode}}
+    result = kubectl("create", "--dry-run=server", "-o", "yaml", "-f", "-", input=yaml.safe_dump(job), check=False)
+    assert result.returncode != 0 and complaint in result.stderr, result.stderr
+
+
+def test_mode_defaults_to_run(kubectl: Kubectl, crd: None) -> None:
+    result = dry_run(kubectl, "default-mode", {"bucket": "a"}, {"bucket": "b"})
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["spec"]["mode"] == "run"

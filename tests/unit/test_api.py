@@ -11,15 +11,19 @@ import yaml
 
 from datamover.api import (
     MigrationSpec,
+    Mode,
     SpecError,
     WorkerReport,
     credential_env,
     human_duration,
+    job_plan,
     parse_quantity,
+    plan_status,
+    plan_summary,
     progress_status,
     worker_reports,
 )
-from datamover.engine import OpenUpload, UploadIntent, WorkerState
+from datamover.engine import Amount, OpenUpload, Plan, UploadIntent, WorkerState
 
 SPEC = {"source": {"bucket": "a", "credentialsSecretRef": {"name": "s"}}, "destination": {"bucket": "b"}}
 
@@ -137,8 +141,49 @@ def test_the_crd_schema_declares_every_status_field_the_code_writes() -> None:
     status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
     report = WorkerReport(WorkerState.RUNNING, open_uploads=(OpenUpload("b", "k", "u"),),
                           upload_intents=(UploadIntent("k", dt.datetime(2026, 1, 1, tzinfo=dt.UTC)),),
-                          last_progress="2026-01-01T00:00:00Z")
+                          last_progress="2026-01-01T00:00:00Z", plan=PLAN)
     workers = status["workers"]["additionalProperties"]["properties"]
     assert set(workers) == set(report.to_status())
+    declared = status["plan"]["properties"]
+    assert workers["plan"] == status["plan"] and set(declared) == set(plan_status(PLAN))
+    assert set(declared["byMechanism"]["properties"]) == set(plan_status(PLAN)["byMechanism"])
     assert set(status["progress"]["properties"]) == set(progress_status({0: report}))
     assert set(workers["state"]["enum"]) == {s.value for s in WorkerState}
+
+
+PLAN = Plan(copy=Amount(3, 300), identical=Amount(1, 10), delete_from_source=Amount(4, 310), excluded=Amount(2, 5),
+            by_mechanism={"single": Amount(1, 100), "multipart": Amount(1, 100), "server_copy": Amount(1, 50),
+                          "server_part_copy": Amount(0, 50)},
+            run_requests={"source": {"ListObjectsV2": 1, "GetObject": 2}, "destination": {"PutObject": 2}},
+            plan_requests={"source": {"ListObjectsV2": 1}, "destination": {"ListObjectsV2": 1}})
+
+
+def test_mode_defaults_to_run_and_a_bad_mode_is_refused_naming_the_field() -> None:
+    assert MigrationSpec.from_spec(SPEC).mode is Mode.RUN
+    assert MigrationSpec.from_spec({**SPEC, "mode": "plan"}).mode is Mode.PLAN
+    with pytest.raises(SpecError, match=r"spec\.mode: 'dry-run' is not one of run, plan"):
+        MigrationSpec.from_spec({**SPEC, "mode": "dry-run"})
+
+
+def test_a_plan_round_trips_through_status_and_workers_plans_add_up() -> None:
+    report = WorkerReport(WorkerState.SUCCEEDED, plan=PLAN)
+    assert WorkerReport.from_status(report.to_status(), "b").plan == PLAN
+    assert "plan" not in WorkerReport(WorkerState.SUCCEEDED).to_status()
+    other = Plan(copy=Amount(1, 1), by_mechanism={"single": Amount(1, 1)},
+                 run_requests={"source": {"GetObject": 1, "HeadBucket": 1}})
+    total = job_plan({0: report, 1: WorkerReport(WorkerState.SUCCEEDED, plan=other),
+                      2: WorkerReport(WorkerState.RUNNING)})
+    assert total is not None
+    assert total.copy == Amount(4, 301) and total.identical == Amount(1, 10)
+    assert total.by_mechanism["single"] == Amount(2, 101)
+    assert total.run_requests == {"source": {"GetObject": 3, "HeadBucket": 1, "ListObjectsV2": 1},
+                                  "destination": {"PutObject": 2}}
+    assert job_plan({0: WorkerReport(WorkerState.RUNNING)}) is None
+    assert plan_summary(total, move=True).startswith(
+        "a run would copy 4 object(s) (301B), skip 1 identical (10B), delete 4 from the source (310B)")
+
+
+def test_planned_objects_are_the_progress_of_a_plan() -> None:
+    report = WorkerReport(WorkerState.RUNNING, objects_total=4, bytes_total=400, objects_planned=2, bytes_planned=100)
+    progress = progress_status({0: report})
+    assert (progress["percent"], progress["objects"], progress["objectsPlanned"]) == ("25%", "2/4", 2)

@@ -41,3 +41,26 @@ def test_status_shows_phase_overall_progress_each_worker_rate_and_eta() -> None:
 
 def test_status_of_a_job_the_operator_has_not_answered_yet() -> None:
     assert render(_job({})).splitlines()[0] == "migrations/photos: (no status yet)"
+
+
+def test_status_of_a_plan_shows_what_a_run_would_do() -> None:
+    plan = {"copy": {"objects": 3, "bytes": 3 * 2**20}, "identical": {"objects": 1, "bytes": 1000},
+            "deleteFromSource": {"objects": 0, "bytes": 0}, "excluded": {"objects": 2, "bytes": 700},
+            "byMechanism": {"single": {"objects": 2, "bytes": 2 * 2**20}, "multipart": {"objects": 1, "bytes": 2**20}},
+            "runRequests": {"source": {"GetObject": 2, "ListObjectsV2": 1}, "destination": {"PutObject": 2}},
+            "planRequests": {"source": {"ListObjectsV2": 1}, "destination": {"ListObjectsV2": 1}}}
+    text = render(_job({
+        "phase": "succeeded", "reason": "Planned", "message": "a run would copy 3 object(s) (3.0MiB), ...",
+        "workers": {"0": {"state": "succeeded", "objectsTotal": 4, "objectsPlanned": 4, "bytesTotal": 3 * 2**20 + 1000,
+                          "bytesPlanned": 3 * 2**20 + 1000, "listingDone": True, "plan": plan}},
+    }))
+    lines = text.splitlines()
+    assert lines[0] == "migrations/photos: succeeded (Planned)"
+    assert "100%" in lines[2] and "4/4 objects" in lines[2]
+    assert "4/4 objects" in lines[3]
+    assert lines[4] == "  plan (a run would do this; the plan wrote nothing):"
+    assert lines[5].split()[:4] == ["copy", "3", "objects", "3.0MiB"] and "multipart 1, single 2" in lines[5]
+    assert lines[6].split()[:5] == ["skip", "as", "identical", "1", "objects"]
+    assert "excluded by filter" in lines[8] and "700B" in lines[8]
+    assert lines[9].split(None, 2)[2] == "source GetObject 2, ListObjectsV2 1; destination PutObject 2"
+    assert "source ListObjectsV2 1; destination ListObjectsV2 1" in lines[10]

@@ -241,3 +241,19 @@ def test_suspend_before_start_starts_nothing_and_abort_or_delete_ends_a_suspende
     assert d.phase is Phase.CANCELLED and "MigrationJob deleted" in d.message
     d = decide(obs(**wrote, job_exists=True, alive_pods=("p0",), abort_requested=True))
     assert d.phase is Phase.ABORTING and d.stop_job
+
+
+def test_a_plan_runs_without_writing_and_ends_succeeded_as_planned() -> None:
+    from datamover.engine import Amount, Plan
+
+    listing = {0: WorkerReport(WorkerState.RUNNING)}
+    d = decide(obs(phase=Phase.PENDING, job_exists=True, alive_pods=("p-0",), workers=listing, plan=True))
+    assert d.phase is Phase.RUNNING and d.reason == "Planning" and "nothing is written" in d.message
+    planned = {i: WorkerReport(WorkerState.SUCCEEDED, plan=Plan(copy=Amount(2, 2048), delete_from_source=Amount(3, 3)))
+               for i in (0, 1)}
+    d = decide(obs(phase=Phase.RUNNING, job_exists=True, job_complete=True, workers=planned, plan=True, move=True))
+    assert d.phase is Phase.SUCCEEDED and d.reason == "Planned"
+    assert d.message.startswith("a run would copy 4 object(s) (4.0KiB)") and "delete 6 from the source" in d.message
+    # Aborted while planning: nothing was ever written, so it is cancelled.
+    d = decide(obs(phase=Phase.ABORTING, abort_requested=True, workers=listing, plan=True))
+    assert d.phase is Phase.CANCELLED

@@ -189,6 +189,7 @@ def test_samples_cover_copy_move_abort_and_credentials() -> None:
     assert any(spec.get("remainSource", True) and not spec.get("abort") for spec in jobs.values())
     assert any(spec.get("remainSource") is False for spec in jobs.values())
     assert any(spec.get("abort") is True for spec in jobs.values())
+    assert any(spec.get("mode") == "plan" for spec in jobs.values())
     secrets = [doc for _, doc in sample_objects() if doc["kind"] == "Secret"]
     referenced = {loc["credentialsSecretRef"]["name"] for spec in jobs.values()
                   for loc in (spec["source"], spec["destination"]) if "credentialsSecretRef" in loc}
@@ -262,3 +263,19 @@ def test_service_monitor_and_dashboard_ask_only_for_series_the_operator_exports(
     # A histogram is asked for by its _bucket series, a counter by its _total.
     exported |= {f"{n}_bucket" for n in exported} | {f"{n}_total" for n in exported}
     assert asked and asked <= exported, asked - exported
+
+
+@pytest.mark.parametrize(("mode", "accepted"), [("run", True), ("plan", True), ("dry-run", False), ("Plan", False)])
+def test_the_crd_schema_takes_run_or_plan_as_spec_mode_and_names_the_field_when_refusing(
+        tmp_path: Path, mode: str, accepted: bool) -> None:
+    """The schema's enum, as kubeconform applies it offline; the API server's own refusal (kubectl apply) is checked
+    in tests/controlplane/test_api_store_types.py."""
+    kubeconform = pinned("kubeconform")
+    schemas.write(schemas.from_crd(yaml.safe_load(CRD.read_text())), tmp_path)
+    job = {"apiVersion": "datamover.io/v1alpha1", "kind": "MigrationJob", "metadata": {"name": "p"},
+           "spec": {"source": {"bucket": "a"}, "destination": {"bucket": "b"}, "mode": mode}}
+    result = subprocess.run([str(kubeconform), "-strict", "-schema-location", schemas.schema_location(tmp_path), "-"],
+                            input=yaml.safe_dump(job), capture_output=True, text=True, check=False)
+    assert (result.returncode == 0) is accepted, result.stdout + result.stderr
+    if not accepted:
+        assert "/spec/mode" in result.stdout and "'run', 'plan'" in result.stdout, result.stdout

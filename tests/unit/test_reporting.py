@@ -97,3 +97,16 @@ def test_a_report_carries_rates_and_the_time_of_the_last_progress(monkeypatch: p
     assert api.patches[-1]["lastProgressTime"]
     reporter.finish(WorkerState.SUCCEEDED, Progress(state=WorkerState.SUCCEEDED, objects_migrated=5), "")
     assert api.patches[-1]["bytesPerSecond"] == 0 and api.patches[-1]["objectsPerSecond"] == 0.0
+
+
+def test_a_plan_workers_final_report_carries_its_plan() -> None:
+    from datamover.engine import Amount, Plan
+
+    api = FakeApi()
+    reporter = StatusReporter(api, "ns", "job", 0, "pod")  # type: ignore[arg-type]
+    reporter.start(aborting=False)
+    assert "plan" not in api.patches[-1]  # the plan comes with the final report only
+    plan = Plan(copy=Amount(2, 20), identical=Amount(1, 5), run_requests={"source": {"GetObject": 2}})
+    reporter.finish(WorkerState.SUCCEEDED, Progress(state=WorkerState.SUCCEEDED, objects_planned=3), "", plan=plan)
+    assert api.patches[-1]["plan"]["copy"] == {"objects": 2, "bytes": 20} and api.patches[-1]["objectsPlanned"] == 3
+    assert api.patches[-1]["plan"]["runRequests"] == {"source": {"GetObject": 2}}

@@ -57,3 +57,24 @@ def test_progress_is_mirrored_only_when_due_but_always_with_a_new_phase() -> Non
     assert done["phase"] == "succeeded" and done["progress"]["objects"] == "1/4"
     caught_up = {**running, "status": {**running["status"], "progress": done["progress"]}}
     assert not progress_behind(caught_up)
+
+
+def test_a_plan_is_summed_into_status_plan_and_its_conditions_say_planned() -> None:
+    plan = {"copy": {"objects": 2, "bytes": 20}, "runRequests": {"source": {"GetObject": 2}}}
+    body = {
+        "metadata": {"generation": 1},
+        "spec": {"destination": {"bucket": "dst"}, "mode": "plan"},
+        "status": {"phase": "running", "reason": "Planning", "message": "m", "observedGeneration": 1,
+                   "workers": {"0": {"state": "succeeded", "objectsTotal": 2, "objectsPlanned": 2, "plan": plan},
+                               "1": {"state": "succeeded", "objectsTotal": 1, "objectsPlanned": 1, "plan": plan}}},
+    }
+    patch = _status_for(body, Decision(Phase.SUCCEEDED, "Planned", "a run would copy 4 object(s)"), False)
+    assert patch["plan"]["copy"] == {"objects": 4, "bytes": 40}
+    assert patch["plan"]["runRequests"] == {"source": {"GetObject": 4}}
+    assert patch["progress"]["objects"] == "3/3" and patch["progress"]["percent"] == "100%"
+    conditions = {c["type"]: c for c in patch["conditions"]}
+    assert conditions["Ready"]["status"] == "True" and conditions["Ready"]["reason"] == "Planned"
+    assert conditions["Complete"]["reason"] == "Planned"
+    assert conditions["Complete"]["message"] == "a run would copy 4 object(s)"
+    written = {**body, "status": {**body["status"], "plan": patch["plan"]}}
+    assert "plan" not in _status_for(written, Decision(), False)

@@ -26,9 +26,11 @@ from datamover.api import (
     MigrationStatus,
     WorkerReport,
     human_bytes,
+    job_plan,
     progress_status,
     worker_reports,
 )
+from datamover.engine import Plan
 
 BAR_WIDTH = 30
 MERGE_PATCH = "application/merge-patch+json"
@@ -41,14 +43,35 @@ def bar(done: int, total: int, width: int = BAR_WIDTH) -> str:
 
 
 def _worker_line(index: int, report: WorkerReport) -> str:
-    done = report.bytes_migrated + report.bytes_skipped
-    objects = report.objects_migrated + report.objects_skipped
+    done = report.bytes_migrated + report.bytes_skipped + report.bytes_planned
+    objects = report.objects_migrated + report.objects_skipped + report.objects_planned
     listing = "" if report.listing_done or report.state.final else ", listing"
     failed = f", {report.objects_failed} failed" if report.objects_failed else ""
     rate = f"  {human_bytes(report.bytes_per_second)}/s" if not report.state.final else ""
     return (f"  worker {index:<3} {bar(done, report.bytes_total)} {report.state.value:<10} "
             f"{objects}/{report.objects_total} objects, {human_bytes(done)}/{human_bytes(report.bytes_total)}"
             f"{failed}{listing}{rate}")
+
+
+def _requests(counts: Mapping[str, Mapping[str, int]]) -> str:
+    return "; ".join(f"{side} " + ", ".join(f"{kind} {n}" for kind, n in sorted(by_kind.items()))
+                     for side, by_kind in sorted(counts.items(), reverse=True) if by_kind) or "none"
+
+
+def _plan_lines(plan: Plan) -> list[str]:
+    """spec.mode plan: what a run would do (status.plan), in the order a person prices it."""
+    def amount(label: str, objects: int, size: int) -> str:
+        return f"    {label:<20} {objects:>8} objects  {human_bytes(size):>9}"
+    mechanisms = ", ".join(f"{name} {a.objects}" for name, a in sorted(plan.by_mechanism.items()) if a.objects)
+    return [
+        "  plan (a run would do this; the plan wrote nothing):",
+        amount("copy", plan.copy.objects, plan.copy.bytes) + (f"  ({mechanisms})" if mechanisms else ""),
+        amount("skip as identical", plan.identical.objects, plan.identical.bytes),
+        amount("delete from source", plan.delete_from_source.objects, plan.delete_from_source.bytes),
+        amount("excluded by filter", plan.excluded.objects, plan.excluded.bytes),
+        f"    run requests         {_requests(plan.run_requests)}",
+        f"    the plan's requests  {_requests(plan.plan_requests)}",
+    ]
 
 
 def render(body: Mapping[str, Any]) -> str:
@@ -61,7 +84,7 @@ def render(body: Mapping[str, Any]) -> str:
     lines = [f"{meta['namespace']}/{meta['name']}: {phase}" + (f" ({status.reason})" if status.reason else "")]
     if status.message:
         lines.append(f"  {status.message}")
-    done_bytes = progress["bytesMigrated"] + progress["bytesSkipped"]
+    done_bytes = progress["bytesMigrated"] + progress["bytesSkipped"] + progress["bytesPlanned"]
     live = "  ".join(part for part in (
         f"{progress['rate']}, {progress['objectsPerSecond']:g} objects/s" if progress["rate"] else "",
         f"ETA {progress['eta']}" if progress["eta"] else "",
@@ -70,6 +93,9 @@ def render(body: Mapping[str, Any]) -> str:
     lines.append(f"  overall    {bar(done_bytes, progress['bytesTotal'])} {progress['percent']:>4}  "
                  f"{progress['objects']} objects, {progress['bytes']}" + (f"  {live}" if live else ""))
     lines.extend(_worker_line(index, reports[index]) for index in sorted(reports))
+    plan = job_plan(reports)
+    if plan is not None:
+        lines.extend(_plan_lines(plan))
     if progress["objectsFailed"]:
         lines.append(f"  {progress['objectsFailed']} object(s) failed: see the workers' messages and Events "
                      f"(kubectl describe mj {meta['name']} -n {meta['namespace']})")

@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from datamover.api import HEARTBEAT_TIMEOUT_SECONDS, Phase, WorkerReport, parse_time
+from datamover.api import HEARTBEAT_TIMEOUT_SECONDS, Phase, WorkerReport, job_plan, parse_time, plan_summary
 from datamover.engine import WorkerState
 
 
@@ -57,6 +57,8 @@ class Observation:
     workers: Mapping[int, WorkerReport] = field(default_factory=dict)
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_SECONDS  # a running worker silent this long is taken for frozen
     suspend_requested: bool = False  # spec.suspend
+    plan: bool = False  # spec.mode plan: workers list and compare, and write nothing
+    move: bool = False  # spec.remainSource false
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,13 @@ def decide(obs: Observation) -> Decision:
                 first = _worker_failure(obs.workers)
                 detail = f"; {first[1]}" if first is not None else ""
                 return Decision(Phase.FAILED, "ObjectsFailed",
-                                f"{failed_objects} object(s) could not be migrated{detail}", run_janitor=True)
+                                f"{failed_objects} object(s) could not be "
+                                f"{'compared (plan mode; status.plan covers the others)' if obs.plan else 'migrated'}"
+                                f"{detail}", run_janitor=True)
+            if obs.plan:
+                plan = job_plan(obs.workers)
+                summary = plan_summary(plan, obs.move) if plan else "nothing was written"
+                return Decision(Phase.SUCCEEDED, "Planned", summary, run_janitor=True)
             return Decision(Phase.SUCCEEDED, "Succeeded", "all objects migrated and verified", run_janitor=True)
         stale = unresponsive_workers(obs)
         if stale:
@@ -217,6 +225,11 @@ def decide(obs: Observation) -> Decision:
             return Decision(reason="WorkerUnresponsive", restart_pods=tuple(stale.values()),
                             message=f"{named} sent no heartbeat for {obs.heartbeat_timeout:.0f}s; restarting it "
                                     "(its successor closes the uploads it left open)")
+        if obs.plan and obs.phase is not Phase.RUNNING and any(
+                report.state is WorkerState.RUNNING for report in obs.workers.values()):
+            # A plan never writes: it is running once a worker is.
+            return Decision(Phase.RUNNING, "Planning",
+                            f"{obs.parallelism} worker(s) listing and comparing both sides; nothing is written")
         if _wrote(obs):
             if obs.phase is not Phase.RUNNING:
                 return Decision(Phase.RUNNING, "Migrating", f"{obs.parallelism} worker(s) writing to the destination")

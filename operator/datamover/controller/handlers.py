@@ -43,11 +43,14 @@ from datamover.api import (
     Location,
     MigrationSpec,
     MigrationStatus,
+    Mode,
     Phase,
     SpecError,
+    job_plan,
     now_rfc3339,
     open_upload_status,
     parse_time,
+    plan_status,
     progress_status,
     upload_intent_status,
     worker_reports,
@@ -303,7 +306,9 @@ def _conditions(current: MigrationStatus, phase: Phase, reason: str, message: st
     Ready: the migration succeeded. Complete: it reached a final phase. Failed: it failed, and why. AbortRequested:
     somebody asked it to stop (spec.abort, or deletion). Suspended: spec.suspend has stopped (or is stopping) it.
     """
-    final_reason = {Phase.SUCCEEDED: "Succeeded", Phase.ABORTED: "Aborted", Phase.CANCELLED: "Cancelled"}
+    # A plan that succeeded says so (reason Planned) where a migration says Succeeded.
+    final_reason = {Phase.SUCCEEDED: reason if reason == "Planned" else "Succeeded", Phase.ABORTED: "Aborted",
+                    Phase.CANCELLED: "Cancelled"}
     wanted: dict[str, tuple[bool, str, str]] = {
         "Ready": (phase is Phase.SUCCEEDED, reason, message),
         "Complete": (phase.terminal, final_reason.get(phase, reason) if phase.terminal else "InProgress",
@@ -395,6 +400,9 @@ def _status_for(body: Mapping[str, Any], decision: Decision, deleting: bool, *,
     phase = decision.phase
     if status.workers and progress != status.progress:
         patch["progress"] = progress
+    plan = job_plan(status.workers)
+    if plan is not None and plan_status(plan) != status.plan:
+        patch["plan"] = plan_status(plan)
     if phase is None or (phase, decision.message, decision.reason) == (status.phase, status.message, status.reason):
         if not mirror_progress:
             patch.pop("progress", None)
@@ -469,6 +477,8 @@ def reconcile(body: Mapping[str, Any], children: Children, place: QueuePlace = A
         workers=status.workers,
         heartbeat_timeout=heartbeat_timeout,
         suspend_requested=spec.suspend and not deleting,
+        plan=spec.mode is Mode.PLAN,
+        move=not spec.remain_source,
     ))
     if decision.stop_job:
         _stop_workers(namespace, name, list(children.pods), suspended=children.job_suspended,

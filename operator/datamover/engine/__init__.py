@@ -12,13 +12,14 @@ from datamover.engine.fsm import WorkerState
 from datamover.engine.janitor import Cleanup, UploadIntent, close_leftovers
 from datamover.engine.migrate import migrate
 from datamover.engine.options import MigrationOptions, MigrationResult, Outcome
-from datamover.engine.progress import NullSink, Progress, ProgressSink
+from datamover.engine.progress import Amount, NullSink, Plan, Progress, ProgressSink
 from datamover.engine.shards import KeyRange, LedgerStore, MemoryLedgerStore
 from datamover.engine.throttle import Throttle
 
 __all__ = [
     "CHECKPOINTS",
     "AbortSignal",
+    "Amount",
     "Cleanup",
     "KeyRange",
     "LedgerStore",
@@ -29,6 +30,7 @@ __all__ = [
     "ObjectFilter",
     "OpenUpload",
     "Outcome",
+    "Plan",
     "Progress",
     "ProgressSink",
     "Throttle",

@@ -12,17 +12,26 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
-from datamover.backends.base import ErrorKind, ObjectStore, ObjectSummary, StoreError, server_side_copier
+from datamover.backends.base import (
+    ErrorKind,
+    ObjectStore,
+    ObjectSummary,
+    ServerSideCopy,
+    StoreError,
+    server_side_copier,
+)
+from datamover.engine import verify
 from datamover.engine.abort import AbortSignal
-from datamover.engine.context import ObjectCopy, RunContext
+from datamover.engine.context import ObjectCopy, RunContext, Stopped
 from datamover.engine.fsm import ObjectState, WorkerState, kv, next_worker_state
 from datamover.engine.listing import DestinationHint, DestinationIndex
 from datamover.engine.mover import ObjectMover
 from datamover.engine.options import MigrationOptions, MigrationResult, Outcome
+from datamover.engine.plan import PlanTally, ReadOnlyStore, RefusingCopier, estimate_copy
 from datamover.engine.progress import ProgressSink, ProgressTracker
 from datamover.engine.shards import KeyRange, LedgerStore, MemoryLedgerStore, SharedListing, list_range
 from datamover.engine.stall import StallWatch
-from datamover.engine.throttle import ThrottledCopier, ThrottledStore, unwrapped
+from datamover.engine.throttle import ThrottledCopier, ThrottledStore
 
 log = logging.getLogger("datamover.engine")
 
@@ -71,10 +80,12 @@ class _Worker:
 
     def __init__(
         self, source: ObjectStore, destination: ObjectStore, options: MigrationOptions, abort: AbortSignal,
-        sink: ProgressSink, ledger: LedgerStore,
+        sink: ProgressSink, ledger: LedgerStore, copier: ServerSideCopy | None, tally: PlanTally | None = None,
     ) -> None:
         self.source = source
         self.destination = destination
+        self.copier = copier
+        self.tally = tally  # plan mode: objects are examined, never moved
         self.options = options
         self.abort = abort
         self.sink = sink
@@ -106,7 +117,8 @@ class _Worker:
         failed_keys = tuple(copy.source.key for copy in self.failures)
         return MigrationResult(outcome=outcome, progress=progress, error=error, failed_keys=failed_keys,
                                retained_keys=progress.retained_keys, fatal_code=fatal.code if fatal else "",
-                               fatal_kind=fatal.kind.value if fatal else "")
+                               fatal_kind=fatal.kind.value if fatal else "",
+                               plan=self.tally.result() if self.tally else None)
 
     def run(self) -> MigrationResult:
         if self.abort.requested:
@@ -128,12 +140,12 @@ class _Worker:
             self._transition("fatal_error", cause.message)
             return self._result(cause.message, cause)
         self._transition("start")
-        copier = server_side_copier(unwrapped(self.destination), unwrapped(self.source))
+        copier = self.copier
         if copier is not None and self.options.throttle is not None:
             copier = ThrottledCopier(copier, self.options.throttle, self.abort)
         log.info(kv(event="plan", shard=self.shard, source=self.source.describe(),
                     destination=self.destination.describe(), server_side_copy=copier is not None,
-                    remain_source=self.options.remain_source))
+                    remain_source=self.options.remain_source, mode="plan" if self.tally else "run"))
         with (
             ThreadPoolExecutor(self.options.concurrency, thread_name_prefix="datamover-object") as object_pool,
             ThreadPoolExecutor(self.options.part_concurrency, thread_name_prefix="datamover-part") as part_pool,
@@ -211,6 +223,8 @@ class _Worker:
         for summary in objects:
             if not self.options.filter.selects(summary, summary.key[len(self.source.prefix):]):
                 self.tracker.excluded()
+                if self.tally:
+                    self.tally.excluded(summary.size)
                 continue
             self.tracker.discovered(summary.size)
             while not slots.acquire(timeout=POLL_SECONDS):
@@ -225,7 +239,10 @@ class _Worker:
             in_flight.difference_update([future for future in in_flight if future.done()])
         if self._stopping(context):
             return False
-        work.dispatched()
+        if self.tally is None:
+            # A plan's figures live in this worker's memory until its final report: a restarted worker must plan
+            # every range it claimed again, so a plan leaves its ranges open.
+            work.dispatched()
         return True
 
     def _move_one(
@@ -234,7 +251,7 @@ class _Worker:
     ) -> None:
         state = ObjectState.FAILED
         try:
-            copy = ObjectMover(context, summary, hint).run()
+            copy = self._plan_one(context, summary, hint) if self.tally else ObjectMover(context, summary, hint).run()
             state = copy.state
             if copy.state is ObjectState.FAILED:
                 with self._failures_lock:
@@ -243,6 +260,47 @@ class _Worker:
         finally:
             work.ended(state)
             slots.release()
+
+    def _plan_one(self, context: RunContext, summary: ObjectSummary, hint: DestinationHint) -> ObjectCopy:
+        """Compare one object as a run would (the same skip-identical proof) and count what the run would do."""
+        assert self.tally is not None
+        copy = ObjectCopy(source=summary, destination_key=context.destination_key(summary.key))
+        move = not self.options.remain_source
+        try:
+            context.checkpoint("before_object", summary.key)
+            identical = verify.already_at_destination(context, copy, hint)
+        except Stopped:
+            copy.state = ObjectState.ABORTED
+        except StoreError as error:
+            copy.state, copy.error = ObjectState.FAILED, error.message
+            if error.kind is ErrorKind.PERMANENT:
+                context.report_fatal(error)
+        except Exception as error:  # IntegrityError, or a bug: fail this object loudly, not the pool
+            log.exception(kv(event="unexpected_error", shard=self.shard, key=summary.key))
+            copy.state = ObjectState.FAILED
+            copy.error = f"internal error on {self.source.describe(summary.key)}: {type(error).__name__}: {error}"
+        else:
+            # A planned object's state stays pending: nothing was done to it (only failures and stops are states).
+            if identical:
+                self.tally.identical(summary.size, move)
+            else:
+                estimate = estimate_copy(
+                    summary, server_side=context.copier is not None, part_size=self.options.part_size,
+                    multipart_threshold=self.options.multipart_threshold,
+                    limits=self.destination.capabilities.limits,
+                    source_part_layout=self.source.capabilities.part_layout, move=move,
+                    source_stated=copy.source_info is not None)
+                self.tally.copy(summary.size, estimate, move)
+                copy.strategy = estimate.mechanism
+            self.tracker.planned(summary.size)
+            log.info(kv(event="planned", shard=self.shard, key=summary.key, size=summary.size,
+                        action="skip_identical" if identical else "copy", mechanism=copy.strategy or None,
+                        delete_source=move))
+            return copy
+        log.log(logging.INFO if copy.state is ObjectState.ABORTED else logging.WARNING,
+                kv(event="plan_object_" + copy.state.value, shard=self.shard, key=summary.key, error=copy.error))
+        self.tracker.finished(summary.key, copy.state, summary.size)
+        return copy
 
     def _finish(self, context: RunContext) -> MigrationResult:
         progress = self.tracker.snapshot()
@@ -285,7 +343,14 @@ def migrate(
         if options.shard_count > 1:
             raise ValueError("workers that share a job must share a ledger, or each would migrate every key")
         ledger = MemoryLedgerStore()
+    copier = server_side_copier(destination, source)
     if options.throttle is not None:
         source = ThrottledStore(source, options.throttle, abort)
         destination = ThrottledStore(destination, options.throttle, abort)
-    return _Worker(source, destination, options, abort, sink, ledger).run()
+    if not options.plan:
+        return _Worker(source, destination, options, abort, sink, ledger, copier).run()
+    # A plan gets the stores only behind ReadOnlyStore, and no copier that can copy: it cannot write.
+    readable_source, readable_destination = ReadOnlyStore(source), ReadOnlyStore(destination)
+    tally = PlanTally(readable_source, readable_destination)
+    return _Worker(readable_source, readable_destination, options, abort, sink, ledger,
+                   RefusingCopier() if copier else None, tally).run()

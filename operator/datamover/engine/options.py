@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from datamover.backends.base import S3_LIMITS, MiB
 from datamover.engine.filters import ObjectFilter
-from datamover.engine.progress import Progress
+from datamover.engine.progress import Plan, Progress
 from datamover.engine.throttle import Throttle
 
 # Options are checked against S3's limits, the ones every store we support shares; the part size of each object is
@@ -42,6 +42,8 @@ class MigrationOptions:
     storage_class: str | None = None
     # This worker's share of spec.throttle; the worker changes its limits live (None: no limit, no wrapper).
     throttle: Throttle | None = field(default=None, compare=False)
+    # spec.mode plan: list and compare as a run would, write nothing, and answer what a run would do (engine.plan).
+    plan: bool = False
 
     def __post_init__(self) -> None:
         if not LIMITS.min_part_size <= self.part_size <= LIMITS.max_part_size:
@@ -79,3 +81,4 @@ class MigrationResult:
     fatal_code: str = ""
     fatal_kind: str = ""
     retained_keys: tuple[str, ...] = field(default=())  # moves whose source delete failed: in both places
+    plan: Plan | None = None  # plan mode: what a run would do (with options.plan only)

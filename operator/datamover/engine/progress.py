@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from datamover.backends.base import OpenUpload
@@ -40,6 +41,32 @@ class Progress:
     bytes_in_progress: int = 0  # bytes of parts already uploaded for large objects still in flight (liveness)
     destination_written: bool = False  # a write request (PUT, CreateMultipartUpload, CopyObject) has been started
     retained_keys: tuple[str, ...] = ()  # the first MAX_REPORTED_KEYS source keys now in both places
+    objects_planned: int = 0  # plan mode: objects examined and decided (copy or identical); nothing was written
+    bytes_planned: int = 0
+
+
+@dataclass(frozen=True)
+class Amount:
+    """How many objects, and their bytes."""
+
+    objects: int = 0
+    bytes: int = 0
+
+    def plus(self, size: int) -> Amount:
+        return Amount(self.objects + 1, self.bytes + size)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run would do with this worker's share of the source, and what finding it out cost."""
+
+    copy: Amount = Amount()  # not at the destination, or different there: a run copies them
+    identical: Amount = Amount()  # already at the destination, exactly: a run skips them
+    delete_from_source: Amount = Amount()  # a move deletes these from the source (copied or identical)
+    excluded: Amount = Amount()  # left out by spec.filter: a run does not touch them
+    by_mechanism: Mapping[str, Amount] = field(default_factory=dict)  # `copy`, split by how it would be copied
+    run_requests: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # side -> kind -> count
+    plan_requests: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # what the plan itself sent
 
 
 class ProgressSink(Protocol):
@@ -89,6 +116,7 @@ class ProgressTracker:
         self._listing_done = False
         self._destination_written = False
         self._retained_keys: list[str] = []
+        self._planned = (0, 0)
 
     def snapshot(self) -> Progress:
         with self._lock:
@@ -112,6 +140,8 @@ class ProgressTracker:
             bytes_in_progress=self._bytes_in_progress,
             destination_written=self._destination_written,
             retained_keys=tuple(self._retained_keys),
+            objects_planned=self._planned[0],
+            bytes_planned=self._planned[1],
         )
 
     def _changed(self, force: bool = False) -> None:
@@ -181,6 +211,12 @@ class ProgressTracker:
                 self._bytes_skipped += size
             elif state is ObjectState.RETAINED and len(self._retained_keys) < MAX_REPORTED_KEYS:
                 self._retained_keys.append(key)
+            self._changed()
+
+    def planned(self, size: int) -> None:
+        """Plan mode: one object examined and decided."""
+        with self._lock:
+            self._planned = (self._planned[0] + 1, self._planned[1] + size)
             self._changed()
 
     def final(self) -> Progress:

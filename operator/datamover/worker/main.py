@@ -31,6 +31,7 @@ from datamover.api import (
     VERSION,
     Location,
     MigrationSpec,
+    Mode,
     SpecError,
     ThrottleSpec,
     credential_env,
@@ -167,6 +168,7 @@ def run(env: Mapping[str, str] = os.environ) -> int:
         filter=spec.filter.anchored(parse_time(body["metadata"]["creationTimestamp"])),
         throttle=throttle,
         storage_class=spec.destination.storage_class,
+        plan=spec.mode is Mode.PLAN,
     )
     # One connection per object in flight plus one per part in flight, or urllib3 throws connections away.
     pool = max(32, options.concurrency * (options.part_concurrency + 1))
@@ -199,7 +201,8 @@ def run(env: Mapping[str, str] = os.environ) -> int:
         Outcome.FAILED: WorkerState.FAILED,
     }[result.outcome]
     message = result.error or (abort.reason or "" if final is WorkerState.ABORTED else "")
-    reporter.finish(final, result.progress, message, failure_reason(result) if final is WorkerState.FAILED else "")
+    reporter.finish(final, result.progress, message, failure_reason(result) if final is WorkerState.FAILED else "",
+                    plan=result.plan)
     log.info("event=finished job=%s/%s index=%d state=%s message=%r", namespace, name, index, final.value, message)
     if final is not WorkerState.FAILED:
         return 0

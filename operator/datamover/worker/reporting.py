@@ -27,7 +27,7 @@ from datamover.api import (
     WorkerReport,
     now_rfc3339,
 )
-from datamover.engine import OpenUpload, Progress, UploadIntent, WorkerState
+from datamover.engine import OpenUpload, Plan, Progress, UploadIntent, WorkerState
 
 log = logging.getLogger("datamover.worker")
 
@@ -88,6 +88,7 @@ class StatusReporter:
         self._objects_rate = RateMeter()
         self._done: tuple[int, int] = (0, 0)
         self._last_progress = ""
+        self._plan: Plan | None = None
 
     def start(self, *, aborting: bool) -> None:
         with self._lock:
@@ -146,15 +147,18 @@ class StatusReporter:
             if not self._state.final and time.monotonic() - self._sent_at >= HEARTBEAT_SECONDS:
                 self._send()
 
-    def finish(self, state: WorkerState, progress: Progress, message: str, reason: str = "") -> None:
+    def finish(self, state: WorkerState, progress: Progress, message: str, reason: str = "",
+               plan: Plan | None = None) -> None:
+        """The final report; in plan mode it carries the plan (the operator sums the workers' into status.plan)."""
         with self._lock:
             self._state, self._progress, self._message, self._reason = state, progress, message, reason
+            self._plan = plan
             self._send(required=True)
 
     def _report(self) -> WorkerReport:
         progress = self._progress or Progress(self._state)
-        done = (progress.bytes_migrated + progress.bytes_skipped + progress.bytes_in_progress,
-                progress.objects_migrated + progress.objects_skipped)
+        done = (progress.bytes_migrated + progress.bytes_skipped + progress.bytes_in_progress + progress.bytes_planned,
+                progress.objects_migrated + progress.objects_skipped + progress.objects_planned)
         now = time.monotonic()
         bytes_rate = self._bytes_rate.update(now, done[0])
         objects_rate = self._objects_rate.update(now, done[1])
@@ -168,7 +172,7 @@ class StatusReporter:
             upload_intents=tuple(self._intents.values()),
             bytes_per_second=round(bytes_rate) if running else 0,
             objects_per_second=round(objects_rate, 2) if running else 0.0,
-            last_progress=self._last_progress)
+            last_progress=self._last_progress, plan=self._plan)
 
     def _send(self, *, required: bool = False) -> bool:
         """Patch status.workers[<index>]; a required patch (intents, upload IDs, final state) is retried, bounded.
