@@ -13,7 +13,7 @@ import datetime as dt
 import enum
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from datamover.engine import ObjectFilter, OpenUpload, Progress, UploadIntent, check_pattern
@@ -301,6 +301,33 @@ class FilterSpec:
                             at(self.modified_after), at(self.modified_before))
 
 
+# Where reports go by default: under this prefix of the destination's bucket, then <namespace>/<job>/<job uid>/.
+REPORT_PREFIX = "datamover-reports/"
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """spec.report: a per-object report (JSON Lines, one line per object) written by every worker.
+
+    Off unless spec.report is set; `location` None means the destination's store and bucket under REPORT_PREFIX."""
+
+    enabled: bool = False
+    location: Location | None = None
+
+    @classmethod
+    def from_spec(cls, raw: Mapping[str, Any] | None) -> ReportSpec:
+        if raw is None:
+            return cls()
+        location = raw.get("location")
+        return cls(enabled=bool(raw.get("enabled", True)),
+                   location=Location.from_spec(location, "report.location") if location else None)
+
+    @property
+    def credentials_side(self) -> str:
+        """Whose credentials write the report: its own location's, or the destination's."""
+        return "report" if self.location is not None else "destination"
+
+
 @dataclass(frozen=True)
 class MigrationSpec:
     """spec of a MigrationJob, typed, with the schema's defaults applied.
@@ -326,6 +353,7 @@ class MigrationSpec:
     throttle: ThrottleSpec = field(default_factory=ThrottleSpec)
     suspend: bool = False
     notify: NotifySpec = field(default_factory=NotifySpec)
+    report: ReportSpec = field(default_factory=ReportSpec)
 
     @classmethod
     def from_spec(cls, raw: Mapping[str, Any]) -> MigrationSpec:
@@ -357,7 +385,24 @@ class MigrationSpec:
             throttle=ThrottleSpec.from_spec(raw.get("throttle") or {}),
             suspend=bool(raw.get("suspend", cls.suspend)),
             notify=NotifySpec.from_spec(raw.get("notify") or {}),
+            report=ReportSpec.from_spec(raw.get("report")),
         )
+
+    def report_location(self, namespace: str, name: str, uid: str) -> Location | None:
+        """Where this job's report goes (the prefix holds only this job's report), or None with no report.
+
+        The job's uid is part of the prefix, so a job deleted and created again under the same name starts a new
+        report instead of mixing with the old one."""
+        if not self.report.enabled:
+            return None
+        base = self.report.location or replace(self.destination, prefix=REPORT_PREFIX)
+        return replace(base, prefix=f"{base.prefix}{namespace}/{name}/{uid}/")
+
+
+def report_status(location: Location) -> dict[str, str]:
+    """status.report: where the report is (never credentials; the spec names their Secret)."""
+    return {"type": location.type.value, "bucket": location.bucket, "prefix": location.prefix,
+            **({"endpoint": location.endpoint} if location.endpoint else {})}
 
 
 def open_upload_status(upload: OpenUpload) -> dict[str, str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from datamover.cli import main as cli
 from datamover.cli.main import bar, render
 
 
@@ -41,3 +44,12 @@ def test_status_shows_phase_overall_progress_each_worker_rate_and_eta() -> None:
 
 def test_status_of_a_job_the_operator_has_not_answered_yet() -> None:
     assert render(_job({})).splitlines()[0] == "migrations/photos: (no status yet)"
+
+
+@pytest.mark.parametrize("argv", [["status", "photos", "-n", "migrations"], ["-n", "migrations", "status", "photos"]])
+def test_the_namespace_may_come_before_or_after_the_command(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    monkeypatch.setattr(cli, "_api", lambda args: (None, args.namespace))
+    monkeypatch.setattr(cli, "status", lambda api, namespace, *_, **__: seen.append(namespace) or 0)
+    assert cli.main(argv) == 0
+    assert seen == ["migrations"]

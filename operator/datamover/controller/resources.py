@@ -160,6 +160,7 @@ def job(owner: Mapping[str, Any], spec: MigrationSpec, settings: WorkerSettings)
             {"name": ENV_POD, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             *_credential_env("source", spec.source),
             *_credential_env("destination", spec.destination),
+            *(_credential_env("report", spec.report.location) if spec.report.location else []),
         ],
         "securityContext": RESTRICTED_CONTAINER_SECURITY,
         # The root filesystem is read-only; Python's tempfile (and the libraries using it) need a writable /tmp.

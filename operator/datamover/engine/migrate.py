@@ -20,6 +20,7 @@ from datamover.engine.listing import DestinationHint, DestinationIndex
 from datamover.engine.mover import ObjectMover
 from datamover.engine.options import MigrationOptions, MigrationResult, Outcome
 from datamover.engine.progress import ProgressSink, ProgressTracker
+from datamover.engine.report import ReportWriter
 from datamover.engine.shards import KeyRange, LedgerStore, MemoryLedgerStore, SharedListing, list_range
 from datamover.engine.stall import StallWatch
 from datamover.engine.throttle import ThrottledCopier, ThrottledStore, unwrapped
@@ -71,9 +72,10 @@ class _Worker:
 
     def __init__(
         self, source: ObjectStore, destination: ObjectStore, options: MigrationOptions, abort: AbortSignal,
-        sink: ProgressSink, ledger: LedgerStore,
+        sink: ProgressSink, ledger: LedgerStore, report: ReportWriter | None,
     ) -> None:
         self.source = source
+        self.report = report
         self.destination = destination
         self.options = options
         self.abort = abort
@@ -141,6 +143,7 @@ class _Worker:
             context = RunContext(
                 source=self.source, destination=self.destination, options=self.options, abort=self.abort,
                 sink=self.sink, tracker=self.tracker, part_pool=part_pool, shard=self.shard, copier=copier,
+                report=self.report,
             )
             watch.on_stall = context.report_fatal
             if watch.error is not None:
@@ -211,6 +214,8 @@ class _Worker:
         for summary in objects:
             if not self.options.filter.selects(summary, summary.key[len(self.source.prefix):]):
                 self.tracker.excluded()
+                if self.report is not None:
+                    self.report.record_excluded(summary.key, summary.size, summary.etag)
                 continue
             self.tracker.discovered(summary.size)
             while not slots.acquire(timeout=POLL_SECONDS):
@@ -274,13 +279,14 @@ class _Worker:
 
 def migrate(
     source: ObjectStore, destination: ObjectStore, options: MigrationOptions, abort: AbortSignal, sink: ProgressSink,
-    ledger: LedgerStore | None = None,
+    ledger: LedgerStore | None = None, report: ReportWriter | None = None,
 ) -> MigrationResult:
     """Migrate this worker's share of `source` to `destination`; blocks until done, aborted or failed; never raises
     for store errors (they end in Outcome.FAILED with a message naming endpoint, bucket and key).
 
     The workers of one job (`options.shard_count` of them) share `ledger`, through which each page of the source is
-    listed by one of them (engine.shards); a lone worker may leave it out."""
+    listed by one of them (engine.shards); a lone worker may leave it out. With `report`, every object's outcome is
+    also written there (engine.report); the caller closes it."""
     if ledger is None:
         if options.shard_count > 1:
             raise ValueError("workers that share a job must share a ledger, or each would migrate every key")
@@ -288,4 +294,4 @@ def migrate(
     if options.throttle is not None:
         source = ThrottledStore(source, options.throttle, abort)
         destination = ThrottledStore(destination, options.throttle, abort)
-    return _Worker(source, destination, options, abort, sink, ledger).run()
+    return _Worker(source, destination, options, abort, sink, ledger, report).run()
