@@ -18,6 +18,8 @@ from typing import Any
 
 from datamover.engine import ObjectFilter, OpenUpload, Progress, UploadIntent, check_pattern
 from datamover.engine.fsm import WorkerState
+from datamover.engine.keys import KeysFormat
+from datamover.engine.report import ACTIONS, FAILED
 
 GROUP = "datamover.io"
 VERSION = "v1alpha1"
@@ -329,6 +331,36 @@ class ReportSpec:
 
 
 @dataclass(frozen=True)
+class KeysFromSpec:
+    """spec.keysFrom: move these keys instead of listing the source (e.g. retry only what an earlier job failed).
+
+    With format report, `location` is where that report is (its bucket and prefix, as its status.report says);
+    otherwise `key` is the manifest object's key in `location`'s bucket."""
+
+    location: Location
+    format: KeysFormat = KeysFormat.REPORT
+    key: str = ""
+    actions: tuple[str, ...] = (FAILED,)
+
+    @classmethod
+    def from_spec(cls, raw: Mapping[str, Any]) -> KeysFromSpec:
+        if not isinstance(raw.get("location"), Mapping):
+            raise SpecError("spec.keysFrom.location is required")
+        try:
+            keys_format = KeysFormat(raw.get("format") or KeysFormat.REPORT)
+        except ValueError as error:
+            raise SpecError(f"spec.keysFrom.format must be one of {', '.join(KeysFormat)}") from error
+        key = str(raw.get("key") or "")
+        if keys_format is not KeysFormat.REPORT and not key:
+            raise SpecError(f"spec.keysFrom.key is required with format {keys_format.value}")
+        actions = tuple(str(a) for a in raw.get("actions") or (FAILED,))
+        unknown = [a for a in actions if a not in ACTIONS]
+        if unknown:
+            raise SpecError(f"spec.keysFrom.actions: {', '.join(unknown)} is not one of {', '.join(ACTIONS)}")
+        return cls(Location.from_spec(raw["location"], "keysFrom.location"), keys_format, key, actions)
+
+
+@dataclass(frozen=True)
 class MigrationSpec:
     """spec of a MigrationJob, typed, with the schema's defaults applied.
 
@@ -354,6 +386,7 @@ class MigrationSpec:
     suspend: bool = False
     notify: NotifySpec = field(default_factory=NotifySpec)
     report: ReportSpec = field(default_factory=ReportSpec)
+    keys_from: KeysFromSpec | None = None
 
     @classmethod
     def from_spec(cls, raw: Mapping[str, Any]) -> MigrationSpec:
@@ -386,6 +419,7 @@ class MigrationSpec:
             suspend=bool(raw.get("suspend", cls.suspend)),
             notify=NotifySpec.from_spec(raw.get("notify") or {}),
             report=ReportSpec.from_spec(raw.get("report")),
+            keys_from=KeysFromSpec.from_spec(raw["keysFrom"]) if raw.get("keysFrom") else None,
         )
 
     def report_location(self, namespace: str, name: str, uid: str) -> Location | None:

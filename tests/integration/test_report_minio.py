@@ -1,11 +1,12 @@
-"""The per-object report against two real MinIO servers: two workers share a job whose destination refuses one object
-(the fault proxy answers its PUTs 503 SlowDown), and every report line is checked against the stores themselves."""
+"""The per-object report and keysFrom against two real MinIO servers: two workers share a job whose destination
+refuses one object (the fault proxy answers its PUTs 503 SlowDown), every report line is checked against the stores
+themselves, and a job that takes its keys from that report moves exactly the failed object."""
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from datamover.backends import open_store
 from datamover.backends.base import ObjectStore
@@ -18,6 +19,7 @@ from datamover.engine import (
     ObjectFilter,
     migrate,
 )
+from datamover.engine.keys import KeysFormat, read_keys
 from datamover.engine.report import ReportWriter, failed_keys, read_report
 from tests.ground.faultproxy import Request, Rule, fault_proxy
 from tests.ground.s3 import S3Server
@@ -39,16 +41,17 @@ def refuse_poison(request: Request) -> bool:
 
 
 def run_job(source: ObjectStore, destination: ObjectStore, reports: ObjectStore, options: dict[str, object],
-            workers: int = 2) -> list[MigrationResult]:
+            workers: int = 2, keys: Callable[[], Iterator[str]] | None = None) -> list[MigrationResult]:
     """`workers` workers of one job in threads, sharing one listing ledger, each writing its own report."""
     ledger = MemoryLedgerStore()
     results: list[MigrationResult] = []
 
     def worker(index: int) -> None:
-        writer = ReportWriter(reports, REPORT, index, "run1", flush_lines=5, flush_seconds=0.5)
+        writer = ReportWriter(reports, reports.prefix, index, "run1", flush_lines=5, flush_seconds=0.5)
         opts = MigrationOptions(shard_index=index, shard_count=workers, concurrency=4, progress_interval=0.2,
                                 **options)  # type: ignore[arg-type]
-        results.append(migrate(source, destination, opts, AbortSignal(), RecordingSink(), ledger, writer))
+        results.append(migrate(source, destination, opts, AbortSignal(), RecordingSink(), ledger, writer,
+                               keys() if keys else None))
         writer.close()
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(workers)]
@@ -108,3 +111,33 @@ def test_report_lines_match_the_stores_and_name_the_refused_object(
     # The report sits outside the destination prefix: a check of dst/ sees only migrated objects.
     listed = cloud_b.client().list_objects_v2(Bucket=dst_bucket, Prefix="dst/").get("Contents", [])
     assert len(listed) == 30
+
+
+def test_a_job_with_keys_from_the_report_moves_exactly_the_failed_keys(
+    cloud_a: S3Server, cloud_b: S3Server, bucket_factory: BucketFactory,
+) -> None:
+    src_bucket, dst_bucket = bucket_factory(cloud_a), bucket_factory(cloud_b)
+    bodies = {f"src/{i:02d}.dat": bytes([i]) * 50 for i in range(20)}
+    bodies[POISON] = b"refused the first time"
+    for key, body in bodies.items():
+        cloud_a.client().put_object(Bucket=src_bucket, Key=key, Body=body)
+    source, reports = open_(cloud_a, src_bucket, "src/"), open_(cloud_b, dst_bucket, REPORT)
+    with fault_proxy(cloud_b.endpoint, [Rule("slowdown", match=refuse_poison)]) as proxy:
+        run_job(source, open_(cloud_b, dst_bucket, "dst/", endpoint=proxy.endpoint), reports, {})
+    before = {item["Key"]: (item["ETag"], item["LastModified"]) for item in
+              cloud_b.client().list_objects_v2(Bucket=dst_bucket, Prefix="dst/")["Contents"]}
+    assert len(before) == 20 and "dst/sub/poison.bin" not in before
+
+    # The retry: keys from the first job's report (failed lines only), its own report in another prefix.
+    retry_reports = open_(cloud_b, dst_bucket, "datamover-reports/ns/job-retry-1/uid-2/")
+    results = run_job(source, open_(cloud_b, dst_bucket, "dst/"), retry_reports, {},
+                      keys=lambda: read_keys(reports, KeysFormat.REPORT, ""))
+
+    assert [r.outcome.value for r in results] == ["succeeded", "succeeded"]
+    lines = [line for line in read_report(retry_reports, retry_reports.prefix) if line["record"] == "object"]
+    assert [(line["key"], line["action"]) for line in lines] == [(POISON, "copied")]
+    after = {item["Key"]: (item["ETag"], item["LastModified"]) for item in
+             cloud_b.client().list_objects_v2(Bucket=dst_bucket, Prefix="dst/")["Contents"]}
+    assert {key: value for key, value in after.items() if key != "dst/sub/poison.bin"} == before  # untouched
+    assert md5(cloud_b, dst_bucket, "dst/sub/poison.bin") == hashlib.md5(bodies[POISON]).hexdigest()
+    assert sum(r.progress.objects_total for r in results) == 1  # the source was not listed

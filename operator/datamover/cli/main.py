@@ -23,8 +23,10 @@ from kubernetes.client.exceptions import ApiException
 
 from datamover.api import (
     GROUP,
+    KIND,
     PLURAL,
     VERSION,
+    Location,
     MigrationSpec,
     MigrationStatus,
     WorkerReport,
@@ -33,7 +35,7 @@ from datamover.api import (
     worker_reports,
 )
 from datamover.backends import open_store
-from datamover.engine.report import FAILED, failed_keys, read_report
+from datamover.engine.report import ACTIONS, FAILED, failed_keys, read_report
 from datamover.locations import store_config
 
 BAR_WIDTH = 30
@@ -199,6 +201,61 @@ def report(api: client.CustomObjectsApi, namespace: str, name: str, *, limit: in
     return 0
 
 
+def _location_spec(location: Location, secret_name: str | None) -> dict[str, Any]:
+    """A Location as spec writes it (the inverse of Location.from_spec)."""
+    raw: dict[str, Any] = {"type": location.type.value, "bucket": location.bucket, "prefix": location.prefix,
+                           "addressingStyle": location.addressing_style,
+                           "insecureSkipTLSVerify": location.insecure_skip_tls_verify}
+    optional = {"endpoint": location.endpoint, "region": location.region}
+    raw.update({name: value for name, value in optional.items() if value})
+    if location.account_name:
+        raw["azureBlob"] = {"accountName": location.account_name}
+    if location.project:
+        raw["gcs"] = {"project": location.project}
+    if secret_name:
+        raw["credentialsSecretRef"] = {"name": secret_name}
+    return raw
+
+
+def retry_job(body: Mapping[str, Any], name: str, actions: Sequence[str]) -> dict[str, Any]:
+    """A new MigrationJob `name`: `body`'s spec, moving only the keys of its report with `actions` (spec.keysFrom)."""
+    meta = body["metadata"]
+    spec = MigrationSpec.from_spec(body["spec"])
+    location = spec.report_location(meta["namespace"], meta["name"], meta["uid"])
+    if location is None:
+        raise ValueError(f"{meta['name']} has no spec.report, so there is no list of failed keys to retry")
+    owner = spec.report.location or spec.destination
+    new_spec = {key: value for key, value in body["spec"].items() if key not in ("abort", "suspend", "keysFrom")}
+    new_spec["keysFrom"] = {"format": "report", "location": _location_spec(location, owner.secret_name),
+                            "actions": list(actions)}
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+            "metadata": {"name": name, "namespace": meta["namespace"],
+                         "annotations": {"datamover.io/retry-of": f"{meta['name']}/{meta['uid']}"}},
+            "spec": new_spec}
+
+
+def retry(api: client.CustomObjectsApi, namespace: str, name: str, *, actions: Sequence[str], out: TextIO) -> int:
+    """Create NAME-retry-<n> (the first n not taken) from NAME's report; refused while NAME still runs."""
+    body = _get(api, namespace, name)
+    current = MigrationStatus.of(body)
+    if not current.final:
+        print(f"Error: {name} has not ended (phase {current.phase.value if current.phase else 'none'}): its report "
+              f"is not final yet", file=sys.stderr)
+        return 1
+    listed = cast(Mapping[str, Any], api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL))
+    taken = {item["metadata"]["name"] for item in listed["items"]}
+    number = next(n for n in range(1, len(taken) + 2) if f"{name}-retry-{n}" not in taken)
+    try:
+        job = retry_job(body, f"{name}-retry-{number}", actions)
+    except ValueError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
+    api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job)
+    out.write(f"migrationjob.datamover.io/{job['metadata']['name']} created (keys of {name}'s report with action "
+              f"{', '.join(actions)})\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     parser = argparse.ArgumentParser(prog="kubectl datamover", description=__doc__.splitlines()[0])
     # As with kubectl, -n, --kubeconfig and --context may come before or after the command (`status NAME -n ns`):
@@ -222,6 +279,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
                                   help="a MigrationJob's report: each worker's summary and the failed keys")
     summary.add_argument("name")
     summary.add_argument("--limit", type=int, default=100, help="failed keys to print at most (default 100)")
+    again = commands.add_parser("retry", parents=[common],
+                                help="create NAME-retry-<n>: NAME's spec, moving only the keys its report says failed")
+    again.add_argument("name")
+    again.add_argument("--action", dest="actions", action="append", choices=ACTIONS,
+                       help="retry the keys whose last report line has this action (repeatable; default: failed)")
     args = parser.parse_args(argv)
     api, namespace = _api(args)
     try:
@@ -229,6 +291,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
             return status(api, namespace, args.name, follow=args.watch, out=out)
         if args.command == "report":
             return report(api, namespace, args.name, limit=args.limit, out=out)
+        if args.command == "retry":
+            return retry(api, namespace, args.name, actions=args.actions or [FAILED], out=out)
         return abort(api, namespace, args.name, wait=args.wait, out=out)
     except ApiException as error:
         if error.status == 404:

@@ -161,6 +161,7 @@ def job(owner: Mapping[str, Any], spec: MigrationSpec, settings: WorkerSettings)
             *_credential_env("source", spec.source),
             *_credential_env("destination", spec.destination),
             *(_credential_env("report", spec.report.location) if spec.report.location else []),
+            *(_credential_env("keysFrom", spec.keys_from.location) if spec.keys_from else []),
         ],
         "securityContext": RESTRICTED_CONTAINER_SECURITY,
         # The root filesystem is read-only; Python's tempfile (and the libraries using it) need a writable /tmp.

@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 import kubernetes
@@ -52,6 +52,7 @@ from datamover.engine import (
     close_leftovers,
     migrate,
 )
+from datamover.engine.keys import read_keys
 from datamover.engine.report import ReportWriter
 from datamover.locations import store_config
 from datamover.worker.ledger import StatusLedgerStore
@@ -197,7 +198,7 @@ def run(env: Mapping[str, str] = os.environ) -> int:
     # The workers share one listing of the source through status.listing (engine.shards).
     try:
         result = migrate(source, destination, options, abort, reporter, StatusLedgerStore(api, namespace, name),
-                         report)
+                         report, _keys(spec, env))
     finally:
         if report is not None:
             summary = report.close()
@@ -216,6 +217,15 @@ def run(env: Mapping[str, str] = os.environ) -> int:
     # Nothing migrated and an error: the configuration is wrong (bucket, credentials, endpoint); retrying won't help.
     per_object = result.progress.objects_failed or result.progress.objects_retained
     return EXIT_PERMANENT_FAILURE if result.error and not per_object else 1
+
+
+def _keys(spec: MigrationSpec, env: Mapping[str, str]) -> Iterator[str] | None:
+    """spec.keysFrom's keys (read as the engine takes them), or None: list the source."""
+    if spec.keys_from is None:
+        return None
+    location = spec.keys_from.location
+    store = open_store(store_config(location, _credentials("keysFrom", location, env)))
+    return read_keys(store, spec.keys_from.format, spec.keys_from.key, spec.keys_from.actions)
 
 
 def _open_report(api: client.CustomObjectsApi, body: Mapping[str, Any], spec: MigrationSpec, index: int,
