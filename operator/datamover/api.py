@@ -422,6 +422,16 @@ class MigrationSpec:
             keys_from=KeysFromSpec.from_spec(raw["keysFrom"]) if raw.get("keysFrom") else None,
         )
 
+    def credentialed_locations(self) -> tuple[tuple[str, str, Location], ...]:
+        """Every location the workers open with credentials of its own, as (credentials side, spec field, location):
+        the side names the workers' environment variables (credential_env), the field a person's message."""
+        found = [("source", "source", self.source), ("destination", "destination", self.destination)]
+        if self.report.enabled and self.report.location is not None:
+            found.append(("report", "report.location", self.report.location))
+        if self.keys_from is not None:
+            found.append(("keysFrom", "keysFrom.location", self.keys_from.location))
+        return tuple(found)
+
     def report_location(self, namespace: str, name: str, uid: str) -> Location | None:
         """Where this job's report goes (the prefix holds only this job's report), or None with no report.
 
