@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import csv
 import enum
-import zlib
 from collections.abc import Iterator, Sequence
 from urllib.parse import unquote_plus
 
 from datamover.backends.base import ObjectStore
-from datamover.engine.report import FAILED, failed_keys, read_report
-
-READ_SIZE = 1024 * 1024
+from datamover.engine.report import FAILED, failed_keys, object_lines, read_report
 
 
 class KeysFormat(enum.StrEnum):
@@ -27,37 +24,14 @@ class KeysFormat(enum.StrEnum):
     S3_INVENTORY_CSV = "s3InventoryCsv"  # bucket,key[,...], keys URL-encoded; gzip-compressed when named *.gz
 
 
-def _chunks(store: ObjectStore, key: str) -> Iterator[bytes]:
-    stream = store.open_read(key, None, None, None)
-    try:
-        gunzip = zlib.decompressobj(wbits=31) if key.endswith(".gz") else None
-        while chunk := stream.read(READ_SIZE):
-            yield gunzip.decompress(chunk) if gunzip else chunk
-        if gunzip:
-            yield gunzip.flush()
-    finally:
-        stream.close()
-
-
-def _lines(store: ObjectStore, key: str) -> Iterator[str]:
-    """The object's text lines, streamed, without their line ends."""
-    rest = b""
-    for chunk in _chunks(store, key):
-        *complete, rest = (rest + chunk).split(b"\n")
-        for line in complete:
-            yield line.rstrip(b"\r").decode()
-    if rest:
-        yield rest.rstrip(b"\r").decode()
-
-
 def manifest_keys(store: ObjectStore, key: str) -> Iterator[str]:
     """One key per line of the manifest object `key` (a key cannot hold a line break in this format)."""
-    return (line for line in _lines(store, key) if line.strip())
+    return (line for line in object_lines(store, key) if line.strip())
 
 
 def inventory_keys(store: ObjectStore, key: str) -> Iterator[str]:
     """The key column (the second) of an S3 Inventory CSV file, URL-decoded."""
-    for row in csv.reader(_lines(store, key)):
+    for row in csv.reader(object_lines(store, key)):
         if len(row) >= 2 and row[1]:
             yield unquote_plus(row[1])
 

@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ ACTIONS = (COPIED, SKIPPED_IDENTICAL, EXCLUDED, DELETED_SOURCE, FAILED, RETAINED
 
 CHUNK_SUFFIX = ".jsonl"
 CONTENT_TYPE = "application/x-ndjson"
+READ_SIZE = 1024 * 1024  # bytes per read when reading a report (or a manifest) back
 PUT_ATTEMPTS = 3  # per chunk, on top of the store client's own retries; then the chunk's lines count as lost
 
 
@@ -201,23 +203,25 @@ def read_report(store: ObjectStore, prefix: str) -> Iterator[dict[str, Any]]:
         page = store.list_page(prefix, token)
         for item in page.objects:
             if item.key.endswith(CHUNK_SUFFIX):
-                yield from _lines(store, item.key)
+                yield from (json.loads(text) for text in object_lines(store, item.key) if text.strip())
         token = page.next_token
         if token is None:
             return
 
 
-def _lines(store: ObjectStore, key: str) -> Iterator[dict[str, Any]]:
+def object_lines(store: ObjectStore, key: str) -> Iterator[str]:
+    """The text lines of object `key`, streamed (never held whole), without their line ends; gunzipped if *.gz."""
     stream = store.open_read(key, None, None, None)
+    gunzip = zlib.decompressobj(wbits=31) if key.endswith(".gz") else None
+    rest = b""
     try:
-        data = bytearray()
-        while chunk := stream.read(1024 * 1024):
-            data += chunk
+        while chunk := stream.read(READ_SIZE):
+            *complete, rest = (rest + (gunzip.decompress(chunk) if gunzip else chunk)).split(b"\n")
+            yield from (line.rstrip(b"\r").decode() for line in complete)
+        rest += gunzip.flush() if gunzip else b""
+        yield from (line.rstrip(b"\r").decode() for line in rest.split(b"\n") if line)
     finally:
         stream.close()
-    for text in data.decode().splitlines():
-        if text.strip():
-            yield json.loads(text)
 
 
 def failed_keys(lines: Iterable[Mapping[str, Any]], actions: Sequence[str] = (FAILED,)) -> list[str]:
