@@ -3,6 +3,7 @@ run goes, a summary line last, a full queue that drops lines instead of stalling
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from collections.abc import Iterator
@@ -173,3 +174,52 @@ def test_the_cli_prints_each_workers_summary_and_the_failed_keys() -> None:
     assert "worker 0   1 copied, 1 failed" in text
     assert "1 failed key(s):" in text and "b  AccessDenied: refused b" in text
     assert json.dumps(lines)  # the lines are plain JSON values
+
+
+class FakeApi:
+    """The MigrationJob API as the CLI and the worker use it: one job to get, status patches recorded."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body, self.patches = body, []  # type: list[Any]
+
+    def get_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
+        return self.body
+
+    def patch_namespaced_custom_object_status(self, *args: Any, **_: Any) -> None:
+        self.patches.append(args[-1])
+
+
+JOB: dict[str, Any] = {
+    "metadata": {"name": "photos", "namespace": "ns", "uid": "u-1"},
+    "spec": {"source": {"bucket": "src"}, "destination": {"bucket": "dst", "prefix": "out/"}, "report": {}},
+}
+
+
+def test_the_worker_names_the_report_in_status_and_the_cli_reads_it_back(
+    moto: None, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from datamover.api import MigrationSpec
+    from datamover.cli import main as cli
+    from datamover.worker import main as worker
+
+    store("dst")  # the bucket the report goes to by default
+    api = FakeApi(JOB)
+    writer = worker._open_report(api, JOB, MigrationSpec.from_spec(JOB["spec"]), 2,  # type: ignore[arg-type]
+                                 {"DATAMOVER_POD": "photos-2-x7k2q"})
+    assert writer is not None
+    assert api.patches == [{"status": {"report": {"type": "s3", "bucket": "dst",
+                                                  "prefix": "datamover-reports/ns/photos/u-1/"}}}]
+    assert writer.location.startswith("datamover-reports/ns/photos/u-1/worker-0002/")
+    assert writer.location.endswith("-x7k2q/")
+    copy = _copy("k1", ObjectState.FAILED)
+    copy.error, copy.error_code = "refused k1", "AccessDenied"
+    writer.record(copy, True, 0.0, 1.0)
+    writer.record(_copy("k2"), True, 0.0, 1.0)
+    writer.close()
+
+    monkeypatch.setattr(cli, "_secret", lambda namespace, name: {})  # the ambient (moto's) credentials
+    out = io.StringIO()
+    assert cli.report(api, "ns", "photos", limit=10, out=out) == 0  # type: ignore[arg-type]
+    text = out.getvalue()
+    assert "prefix datamover-reports/ns/photos/u-1/" in text
+    assert "worker 2   1 copied, 1 failed" in text and "k1  AccessDenied: refused k1" in text
