@@ -223,3 +223,18 @@ def test_the_worker_names_the_report_in_status_and_the_cli_reads_it_back(
     text = out.getvalue()
     assert "prefix datamover-reports/ns/photos/u-1/" in text
     assert "worker 2   1 copied, 1 failed" in text and "k1  AccessDenied: refused k1" in text
+
+
+class BrokenStore:
+    """A report store that fails every write, and not even with a StoreError."""
+
+    def put(self, key: str, body: bytes, attributes: Any, content_md5: str) -> str:
+        raise RuntimeError("the report store is on fire")
+
+
+def test_a_report_store_that_fails_every_write_loses_lines_but_never_stops_the_writer() -> None:
+    writer = ReportWriter(BrokenStore(), "", 0, "r", flush_lines=2, max_queued=3)  # type: ignore[arg-type]
+    for index in range(20):
+        writer.record(_copy(f"k{index}"), True, 0.0, 1.0)
+    summary = writer.close()
+    assert summary.lines_written == 0 and summary.lines_dropped == 20

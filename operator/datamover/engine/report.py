@@ -140,7 +140,13 @@ class ReportWriter:
 
     def close(self) -> ReportSummary:
         """Flush what is queued, write the summary line (in the last chunk) and stop the thread."""
-        self._queue.put(None)  # waits only if full: the copy path has ended by now
+        # Waits only while the queue is full (the copy path has ended by now), and only for a thread still draining.
+        while self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=1.0)
+                break
+            except queue.Full:
+                continue
         self._thread.join()
         return self.summary()
 
@@ -189,8 +195,9 @@ class ReportWriter:
                 with self._lock:
                     self._written += objects
                 return
-            except StoreError as error:
-                log.warning(kv(event="report_chunk_failed", key=key, attempt=attempt, error=error.message))
+            except Exception as error:  # whatever the report store does, the drain thread (and the copy) go on
+                message = error.message if isinstance(error, StoreError) else repr(error)
+                log.warning(kv(event="report_chunk_failed", key=key, attempt=attempt, error=message))
                 time.sleep(min(2.0, 0.2 * 2**attempt))
         with self._lock:
             self._dropped += objects
