@@ -110,5 +110,8 @@ def test_retry_copies_the_spec_and_points_keys_from_at_the_report() -> None:
     assert (location["bucket"], location["prefix"]) == ("b", "datamover-reports/ns/photos/u-1/")
     assert location["endpoint"] == "https://b.example" and location["credentialsSecretRef"] == {"name": "cloud-b"}
     assert MigrationSpec.from_spec(spec).keys_from is not None  # what it creates parses
+    timed = retry_job({**body, "spec": {**body["spec"], "filter": {"modifiedAfter": "720h", "exclude": ["*.tmp"]}}},
+                      "photos-retry-2", ["failed"])
+    assert timed["spec"]["filter"] == {"exclude": ["*.tmp"]}  # the API server refuses time bounds with keysFrom
     with pytest.raises(ValueError, match=r"no spec\.report"):
         retry_job({**body, "spec": _spec()}, "x", ["failed"])

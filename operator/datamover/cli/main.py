@@ -226,6 +226,11 @@ def retry_job(body: Mapping[str, Any], name: str, actions: Sequence[str]) -> dic
         raise ValueError(f"{meta['name']} has no spec.report, so there is no list of failed keys to retry")
     owner = spec.report.location or spec.destination
     new_spec = {key: value for key, value in body["spec"].items() if key not in ("abort", "suspend", "keysFrom")}
+    # The report's keys were selected by the filter's time bounds once already; keysFrom cannot take them (a key
+    # looked up by name has no listing time), so they go. Patterns and sizes stay (they are checked again).
+    if "filter" in new_spec:
+        new_spec["filter"] = {key: value for key, value in new_spec["filter"].items()
+                              if key not in ("modifiedAfter", "modifiedBefore")}
     new_spec["keysFrom"] = {"format": "report", "location": _location_spec(location, owner.secret_name),
                             "actions": list(actions)}
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
