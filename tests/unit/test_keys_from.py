@@ -115,3 +115,36 @@ def test_retry_copies_the_spec_and_points_keys_from_at_the_report() -> None:
     assert timed["spec"]["filter"] == {"exclude": ["*.tmp"]}  # the API server refuses time bounds with keysFrom
     with pytest.raises(ValueError, match=r"no spec\.report"):
         retry_job({**body, "spec": _spec()}, "x", ["failed"])
+
+
+class FakeApi:
+    """The MigrationJob API as `retry` uses it: one job to get, the names taken, creations recorded."""
+
+    def __init__(self, body: dict[str, Any], taken: list[str]) -> None:
+        self.body, self.taken, self.created = body, taken, []  # type: dict[str, Any], list[str], list[Any]
+
+    def get_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
+        return self.body
+
+    def list_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
+        return {"items": [{"metadata": {"name": name}} for name in self.taken]}
+
+    def create_namespaced_custom_object(self, *args: Any) -> None:
+        self.created.append(args[-1])
+
+
+def test_retry_takes_the_first_free_name_and_waits_for_the_job_to_end() -> None:
+    import io
+
+    from datamover.cli.main import retry
+
+    body = {"metadata": {"name": "photos", "namespace": "ns", "uid": "u-1"}, "spec": _spec(report={}),
+            "status": {"phase": "failed"}}
+    api = FakeApi(body, ["photos", "photos-retry-1", "photos-retry-3"])
+    out = io.StringIO()
+    assert retry(api, "ns", "photos", actions=["failed"], out=out) == 0  # type: ignore[arg-type]
+    assert [job["metadata"]["name"] for job in api.created] == ["photos-retry-2"]
+    assert "photos-retry-2 created" in out.getvalue()
+    running = FakeApi({**body, "status": {"phase": "running"}}, ["photos"])
+    assert retry(running, "ns", "photos", actions=["failed"], out=out) == 1  # type: ignore[arg-type]
+    assert not running.created
