@@ -13,11 +13,13 @@ import datetime as dt
 import enum
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from datamover.engine import Amount, ObjectFilter, OpenUpload, Plan, Progress, UploadIntent, check_pattern
 from datamover.engine.fsm import WorkerState
+from datamover.engine.keys import KeysFormat
+from datamover.engine.report import ACTIONS, FAILED
 
 GROUP = "datamover.io"
 VERSION = "v1alpha1"
@@ -332,6 +334,63 @@ class FilterSpec:
                             at(self.modified_after), at(self.modified_before))
 
 
+# Where reports go by default: under this prefix of the destination's bucket, then <namespace>/<job>/<job uid>/.
+REPORT_PREFIX = "datamover-reports/"
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """spec.report: a per-object report (JSON Lines, one line per object) written by every worker.
+
+    Off unless spec.report is set; `location` None means the destination's store and bucket under REPORT_PREFIX."""
+
+    enabled: bool = False
+    location: Location | None = None
+
+    @classmethod
+    def from_spec(cls, raw: Mapping[str, Any] | None) -> ReportSpec:
+        if raw is None:
+            return cls()
+        location = raw.get("location")
+        return cls(enabled=bool(raw.get("enabled", True)),
+                   location=Location.from_spec(location, "report.location") if location else None)
+
+    @property
+    def credentials_side(self) -> str:
+        """Whose credentials write the report: its own location's, or the destination's."""
+        return "report" if self.location is not None else "destination"
+
+
+@dataclass(frozen=True)
+class KeysFromSpec:
+    """spec.keysFrom: move these keys instead of listing the source (e.g. retry only what an earlier job failed).
+
+    With format report, `location` is where that report is (its bucket and prefix, as its status.report says);
+    otherwise `key` is the manifest object's key in `location`'s bucket."""
+
+    location: Location
+    format: KeysFormat = KeysFormat.REPORT
+    key: str = ""
+    actions: tuple[str, ...] = (FAILED,)
+
+    @classmethod
+    def from_spec(cls, raw: Mapping[str, Any]) -> KeysFromSpec:
+        if not isinstance(raw.get("location"), Mapping):
+            raise SpecError("spec.keysFrom.location is required")
+        try:
+            keys_format = KeysFormat(raw.get("format") or KeysFormat.REPORT)
+        except ValueError as error:
+            raise SpecError(f"spec.keysFrom.format must be one of {', '.join(KeysFormat)}") from error
+        key = str(raw.get("key") or "")
+        if keys_format is not KeysFormat.REPORT and not key:
+            raise SpecError(f"spec.keysFrom.key is required with format {keys_format.value}")
+        actions = tuple(str(a) for a in raw.get("actions") or (FAILED,))
+        unknown = [a for a in actions if a not in ACTIONS]
+        if unknown:
+            raise SpecError(f"spec.keysFrom.actions: {', '.join(unknown)} is not one of {', '.join(ACTIONS)}")
+        return cls(Location.from_spec(raw["location"], "keysFrom.location"), keys_format, key, actions)
+
+
 @dataclass(frozen=True)
 class MigrationSpec:
     """spec of a MigrationJob, typed, with the schema's defaults applied.
@@ -358,6 +417,8 @@ class MigrationSpec:
     suspend: bool = False
     notify: NotifySpec = field(default_factory=NotifySpec)
     mode: Mode = Mode.RUN
+    report: ReportSpec = field(default_factory=ReportSpec)
+    keys_from: KeysFromSpec | None = None
 
     @classmethod
     def from_spec(cls, raw: Mapping[str, Any]) -> MigrationSpec:
@@ -394,7 +455,35 @@ class MigrationSpec:
             suspend=bool(raw.get("suspend", cls.suspend)),
             notify=NotifySpec.from_spec(raw.get("notify") or {}),
             mode=mode,
+            report=ReportSpec.from_spec(raw.get("report")),
+            keys_from=KeysFromSpec.from_spec(raw["keysFrom"]) if raw.get("keysFrom") else None,
         )
+
+    def credentialed_locations(self) -> tuple[tuple[str, str, Location], ...]:
+        """Every location the workers open with credentials of its own, as (credentials side, spec field, location):
+        the side names the workers' environment variables (credential_env), the field a person's message."""
+        found = [("source", "source", self.source), ("destination", "destination", self.destination)]
+        if self.report.enabled and self.report.location is not None:
+            found.append(("report", "report.location", self.report.location))
+        if self.keys_from is not None:
+            found.append(("keysFrom", "keysFrom.location", self.keys_from.location))
+        return tuple(found)
+
+    def report_location(self, namespace: str, name: str, uid: str) -> Location | None:
+        """Where this job's report goes (the prefix holds only this job's report), or None with no report.
+
+        The job's uid is part of the prefix, so a job deleted and created again under the same name starts a new
+        report instead of mixing with the old one."""
+        if not self.report.enabled:
+            return None
+        base = self.report.location or replace(self.destination, prefix=REPORT_PREFIX)
+        return replace(base, prefix=f"{base.prefix}{namespace}/{name}/{uid}/")
+
+
+def report_status(location: Location) -> dict[str, str]:
+    """status.report: where the report is (never credentials; the spec names their Secret)."""
+    return {"type": location.type.value, "bucket": location.bucket, "prefix": location.prefix,
+            **({"endpoint": location.endpoint} if location.endpoint else {})}
 
 
 def open_upload_status(upload: OpenUpload) -> dict[str, str]:

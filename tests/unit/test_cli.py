@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from datamover.cli import main as cli
 from datamover.cli.main import bar, render
 
 
@@ -64,3 +67,10 @@ def test_status_of_a_plan_shows_what_a_run_would_do() -> None:
     assert "excluded by filter" in lines[8] and "700B" in lines[8]
     assert lines[9].split(None, 2)[2] == "source GetObject 2, ListObjectsV2 1; destination PutObject 2"
     assert "source ListObjectsV2 1; destination ListObjectsV2 1" in lines[10]
+@pytest.mark.parametrize("argv", [["status", "photos", "-n", "migrations"], ["-n", "migrations", "status", "photos"]])
+def test_the_namespace_may_come_before_or_after_the_command(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    monkeypatch.setattr(cli, "_api", lambda args: (None, args.namespace))
+    monkeypatch.setattr(cli, "status", lambda api, namespace, *_, **__: seen.append(namespace) or 0)
+    assert cli.main(argv) == 0
+    assert seen == ["migrations"]

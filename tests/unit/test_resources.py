@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from datamover.api import EXIT_PERMANENT_FAILURE, MigrationSpec
 from datamover.controller import resources
 
@@ -59,3 +61,39 @@ def test_child_names_stay_valid_label_values() -> None:
     name = resources.child_name("x" * 250)
     assert len(name) <= 52 and name.startswith("datamover-")
     assert resources.child_name("x" * 250) != resources.child_name("x" * 249)
+
+
+def test_the_report_and_keys_from_stores_get_their_own_credentials() -> None:
+    spec = MigrationSpec.from_spec({
+        "source": {"bucket": "a", "credentialsSecretRef": {"name": "src"}},
+        "destination": {"bucket": "b", "credentialsSecretRef": {"name": "dst"}},
+        "report": {"location": {"bucket": "audit", "credentialsSecretRef": {"name": "audit"}}},
+        "keysFrom": {"location": {"bucket": "inv", "credentialsSecretRef": {"name": "inv"}}, "format": "lines",
+                     "key": "keys.txt"},
+    })
+    (container,) = resources.job(OWNER, spec, resources.WorkerSettings())["spec"]["template"]["spec"]["containers"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})}
+    assert refs["DATAMOVER_REPORT_ACCESS_KEY_ID"] == "audit"
+    assert refs["DATAMOVER_KEYSFROM_SECRET_ACCESS_KEY"] == "inv"
+    assert refs["DATAMOVER_DESTINATION_ACCESS_KEY_ID"] == "dst"
+
+
+def test_a_missing_report_secret_is_named_before_any_worker_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    from datamover.controller import handlers
+
+    def read_secret(namespace: str, name: str) -> dict[str, str]:
+        if name == "audit":
+            raise ApiException(status=404)
+        return {"accessKeyId": "k", "secretAccessKey": "s"}
+
+    monkeypatch.setattr(handlers, "_read_secret", read_secret)
+    spec = MigrationSpec.from_spec({
+        "source": {"bucket": "a", "credentialsSecretRef": {"name": "src"}}, "destination": {"bucket": "b"},
+        "report": {"location": {"bucket": "audit", "credentialsSecretRef": {"name": "audit"}}},
+    })
+    problem = handlers._reference_error("team-a", spec)
+    assert problem is not None and problem.reason == "SecretNotFound"
+    assert "spec.report.location.credentialsSecretRef: Secret team-a/audit not found" in problem.message

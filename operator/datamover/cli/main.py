@@ -1,14 +1,16 @@
-"""`kubectl-datamover` (run as `kubectl datamover ...`): a job's live progress per worker, and abort.
+"""`kubectl-datamover` (run as `kubectl datamover ...`): a job's live progress per worker, abort, its report, retry.
 
 kubectl finds any executable named `kubectl-<name>` on PATH and runs it for `kubectl <name>`; the console script is
 installed with the package (krew-style name, no krew needed). It reads the current kubeconfig and context (or
---kubeconfig, --context, -n) like kubectl does, and only reads and patches MigrationJobs: what the RBAC of a user who
-may `kubectl get` and `kubectl patch` them allows.
+--kubeconfig, --context, -n) like kubectl does, and reads and patches MigrationJobs: what the RBAC of a user who
+may `kubectl get` and `kubectl patch` them allows. `report` also reads the report's store, with the credentials of
+the Secret the job names for it (so the user needs `get` on that Secret), or the ambient ones when it names none.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 import time
@@ -21,8 +23,11 @@ from kubernetes.client.exceptions import ApiException
 
 from datamover.api import (
     GROUP,
+    KIND,
     PLURAL,
     VERSION,
+    Location,
+    MigrationSpec,
     MigrationStatus,
     WorkerReport,
     human_bytes,
@@ -30,7 +35,10 @@ from datamover.api import (
     progress_status,
     worker_reports,
 )
+from datamover.backends import open_store
 from datamover.engine import Plan
+from datamover.engine.report import ACTIONS, FAILED, failed_keys, read_report
+from datamover.locations import store_config
 
 BAR_WIDTH = 30
 MERGE_PATCH = "application/merge-patch+json"
@@ -173,24 +181,149 @@ def abort(api: client.CustomObjectsApi, namespace: str, name: str, *, wait: floa
     return 1
 
 
+def render_report(name: str, location: str, lines: Sequence[Mapping[str, Any]], *, limit: int) -> str:
+    """What `kubectl datamover report` prints: each worker's last summary, then the keys whose last line failed."""
+    summaries: dict[int, Mapping[str, Any]] = {}
+    for line in lines:
+        if line.get("record") == "summary":
+            summaries[int(line["worker"])] = line  # a later run of the same worker replaces an earlier one
+    out = [f"report of {name}: {location}"]
+    if not lines:
+        return "\n".join([*out, "  no report lines yet (the workers write a chunk every few seconds)"])
+    for worker in sorted(summaries):
+        summary = summaries[worker]
+        counts = ", ".join(f"{count} {action}" for action, count in summary["counts"].items()) or "no objects"
+        lost = "" if summary["complete"] else f" ({summary['linesDropped']} line(s) not written: incomplete)"
+        out.append(f"  worker {worker:<3} {counts}{lost}")
+    failed = failed_keys(lines, (FAILED,))
+    last = {str(line["key"]): line for line in lines if line.get("record") == "object"}
+    out.append(f"  {len(failed)} failed key(s)" + (":" if failed else ""))
+    for key in failed[:limit]:
+        out.append(f"    {key}  {last[key].get('errorCode', '')}: {last[key].get('error', '')}")
+    if len(failed) > limit:
+        out.append(f"    ... and {len(failed) - limit} more (--limit)")
+    return "\n".join(out)
+
+
+def _secret(namespace: str, name: str | None) -> dict[str, str]:
+    """A Secret's keys, decoded; empty for no Secret (the ambient credentials then)."""
+    if name is None:
+        return {}
+    secret = client.CoreV1Api().read_namespaced_secret(name, namespace)
+    return {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
+
+
+def report(api: client.CustomObjectsApi, namespace: str, name: str, *, limit: int, out: TextIO) -> int:
+    body = _get(api, namespace, name)
+    spec = MigrationSpec.from_spec(body["spec"])
+    location = spec.report_location(namespace, name, body["metadata"]["uid"])
+    if location is None:
+        print(f"Error: {name} has no spec.report", file=sys.stderr)
+        return 1
+    owner = spec.report.location or spec.destination
+    store = open_store(store_config(location, _secret(namespace, owner.secret_name)))
+    lines = list(read_report(store, location.prefix))
+    out.write(render_report(name, f"{location.describe()}, prefix {location.prefix}", lines, limit=limit) + "\n")
+    return 0
+
+
+def _location_spec(location: Location, secret_name: str | None) -> dict[str, Any]:
+    """A Location as spec writes it (the inverse of Location.from_spec)."""
+    raw: dict[str, Any] = {"type": location.type.value, "bucket": location.bucket, "prefix": location.prefix,
+                           "addressingStyle": location.addressing_style,
+                           "insecureSkipTLSVerify": location.insecure_skip_tls_verify}
+    optional = {"endpoint": location.endpoint, "region": location.region}
+    raw.update({name: value for name, value in optional.items() if value})
+    if location.account_name:
+        raw["azureBlob"] = {"accountName": location.account_name}
+    if location.project:
+        raw["gcs"] = {"project": location.project}
+    if secret_name:
+        raw["credentialsSecretRef"] = {"name": secret_name}
+    return raw
+
+
+def retry_job(body: Mapping[str, Any], name: str, actions: Sequence[str]) -> dict[str, Any]:
+    """A new MigrationJob `name`: `body`'s spec, moving only the keys of its report with `actions` (spec.keysFrom)."""
+    meta = body["metadata"]
+    spec = MigrationSpec.from_spec(body["spec"])
+    location = spec.report_location(meta["namespace"], meta["name"], meta["uid"])
+    if location is None:
+        raise ValueError(f"{meta['name']} has no spec.report, so there is no list of failed keys to retry")
+    owner = spec.report.location or spec.destination
+    new_spec = {key: value for key, value in body["spec"].items() if key not in ("abort", "suspend", "keysFrom")}
+    # The report's keys were selected by the filter's time bounds once already; keysFrom cannot take them (a key
+    # looked up by name has no listing time), so they go. Patterns and sizes stay (they are checked again).
+    if "filter" in new_spec:
+        new_spec["filter"] = {key: value for key, value in new_spec["filter"].items()
+                              if key not in ("modifiedAfter", "modifiedBefore")}
+    new_spec["keysFrom"] = {"format": "report", "location": _location_spec(location, owner.secret_name),
+                            "actions": list(actions)}
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+            "metadata": {"name": name, "namespace": meta["namespace"],
+                         "annotations": {"datamover.io/retry-of": f"{meta['name']}/{meta['uid']}"}},
+            "spec": new_spec}
+
+
+def retry(api: client.CustomObjectsApi, namespace: str, name: str, *, actions: Sequence[str], out: TextIO) -> int:
+    """Create NAME-retry-<n> (the first n not taken) from NAME's report; refused while NAME still runs."""
+    body = _get(api, namespace, name)
+    current = MigrationStatus.of(body)
+    if not current.final:
+        print(f"Error: {name} has not ended (phase {current.phase.value if current.phase else 'none'}): its report "
+              f"is not final yet", file=sys.stderr)
+        return 1
+    listed = cast(Mapping[str, Any], api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL))
+    taken = {item["metadata"]["name"] for item in listed["items"]}
+    number = next(n for n in range(1, len(taken) + 2) if f"{name}-retry-{n}" not in taken)
+    try:
+        job = retry_job(body, f"{name}-retry-{number}", actions)
+    except ValueError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
+    api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job)
+    out.write(f"migrationjob.datamover.io/{job['metadata']['name']} created (keys of {name}'s report with action "
+              f"{', '.join(actions)})\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     parser = argparse.ArgumentParser(prog="kubectl datamover", description=__doc__.splitlines()[0])
-    parser.add_argument("-n", "--namespace", help="the MigrationJob's namespace (default: the context's)")
-    parser.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")
-    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
+    # As with kubectl, -n, --kubeconfig and --context may come before or after the command (`status NAME -n ns`):
+    # each command takes them too, and SUPPRESS keeps a command's absent option from hiding one given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    for target, default in ((parser, None), (common, argparse.SUPPRESS)):
+        target.add_argument("-n", "--namespace", default=default,
+                            help="the MigrationJob's namespace (default: the context's)")
+        target.add_argument("--kubeconfig", default=default,
+                            help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")
+        target.add_argument("--context", default=default, help="kubeconfig context (default: the current one)")
     commands = parser.add_subparsers(dest="command", required=True)
-    show = commands.add_parser("status", help="progress of a MigrationJob, overall and per worker")
+    show = commands.add_parser("status", parents=[common], help="progress of a MigrationJob, overall and per worker")
     show.add_argument("name")
     show.add_argument("-w", "--watch", action="store_true", help="print again on every change until it ends")
-    stop = commands.add_parser("abort", help="stop a MigrationJob cleanly (sets spec.abort: true)")
+    stop = commands.add_parser("abort", parents=[common], help="stop a MigrationJob cleanly (sets spec.abort: true)")
     stop.add_argument("name")
     stop.add_argument("--wait", type=float, metavar="SECONDS", nargs="?", const=300.0,
                       help="wait for the final phase (aborted or cancelled), up to SECONDS (default 300)")
+    summary = commands.add_parser("report", parents=[common],
+                                  help="a MigrationJob's report: each worker's summary and the failed keys")
+    summary.add_argument("name")
+    summary.add_argument("--limit", type=int, default=100, help="failed keys to print at most (default 100)")
+    again = commands.add_parser("retry", parents=[common],
+                                help="create NAME-retry-<n>: NAME's spec, moving only the keys its report says failed")
+    again.add_argument("name")
+    again.add_argument("--action", dest="actions", action="append", choices=ACTIONS,
+                       help="retry the keys whose last report line has this action (repeatable; default: failed)")
     args = parser.parse_args(argv)
     api, namespace = _api(args)
     try:
         if args.command == "status":
             return status(api, namespace, args.name, follow=args.watch, out=out)
+        if args.command == "report":
+            return report(api, namespace, args.name, limit=args.limit, out=out)
+        if args.command == "retry":
+            return retry(api, namespace, args.name, actions=args.actions or [FAILED], out=out)
         return abort(api, namespace, args.name, wait=args.wait, out=out)
     except ApiException as error:
         if error.status == 404:

@@ -117,7 +117,7 @@ def _read_secret(namespace: str, name: str) -> dict[str, str]:
 
 def _reference_error(namespace: str, spec: MigrationSpec) -> MissingReference | None:
     """The first Secret or key the spec names that is not there, said so that a person can fix it."""
-    for side, location in (("source", spec.source), ("destination", spec.destination)):
+    for _, side, location in spec.credentialed_locations():
         if location.secret_name is None:
             continue
         try:

@@ -158,8 +158,7 @@ def job(owner: Mapping[str, Any], spec: MigrationSpec, settings: WorkerSettings)
             {"name": ENV_NAME, "value": owner["metadata"]["name"]},
             {"name": ENV_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": ENV_POD, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            *_credential_env("source", spec.source),
-            *_credential_env("destination", spec.destination),
+            *(env for side, _, location in spec.credentialed_locations() for env in _credential_env(side, location)),
         ],
         "securityContext": RESTRICTED_CONTAINER_SECURITY,
         # The root filesystem is read-only; Python's tempfile (and the libraries using it) need a writable /tmp.

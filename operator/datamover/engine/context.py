@@ -12,6 +12,7 @@ import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from datamover.backends.base import (
     ObjectAttributes,
@@ -27,6 +28,9 @@ from datamover.engine.fsm import ObjectState
 from datamover.engine.janitor import UploadIntent
 from datamover.engine.options import MigrationOptions
 from datamover.engine.progress import ProgressSink, ProgressTracker
+
+if TYPE_CHECKING:
+    from datamover.engine.report import ReportWriter
 
 
 class Stopped(Exception):
@@ -52,6 +56,7 @@ class RunContext:
     copier: ServerSideCopy | None  # the destination, if it can copy from the source without the bytes passing us
     stop_worker: threading.Event = field(default_factory=threading.Event)  # a permanent error: stop like an abort
     fatal_error: StoreError | None = None
+    report: ReportWriter | None = None  # spec.report: one line per object, written off the copy path
     _fatal_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def checkpoint(self, name: str, key: str | None) -> None:
@@ -105,6 +110,7 @@ class ObjectCopy:
     written_etag: str = ""  # what the destination said the finished object's ETag is
     wrote_destination: bool = False  # a complete object now sits at destination_key (verified or not yet)
     error: str | None = None  # why the object failed, naming endpoint, bucket and key
+    error_code: str = ""  # the store's error code (NoSuchKey, AccessDenied...) or our own name for the failure
     # Set when one part of this object failed or stopped, so its sibling parts stop at their next chunk.
     parts_stop: threading.Event = field(default_factory=threading.Event)
     parts_lock: threading.Lock = field(default_factory=threading.Lock)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from datamover.backends.base import (
@@ -24,11 +25,12 @@ from datamover.engine import verify
 from datamover.engine.abort import AbortSignal
 from datamover.engine.context import ObjectCopy, RunContext, Stopped
 from datamover.engine.fsm import ObjectState, WorkerState, kv, next_worker_state
-from datamover.engine.listing import DestinationHint, DestinationIndex
+from datamover.engine.listing import UNKNOWN, DestinationHint, DestinationIndex
 from datamover.engine.mover import ObjectMover
 from datamover.engine.options import MigrationOptions, MigrationResult, Outcome
 from datamover.engine.plan import PlanTally, ReadOnlyStore, RefusingCopier, estimate_copy
 from datamover.engine.progress import ProgressSink, ProgressTracker
+from datamover.engine.report import ReportWriter
 from datamover.engine.shards import KeyRange, LedgerStore, MemoryLedgerStore, SharedListing, list_range
 from datamover.engine.stall import StallWatch
 from datamover.engine.throttle import ThrottledCopier, ThrottledStore
@@ -80,9 +82,12 @@ class _Worker:
 
     def __init__(
         self, source: ObjectStore, destination: ObjectStore, options: MigrationOptions, abort: AbortSignal,
-        sink: ProgressSink, ledger: LedgerStore, copier: ServerSideCopy | None, tally: PlanTally | None = None,
+        sink: ProgressSink, ledger: LedgerStore, copier: ServerSideCopy | None, report: ReportWriter | None,
+        keys: Iterable[str] | None, tally: PlanTally | None = None,
     ) -> None:
         self.source = source
+        self.report = report
+        self.keys = keys
         self.destination = destination
         self.copier = copier
         self.tally = tally  # plan mode: objects are examined, never moved
@@ -153,6 +158,7 @@ class _Worker:
             context = RunContext(
                 source=self.source, destination=self.destination, options=self.options, abort=self.abort,
                 sink=self.sink, tracker=self.tracker, part_pool=part_pool, shard=self.shard, copier=copier,
+                report=self.report,
             )
             watch.on_stall = context.report_fatal
             if watch.error is not None:
@@ -192,6 +198,10 @@ class _Worker:
         is finished: each page is listed once per job, by the worker that claims it (engine.shards)."""
         slots = threading.BoundedSemaphore(self.options.concurrency)
 
+        if self.keys is not None:
+            self._dispatch_keys(context, pool, in_flight, slots, self.keys)
+            return
+
         def before_page() -> bool:
             return self.abort.checkpoint("before_list_page", None) or self._stopping(context)
 
@@ -225,6 +235,8 @@ class _Worker:
                 self.tracker.excluded()
                 if self.tally:
                     self.tally.excluded(summary.size)
+                if self.report is not None:
+                    self.report.record_excluded(summary.key, summary.size, summary.etag)
                 continue
             self.tracker.discovered(summary.size)
             while not slots.acquire(timeout=POLL_SECONDS):
@@ -245,9 +257,68 @@ class _Worker:
             work.dispatched()
         return True
 
+    def _dispatch_keys(self, context: RunContext, pool: ThreadPoolExecutor, in_flight: set[Future[None]],
+                       slots: threading.BoundedSemaphore, keys: Iterable[str]) -> None:
+        """Run the keys given (spec.keysFrom) instead of a listing: this worker's share of them, by a stable hash of the
+        key, so the workers split them without overlap and without sharing anything; each is looked up (HEAD) in
+        the object thread, then goes the usual way. A restarted worker runs its share again: what is done is skipped
+        as identical."""
+        seen: set[str] = set()
+        for key in keys:
+            if zlib.crc32(key.encode()) % self.options.shard_count != self.options.shard_index or key in seen:
+                continue
+            seen.add(key)
+            while not slots.acquire(timeout=POLL_SECONDS):
+                if self._stopping(context):
+                    return
+            if self._stopping(context):
+                slots.release()
+                return
+            in_flight.add(pool.submit(self._move_key, context, key, slots))
+            in_flight.difference_update([future for future in in_flight if future.done()])
+        if not self._stopping(context):
+            self.tracker.listing_done()
+
+    def _move_key(self, context: RunContext, key: str, slots: threading.BoundedSemaphore) -> None:
+        """One key of spec.keysFrom: stat it in the source, then move it as if listed. Holds one dispatch slot."""
+        handed_over = False  # _move_one releases the slot once it has it
+        try:
+            problem = ""
+            if not key.startswith(self.source.prefix):
+                problem, code = f"key {key!r} is not under the source prefix {self.source.prefix!r}", "OutsidePrefix"
+            else:
+                try:
+                    info = self.source.stat(key)
+                except StoreError as error:
+                    info, problem, code = None, error.message, error.code or error.kind.value
+                if info is None and not problem:
+                    problem, code = f"not in the source: {self.source.describe(key)}", "NoSuchKey"
+            if problem or info is None:
+                self.tracker.discovered(0)
+                self.tracker.finished(key, ObjectState.FAILED, 0)
+                if self.report is not None:
+                    self.report.record_failed(key, code, problem)
+                with self._failures_lock:
+                    if len(self.failures) < MAX_REPORTED_FAILURES:
+                        self.failures.append(ObjectCopy(ObjectSummary(key, 0, ""), key, ObjectState.FAILED,
+                                                        error=problem, error_code=code))
+                return
+            summary = ObjectSummary(info.key, info.size, info.etag)
+            if not self.options.filter.selects(summary, key[len(self.source.prefix):]):
+                self.tracker.excluded()
+                if self.report is not None:
+                    self.report.record_excluded(key, info.size, info.etag)
+                return
+            self.tracker.discovered(info.size)
+            handed_over = True
+            self._move_one(context, summary, UNKNOWN, slots, None)
+        finally:
+            if not handed_over:
+                slots.release()
+
     def _move_one(
         self, context: RunContext, summary: ObjectSummary, hint: DestinationHint, slots: threading.BoundedSemaphore,
-        work: _RangeWork,
+        work: _RangeWork | None,
     ) -> None:
         state = ObjectState.FAILED
         try:
@@ -258,7 +329,8 @@ class _Worker:
                     if len(self.failures) < MAX_REPORTED_FAILURES:
                         self.failures.append(copy)
         finally:
-            work.ended(state)
+            if work is not None:
+                work.ended(state)
             slots.release()
 
     def _plan_one(self, context: RunContext, summary: ObjectSummary, hint: DestinationHint) -> ObjectCopy:
@@ -332,15 +404,17 @@ class _Worker:
 
 def migrate(
     source: ObjectStore, destination: ObjectStore, options: MigrationOptions, abort: AbortSignal, sink: ProgressSink,
-    ledger: LedgerStore | None = None,
+    ledger: LedgerStore | None = None, report: ReportWriter | None = None, keys: Iterable[str] | None = None,
 ) -> MigrationResult:
     """Migrate this worker's share of `source` to `destination`; blocks until done, aborted or failed; never raises
     for store errors (they end in Outcome.FAILED with a message naming endpoint, bucket and key).
 
     The workers of one job (`options.shard_count` of them) share `ledger`, through which each page of the source is
-    listed by one of them (engine.shards); a lone worker may leave it out."""
+    listed by one of them (engine.shards); a lone worker may leave it out. With `report`, every object's outcome is
+    also written there (engine.report); the caller closes it. With `keys` (full source keys), the workers move
+    those instead of listing the source, each its share by a hash of the key; `ledger` is then not used."""
     if ledger is None:
-        if options.shard_count > 1:
+        if options.shard_count > 1 and keys is None:
             raise ValueError("workers that share a job must share a ledger, or each would migrate every key")
         ledger = MemoryLedgerStore()
     copier = server_side_copier(destination, source)
@@ -348,9 +422,9 @@ def migrate(
         source = ThrottledStore(source, options.throttle, abort)
         destination = ThrottledStore(destination, options.throttle, abort)
     if not options.plan:
-        return _Worker(source, destination, options, abort, sink, ledger, copier).run()
+        return _Worker(source, destination, options, abort, sink, ledger, copier, report, keys).run()
     # A plan gets the stores only behind ReadOnlyStore, and no copier that can copy: it cannot write.
     readable_source, readable_destination = ReadOnlyStore(source), ReadOnlyStore(destination)
     tally = PlanTally(readable_source, readable_destination)
     return _Worker(readable_source, readable_destination, options, abort, sink, ledger,
-                   RefusingCopier() if copier else None, tally).run()
+                   RefusingCopier() if copier else None, report, keys, tally).run()

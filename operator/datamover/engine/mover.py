@@ -7,6 +7,7 @@ the proofs in verify.py, and the whole state of the object in context.ObjectCopy
 from __future__ import annotations
 
 import logging
+import time
 
 from datamover.backends.base import ErrorKind, ObjectSummary, StoreError
 from datamover.engine import multipart, server_copy, single, verify
@@ -36,6 +37,7 @@ class ObjectMover:
 
     def run(self) -> ObjectCopy:
         key = self.copy.source.key
+        started = time.time()
         self.ctx.tracker.started(key)
         try:
             self._run()
@@ -44,22 +46,27 @@ class ObjectMover:
             self._transition("abort")
         except StoreError as error:
             self.copy.error = error.message
+            self.copy.error_code = error.code or error.kind.value
             if error.kind is ErrorKind.PERMANENT:
                 self.ctx.report_fatal(error)
             self._cleanup()
             self._transition(self._error_event())
         except IntegrityError as error:
             self.copy.error = f"{error} ({self.ctx.destination.describe(self.copy.destination_key)})"
+            self.copy.error_code = "IntegrityError"
             self._cleanup()
             self._transition("error")
         except Exception as error:  # a bug must fail this object loudly, not leave an upload open or kill the pool
             log.exception(kv(event="unexpected_error", shard=self.ctx.shard, key=key))
             self.copy.error = f"internal error on {self.ctx.source.describe(key)}: {type(error).__name__}: {error}"
+            self.copy.error_code = "InternalError"
             self._cleanup()
             self._transition(self._error_event())
         finally:
             size = self.copy.source_info.size if self.copy.source_info else self.copy.source.size
             self.ctx.tracker.finished(key, self.copy.state, size, self.copy.parts_bytes)
+            if self.ctx.report is not None:
+                self.ctx.report.record(self.copy, self.ctx.options.remain_source, started, time.time())
         return self.copy
 
     def _error_event(self) -> str:

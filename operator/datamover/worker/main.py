@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 import kubernetes
@@ -35,7 +35,9 @@ from datamover.api import (
     SpecError,
     ThrottleSpec,
     credential_env,
+    now_rfc3339,
     parse_time,
+    report_status,
     worker_reports,
 )
 from datamover.backends import open_store
@@ -51,9 +53,11 @@ from datamover.engine import (
     close_leftovers,
     migrate,
 )
+from datamover.engine.keys import read_keys
+from datamover.engine.report import ReportWriter
 from datamover.locations import store_config
 from datamover.worker.ledger import StatusLedgerStore
-from datamover.worker.reporting import StatusReporter
+from datamover.worker.reporting import MERGE_PATCH, StatusReporter
 
 log = logging.getLogger("datamover.worker")
 
@@ -193,8 +197,16 @@ def run(env: Mapping[str, str] = os.environ) -> int:
 
     reporter.start(aborting=abort.requested)
     threading.Thread(target=_heartbeat, args=(reporter,), name="heartbeat", daemon=True).start()
+    report = _open_report(api, body, spec, index, env)
     # The workers share one listing of the source through status.listing (engine.shards).
-    result = migrate(source, destination, options, abort, reporter, StatusLedgerStore(api, namespace, name))
+    try:
+        result = migrate(source, destination, options, abort, reporter, StatusLedgerStore(api, namespace, name),
+                         report, _keys(spec, env))
+    finally:
+        if report is not None:
+            summary = report.close()
+            log.info("event=report-closed job=%s/%s index=%d location=%s written=%d dropped=%d", namespace, name,
+                     index, report.location, summary.lines_written, summary.lines_dropped)
     final = {
         Outcome.SUCCEEDED: WorkerState.SUCCEEDED,
         Outcome.ABORTED: WorkerState.ABORTED,
@@ -209,6 +221,36 @@ def run(env: Mapping[str, str] = os.environ) -> int:
     # Nothing migrated and an error: the configuration is wrong (bucket, credentials, endpoint); retrying won't help.
     per_object = result.progress.objects_failed or result.progress.objects_retained
     return EXIT_PERMANENT_FAILURE if result.error and not per_object else 1
+
+
+def _keys(spec: MigrationSpec, env: Mapping[str, str]) -> Iterator[str] | None:
+    """spec.keysFrom's keys (read as the engine takes them), or None: list the source."""
+    if spec.keys_from is None:
+        return None
+    location = spec.keys_from.location
+    store = open_store(store_config(location, _credentials("keysFrom", location, env)))
+    return read_keys(store, spec.keys_from.format, spec.keys_from.key, spec.keys_from.actions)
+
+
+def _open_report(api: client.CustomObjectsApi, body: Mapping[str, Any], spec: MigrationSpec, index: int,
+                 env: Mapping[str, str]) -> ReportWriter | None:
+    """The writer of this worker's part of spec.report (None without one), after naming its place in status."""
+    meta = body["metadata"]
+    location = spec.report_location(meta["namespace"], meta["name"], meta["uid"])
+    if location is None:
+        return None
+    side = spec.report.credentials_side
+    store = open_store(store_config(location, _credentials(side, location, env)))
+    # Every worker writes the same value; a failed patch only hides the place from status (the worker's log says it).
+    try:
+        api.patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"],
+                                                  {"status": {"report": report_status(location)}},
+                                                  _content_type=MERGE_PATCH)
+    except Exception as error:
+        log.warning("event=report-status-failed job=%s/%s error=%r", meta["namespace"], meta["name"], error)
+    # A run name that sorts by start time: a restarted worker's lines come after (and win over) its predecessor's.
+    run = now_rfc3339().replace("-", "").replace(":", "") + "-" + (env.get(ENV_POD, "") or "local")[-5:]
+    return ReportWriter(store, location.prefix, index, run)
 
 
 def main() -> None:
