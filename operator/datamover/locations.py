@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from datamover.api import SERVER_SIDE_ENCRYPTION, Location, StoreType
-from datamover.backends import StoreConfig
-from datamover.backends.azure_blob import AzureBlobConfig
-from datamover.backends.gcs import GcsConfig
 from datamover.backends.s3 import S3Config
+
+if TYPE_CHECKING:
+    from datamover.backends import StoreConfig
 
 
 def s3_config(location: Location, credentials: Mapping[str, str]) -> S3Config:
@@ -39,7 +40,10 @@ def store_config(
     """
     tuning: dict[str, float] = {} if stall_timeout is None else {"stall_timeout": stall_timeout}
     pool: dict[str, int] = {} if max_pool_connections is None else {"max_pool_connections": max_pool_connections}
+    # Each family's module (and its SDK) is imported only for a location of that family.
     if location.type is StoreType.AZURE_BLOB:
+        from datamover.backends.azure_blob import AzureBlobConfig
+
         account = location.account_name or ""
         return AzureBlobConfig(
             container=location.bucket, prefix=location.prefix,
@@ -48,6 +52,8 @@ def store_config(
             sas_token=credentials.get("sasToken") or None, **tuning, **pool,  # type: ignore[arg-type]
         )
     if location.type is StoreType.GCS:
+        from datamover.backends.gcs import GcsConfig
+
         return GcsConfig(
             bucket=location.bucket, prefix=location.prefix, endpoint=location.endpoint, project=location.project,
             service_account_json=credentials.get("serviceAccountJson") or None, **tuning,  # type: ignore[arg-type]
