@@ -56,6 +56,16 @@ namespaced mode. Keep them identical to manifests/rbac.yaml (tests/unit/test_man
 - apiGroups: [datamover.io]
   resources: [migrationjobs/status]
   verbs: [get, patch]
+# MigrationPlans: follow them, write their status, and create (and prune) the MigrationJobs of their runs.
+- apiGroups: [datamover.io]
+  resources: [migrationplans]
+  verbs: [get, list, watch]
+- apiGroups: [datamover.io]
+  resources: [migrationplans/status]
+  verbs: [get, patch]
+- apiGroups: [datamover.io]
+  resources: [migrationjobs]
+  verbs: [create, delete]
 # The Indexed Job that runs the workers; patch = suspend it on abort; delete = remove it once a suspended job's
 # workers have stopped (a resume creates a new one).
 - apiGroups: [batch]
