@@ -91,7 +91,8 @@ def test_install_yaml_holds_the_crds_verbatim() -> None:
                                     ["--set", "replicaCount=3", "--set", "namespaces={team-a}"],
                                     ["--set", "metrics.serviceMonitor.enabled=true",
                                      "--set", "metrics.grafanaDashboard.enabled=true"],
-                                    ["--set", "metrics.enabled=false"]])
+                                    ["--set", "metrics.enabled=false"],
+                                    ["--set", "api.enabled=true", "--set", "api.tls.secretName=api-tls"]])
 def test_helm_lint(helm: Path, values: list[str]) -> None:
     result = subprocess.run([str(helm), "lint", "--strict", str(CHART), *values], capture_output=True, text=True,
                             check=False)
@@ -273,3 +274,26 @@ def test_service_monitor_and_dashboard_ask_only_for_series_the_operator_exports(
     # A histogram is asked for by its _bucket series, a counter by its _total.
     exported |= {f"{n}_bucket" for n in exported} | {f"{n}_total" for n in exported}
     assert asked and asked <= exported, asked - exported
+
+
+def test_the_rest_facade_is_optional_and_reviews_its_callers(helm: Path) -> None:
+    assert not [o for o in render(helm) if o["metadata"]["name"].endswith("-api")]
+    rendered = render(helm, "--set", "api.enabled=true", "--set", "api.tls.secretName=api-tls",
+                      "--set", "api.tenantNamespace=gelato-{tenant}")
+    objects = [o for o in rendered if o["metadata"]["name"].endswith("-api")]
+    deployment = one(objects, "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["datamover-api"]
+    env = env_of(deployment)
+    assert (env["DATAMOVER_API_TENANT_NAMESPACE"], env["DATAMOVER_API_TLS_CERT"]) == ("gelato-{tenant}",
+                                                                                      "/tls/tls.crt")
+    service = one(objects, "Service")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    operator = next(o for o in render(helm) if o["kind"] == "Deployment")
+    assert not operator["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    rules = {(r["apiGroups"][0], resource): set(r["verbs"]) for r in one(objects, "ClusterRole")["rules"]
+             for resource in r["resources"]}
+    assert rules[("authentication.k8s.io", "tokenreviews")] == {"create"}
+    assert rules[("authorization.k8s.io", "subjectaccessreviews")] == {"create"}
+    assert rules[("", "secrets")] == {"create"}  # never read: no answer carries a credential
