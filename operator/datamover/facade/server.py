@@ -261,7 +261,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except HTTPError as error:
         return _answer({"code": error.status, "message": error.message}, error.status)
     except ApiException as error:
-        status = error.status if error.status in (400, 403, 404, 409, 422) else 502
+        # The API server's 422 (its schema refused a value, naming the field) is a bad request to a Gelato client.
+        status = 400 if error.status == 422 else error.status if error.status in (400, 403, 404, 409) else 502
         try:
             message = json.loads(error.body or "{}").get("message") or error.reason
         except ValueError:
