@@ -66,11 +66,16 @@ def test_a_plan_template_can_be_edited(kubectl: Kubectl, namespace: str) -> None
     assert got["spec"]["concurrencyPolicy"] == "Forbid"  # the schema's default
 
 
+def start_operator(control_plane: ControlPlane, namespace: str) -> subprocess.Popen[str]:
+    """The datamover operator on this machine, serving `namespace`; with no node, the runs it starts never end."""
+    env = {**os.environ, "KUBECONFIG": str(control_plane.admin_kubeconfig), "PYTHONPATH": str(REPO / "operator")}
+    return subprocess.Popen([sys.executable, "-m", "datamover.controller.main", "--namespace", namespace], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 def test_a_due_schedule_makes_one_run_owned_by_the_plan(control_plane: ControlPlane, kubectl: Kubectl,
                                                         namespace: str) -> None:
-    env = {**os.environ, "KUBECONFIG": str(control_plane.admin_kubeconfig), "PYTHONPATH": str(REPO / "operator")}
-    operator = subprocess.Popen([sys.executable, "-m", "datamover.controller.main", "--namespace", namespace], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    operator = start_operator(control_plane, namespace)
     try:
         kubectl("apply", "-f", "-", input=json.dumps(plan("every-minute", namespace, schedule="* * * * *")))
         kubectl("apply", "-f", "-", input=json.dumps(plan("on-demand", namespace)))
@@ -111,3 +116,50 @@ def test_the_documented_example_plan_is_accepted(kubectl: Kubectl, namespace: st
     example = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     result = kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=example)
     assert "migrationplan.datamover.io/photos-nightly created (server dry run)" in result.stdout
+
+
+def test_a_run_still_going_when_the_next_is_due_follows_the_policy(control_plane: ControlPlane, kubectl: Kubectl,
+                                                                  namespace: str) -> None:
+    """Forbid keeps the running run and skips the new one; Replace deletes the running run and starts the new one."""
+    operator = start_operator(control_plane, namespace)
+    try:
+        for policy in ("Forbid", "Replace"):
+            kubectl("apply", "-f", "-", input=json.dumps(plan(policy.lower(), namespace, schedule="* * * * *",
+                                                              concurrencyPolicy=policy)))
+
+        def state(name: str) -> tuple[dict[str, Any], list[str]]:
+            status = json.loads(kubectl("get", "migrationplan", name, "-n", namespace, "-o",
+                                        "json").stdout).get("status") or {}
+            runs = json.loads(kubectl("get", "migrationjobs", "-n", namespace, "-l", f"datamover.io/plan={name}",
+                                      "-o", "json").stdout)["items"]
+            return status, sorted(r["metadata"]["name"] for r in runs if not r["metadata"].get("deletionTimestamp"))
+
+        first: dict[str, str] = {}
+        deadline = time.monotonic() + 200  # the first due time within a minute, the second a minute later
+        while time.monotonic() < deadline and len(first) < 2:
+            for name in ("forbid", "replace"):
+                runs = state(name)[1]
+                if runs:
+                    first.setdefault(name, runs[0])
+            time.sleep(1)
+        assert set(first) == {"forbid", "replace"}, "a plan made no run"
+        # Due times as the run names hold them (minutes since the epoch), in status's RFC 3339.
+        first_due = {name: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(run.rsplit("-", 1)[1]) * 60))
+                     for name, run in first.items()}
+        done: dict[str, tuple[dict[str, Any], list[str]]] = {}
+        while time.monotonic() < deadline and len(done) < 2:
+            for name in ("forbid", "replace"):
+                status, runs = state(name)
+                acted_again = status.get("lastScheduleTime", "") > first_due[name]
+                if acted_again and (name == "forbid" or first[name] not in runs):
+                    done[name] = status, runs
+            time.sleep(1)
+        assert set(done) == {"forbid", "replace"}, f"no second due time acted on: {done}"
+        forbid_status, forbid_runs = done["forbid"]
+        assert forbid_runs == [first["forbid"]]  # the new run was skipped
+        assert forbid_status["active"] == [first["forbid"]]
+        replace_runs = done["replace"][1]
+        assert len(replace_runs) == 1 and replace_runs != [first["replace"]], replace_runs  # replaced
+    finally:
+        operator.terminate()
+        operator.communicate(timeout=30)
