@@ -5,14 +5,11 @@ abort of a job that has not started answers `cancelled` (the operator runs besid
 from __future__ import annotations
 
 import json
-import os
 import ssl
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +18,7 @@ from typing import Any
 import pytest
 
 from datamover.facade import openapi
+from tests.controlplane.conftest import local_process
 from tests.ground.controlplane import CertificateAuthority, ControlPlane
 from tests.ground.plugin_controlplane import Kubectl
 from tests.ground.procs import free_port
@@ -72,13 +70,8 @@ class Facade:
 
 
 @pytest.fixture
-def tenant(kubectl: Kubectl) -> Iterator[str]:
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl("wait", "--for=condition=Established", "crd/migrationplans.datamover.io", "--timeout=60s")
-    name = f"gelato-{uuid.uuid4().hex[:8]}"
-    kubectl("create", "namespace", name)
-    yield name
-    kubectl("delete", "namespace", name, "--wait=false")
+def tenant(plans_namespace: str) -> str:
+    return plans_namespace  # the default mapping: a tenantId is its namespace's name
 
 
 @pytest.fixture
@@ -87,12 +80,10 @@ def facade(control_plane: ControlPlane, tenant: str, tmp_path: Path) -> Iterator
     ca = CertificateAuthority(cert_file=control_plane.ca_file, key_file=control_plane.ca_key_file)
     cert, key = ca.issue(tmp_path / "api", "datamover-api", ip_addresses=["127.0.0.1"], server=True)
     port = free_port()
-    env = {**os.environ, "KUBECONFIG": str(control_plane.admin_kubeconfig), "PYTHONPATH": str(REPO / "operator")}
-    api = subprocess.Popen([sys.executable, "-m", "datamover.facade.main", "--address", "127.0.0.1", "--port",
-                            str(port), "--tls-cert", str(cert), "--tls-key", str(key), "--abort-wait-seconds", "30"],
-                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    operator = subprocess.Popen([sys.executable, "-m", "datamover.controller.main", "--namespace", tenant], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    api = local_process(control_plane, "datamover.facade.main", "--address", "127.0.0.1", "--port", str(port),
+                        "--tls-cert", str(cert), "--tls-key", str(key), "--abort-wait-seconds", "30")
+    operator = local_process(control_plane, "datamover.controller.main", "--namespace", tenant,
+                             output=subprocess.DEVNULL)
     context = ssl.create_default_context(cafile=str(control_plane.ca_file))
     served = Facade(f"https://127.0.0.1:{port}", context)
     deadline = time.monotonic() + 30

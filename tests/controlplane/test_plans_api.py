@@ -4,18 +4,15 @@ operator's plan controller turns a due schedule into one MigrationJob owned by t
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.controlplane.conftest import local_process
 from tests.ground.controlplane import ControlPlane
 from tests.ground.plugin_controlplane import Kubectl
 
@@ -32,13 +29,8 @@ def plan(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def namespace(kubectl: Kubectl) -> Iterator[str]:
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl("wait", "--for=condition=Established", "crd/migrationplans.datamover.io", "--timeout=60s")
-    name = f"plans-{uuid.uuid4().hex[:8]}"
-    kubectl("create", "namespace", name)
-    yield name
-    kubectl("delete", "namespace", name, "--wait=false")
+def namespace(plans_namespace: str) -> str:
+    return plans_namespace
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -68,9 +60,7 @@ def test_a_plan_template_can_be_edited(kubectl: Kubectl, namespace: str) -> None
 
 def start_operator(control_plane: ControlPlane, namespace: str) -> subprocess.Popen[str]:
     """The datamover operator on this machine, serving `namespace`; with no node, the runs it starts never end."""
-    env = {**os.environ, "KUBECONFIG": str(control_plane.admin_kubeconfig), "PYTHONPATH": str(REPO / "operator")}
-    return subprocess.Popen([sys.executable, "-m", "datamover.controller.main", "--namespace", namespace], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return local_process(control_plane, "datamover.controller.main", "--namespace", namespace)
 
 
 def test_a_due_schedule_makes_one_run_owned_by_the_plan(control_plane: ControlPlane, kubectl: Kubectl,

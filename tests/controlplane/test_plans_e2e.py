@@ -5,9 +5,7 @@ an ended job's abort is refused naming its phase, and a scheduled MigrationPlan 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.controlplane.conftest import Cluster
+from tests.controlplane.conftest import Cluster, local_process
 from tests.controlplane.test_operator import assert_invariant, fill, new_bucket, open_uploads
 from tests.ground.procs import free_port
 from tests.ground.s3 import rclone_check
@@ -76,9 +74,8 @@ def gelato(control_plane: KubeCluster, cluster: Cluster) -> Iterator[Gelato]:
     """datamover-api on this machine against the ground's cluster, and a token of a portal account that RBAC lets
     manage plans and jobs in the test's namespace."""
     port = free_port()
-    env = {**os.environ, "KUBECONFIG": str(control_plane.admin_kubeconfig), "PYTHONPATH": str(REPO / "operator")}
-    api = subprocess.Popen([sys.executable, "-m", "datamover.facade.main", "--address", "127.0.0.1", "--port",
-                            str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    api = local_process(control_plane, "datamover.facade.main", "--address", "127.0.0.1", "--port", str(port),
+                        output=subprocess.DEVNULL)
     cluster.kubectl("create", "serviceaccount", "portal", "-n", cluster.namespace)
     cluster.apply(ROLE)
     cluster.kubectl("create", "rolebinding", "portal", "-n", cluster.namespace, "--role=gelato-portal",

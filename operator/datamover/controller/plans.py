@@ -14,7 +14,6 @@ import asyncio
 import concurrent.futures
 import copy
 import datetime as dt
-import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -30,7 +29,6 @@ from datamover.controller.workqueue import WorkQueue
 
 log = logging.getLogger("datamover.operator.plans")
 
-MERGE_PATCH = "application/merge-patch+json"
 RECONCILERS = 2
 # A plan is looked at again at least this often, due or not: a safety net for a missed event, not a poll.
 RESYNC_SECONDS = 300.0
@@ -40,9 +38,8 @@ WAKE_MARGIN_SECONDS = 0.2
 Key = tuple[str, str]  # (namespace, name) of a MigrationPlan
 
 
-@functools.cache
 def _api() -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(client.ApiClient())
+    return client.CustomObjectsApi(handlers._api_client())  # the operator's one connection pool
 
 
 def _parse_time(value: Any) -> dt.datetime | None:
@@ -106,7 +103,8 @@ def _write_status(plan: Mapping[str, Any], status: dict[str, Any]) -> None:
     meta = plan["metadata"]
     try:
         _api().patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], plans.PLAN_PLURAL,
-                                                     meta["name"], {"status": patch}, _content_type=MERGE_PATCH)
+                                                     meta["name"], {"status": patch},
+                                                     _content_type=handlers.MERGE_PATCH)
     except ApiException as error:
         if error.status != 404:
             raise
