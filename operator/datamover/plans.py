@@ -71,14 +71,21 @@ class PlanSpec:
             failed_jobs_history_limit=int(spec.get("failedJobsHistoryLimit", cls.failed_jobs_history_limit)),
         )
 
-    def times_after(self, after: dt.datetime) -> croniter:
-        """The schedule's due times after `after`, in the plan's zone (croniter keeps wall-clock times across DST)."""
+    def _times(self, start: dt.datetime) -> croniter:
+        """The schedule's due times around `start`, read in the plan's zone (croniter keeps wall-clock times across
+        DST changes)."""
         if self.schedule is None:
             raise ValueError("a plan without a schedule has no due times")
-        return croniter(self.schedule, after.astimezone(zoneinfo.ZoneInfo(self.time_zone)))
+        return croniter(self.schedule, start.astimezone(zoneinfo.ZoneInfo(self.time_zone)))
 
     def next_time(self, after: dt.datetime) -> dt.datetime:
-        return self.times_after(after).get_next(dt.datetime).astimezone(dt.UTC)  # type: ignore[no-any-return]
+        """The first due time after `after`."""
+        return self._times(after).get_next(dt.datetime).astimezone(dt.UTC)  # type: ignore[no-any-return]
+
+    def latest_time(self, now: dt.datetime) -> dt.datetime:
+        """The latest due time at or before `now` (found directly, however long ago the last run was)."""
+        return self._times(now + dt.timedelta(seconds=1)).get_prev(dt.datetime).astimezone(  # type: ignore[no-any-return]
+            dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -136,11 +143,9 @@ def decide(spec: PlanSpec, runs: Sequence[Run], created: dt.datetime, last_sched
     prune = _beyond_history(spec, runs)
     if spec.schedule is None or spec.suspend:
         return PlanDecision(delete=prune, last_schedule_time=last_schedule_time)
-    times = spec.times_after(last_schedule_time or created)
-    due: dt.datetime | None = None
-    while (candidate := times.get_next(dt.datetime).astimezone(dt.UTC)) <= now:
-        due = candidate
-    next_time = candidate
+    latest = spec.latest_time(now)
+    due = latest if latest > (last_schedule_time or created) else None
+    next_time = spec.next_time(now)
     if due is None:
         return PlanDecision(delete=prune, next_time=next_time, last_schedule_time=last_schedule_time)
     deadline = spec.starting_deadline_seconds

@@ -84,6 +84,12 @@ def test_missed_runs_make_one_catch_up_run_the_latest() -> None:
     assert decision.create == at("2026-03-01T05:00:00")
 
 
+def test_a_year_of_missed_minutes_makes_one_run_at_the_latest() -> None:
+    spec = PlanSpec(schedule="* * * * *")
+    decision = decide(spec, [], CREATED, at("2026-03-01T01:00:00"), at("2027-03-01T01:00:30"))
+    assert (decision.create, decision.next_time) == (at("2027-03-01T01:00:00"), at("2027-03-01T01:01:00"))
+
+
 def test_a_run_past_its_starting_deadline_is_skipped() -> None:
     spec = hourly(starting_deadline_seconds=300)
     late = decide(spec, [], CREATED, at("2026-03-01T01:00:00"), at("2026-03-01T05:10:00"))
