@@ -1,5 +1,9 @@
 """Renders manifests/install.yaml from charts/datamover, so the plain `kubectl apply` install is never edited by hand.
 
+It first brings the MigrationPlan CRD's jobTemplate.spec schema up to date with the MigrationJob CRD's spec schema
+(in crds/ and the chart's copy), so a plan's template is validated exactly as a MigrationJob is, less the rules that
+compare a job with its previous self (a template may be edited; each run is a new MigrationJob).
+
 The install is the chart with its default values (`helm template --include-crds`) for release `datamover` in namespace
 `datamover-system`, preceded by that Namespace, labelled to enforce Pod Security "restricted" (the chart leaves
 namespaces to `helm install --create-namespace`). It does not validate anything: tests/unit/test_manifests.py and
@@ -17,10 +21,17 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "datamover"
 INSTALL = REPO / "manifests" / "install.yaml"
+JOB_CRD = REPO / "crds" / "datamover.io_migrationjobs.yaml"
+PLAN_CRD = REPO / "crds" / "datamover.io_migrationplans.yaml"
+# Fields of a MigrationJob's spec that mean nothing in a template: a run is never created aborted.
+NOT_IN_TEMPLATE = ("abort",)
 RELEASE = "datamover"
 NAMESPACE = "datamover-system"
 
@@ -62,6 +73,41 @@ def helm_template(*extra: str, helm: Path | None = None) -> str:
     return result.stdout
 
 
+def _without_transition_rules(schema: Any) -> Any:
+    """`schema` less every CEL rule that reads oldSelf (those guard a MigrationJob's own updates)."""
+    if isinstance(schema, list):
+        return [_without_transition_rules(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    result = {k: _without_transition_rules(v) for k, v in schema.items() if k != "x-kubernetes-validations"}
+    rules = [r for r in schema.get("x-kubernetes-validations") or [] if "oldSelf" not in r["rule"]]
+    if rules:
+        result["x-kubernetes-validations"] = rules
+    return result
+
+
+def template_schema() -> dict[str, Any]:
+    """The schema of a MigrationPlan's jobTemplate.spec: the MigrationJob spec's, as a template can use it."""
+    crd = yaml.safe_load(JOB_CRD.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v.get("storage")]
+    spec = _without_transition_rules(version["schema"]["openAPIV3Schema"]["properties"]["spec"])
+    for name in NOT_IN_TEMPLATE:
+        del spec["properties"][name]
+    return dict(spec)
+
+
+def plan_crd() -> str:
+    """What crds/datamover.io_migrationplans.yaml must contain now: its own text, with the template schema synced."""
+    text = PLAN_CRD.read_text()
+    lines = text.splitlines(keepends=True)
+    header = "".join(line for line in lines[:next(i for i, x in enumerate(lines) if not x.startswith("#"))])
+    crd = yaml.safe_load(text)
+    (version,) = [v for v in crd["spec"]["versions"] if v.get("storage")]
+    version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["jobTemplate"]["properties"][
+        "spec"] = template_schema()
+    return header + yaml.safe_dump(crd, sort_keys=False, width=120)
+
+
 def render(helm: Path | None = None) -> str:
     """What manifests/install.yaml must contain now."""
     return HEADER + helm_template("--include-crds", helm=helm)
@@ -71,6 +117,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--check", action="store_true", help="do not write; exit 1 if manifests/install.yaml is stale")
     args = parser.parse_args(argv)
+    plan_text = plan_crd()
+    for path in (PLAN_CRD, CHART / "crds" / PLAN_CRD.name):
+        if (path.read_text() if path.exists() else "") != plan_text:
+            if args.check:
+                print(f"render_manifests: {path.relative_to(REPO)} is stale; run `python tools/render_manifests.py`",
+                      file=sys.stderr)
+                return 1
+            path.write_text(plan_text)
+            print(f"render_manifests: wrote {path.relative_to(REPO)}")
     try:
         text = render()
     except HelmMissing as exc:

@@ -9,11 +9,14 @@ DATAMOVER_E2E_S3_HOST, and the chart installed there (and uninstalled after) wit
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -202,3 +205,25 @@ def migration_job(name: str, source: Any, source_bucket: str, destination: Any, 
             **spec,
         },
     }
+
+
+@pytest.fixture
+def plans_namespace(kubectl: Kubectl) -> Iterator[str]:
+    """A fresh namespace on a cluster with datamover's CRDs applied from crds/ (no node, no operator needed)."""
+    crds = Path(__file__).resolve().parents[2] / "crds"
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
+    kubectl("wait", "--for=condition=Established", "crd/migrationplans.datamover.io", "--timeout=60s")
+    name = f"plans-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false")
+
+
+def local_process(control_plane: Any, module: str, *args: str, output: int | None = subprocess.PIPE) -> (
+        subprocess.Popen[str]):
+    """`python -m <module> <args>` of this checkout on this machine, as the cluster's admin (e.g. the operator on a
+    node-less control plane, whose runs then never start; or datamover-api)."""
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "KUBECONFIG": str(control_plane.admin_kubeconfig), "PYTHONPATH": str(repo / "operator")}
+    return subprocess.Popen([sys.executable, "-m", module, *args], env=env, stdout=output,
+                            stderr=subprocess.STDOUT if output is not None else None, text=True)

@@ -62,9 +62,19 @@ def env_of(deployment: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_chart_crd_is_a_byte_identical_copy() -> None:
-    copy = CHART / "crds" / CRD.name
-    assert copy.read_bytes() == CRD.read_bytes(), f"{copy} drifted from {CRD}: cp {CRD} {copy}"
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == [CRD.name]
+    crds = sorted((REPO / "crds").iterdir())
+    for crd in crds:
+        copy = CHART / "crds" / crd.name
+        assert copy.read_bytes() == crd.read_bytes(), f"{copy} drifted from {crd}: cp {crd} {copy}"
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == [c.name for c in crds]
+
+
+def test_the_plan_template_is_validated_as_a_migrationjob_is() -> None:
+    assert render_manifests.PLAN_CRD.read_text() == render_manifests.plan_crd(), (
+        "the MigrationPlan CRD's jobTemplate.spec schema is stale: run `python tools/render_manifests.py`")
+    template = render_manifests.template_schema()
+    assert "abort" not in template["properties"]
+    assert "oldSelf" not in yaml.safe_dump(template)  # a template may be edited: no update-only rules
 
 
 def test_install_yaml_is_what_the_generator_renders_now(helm: Path) -> None:
@@ -72,15 +82,17 @@ def test_install_yaml_is_what_the_generator_renders_now(helm: Path) -> None:
         "manifests/install.yaml is stale: run `python tools/render_manifests.py`")
 
 
-def test_install_yaml_holds_the_crd_verbatim() -> None:
-    assert CRD.read_text() in INSTALL.read_text()
+def test_install_yaml_holds_the_crds_verbatim() -> None:
+    for crd in (REPO / "crds").iterdir():
+        assert crd.read_text() in INSTALL.read_text(), crd.name
 
 
 @pytest.mark.parametrize("values", [[], ["--set", "replicaCount=2"], ["--set", "namespaces={team-a,team-b}"],
                                     ["--set", "replicaCount=3", "--set", "namespaces={team-a}"],
                                     ["--set", "metrics.serviceMonitor.enabled=true",
                                      "--set", "metrics.grafanaDashboard.enabled=true"],
-                                    ["--set", "metrics.enabled=false"]])
+                                    ["--set", "metrics.enabled=false"],
+                                    ["--set", "api.enabled=true", "--set", "api.tls.secretName=api-tls"]])
 def test_helm_lint(helm: Path, values: list[str]) -> None:
     result = subprocess.run([str(helm), "lint", "--strict", str(CHART), *values], capture_output=True, text=True,
                             check=False)
@@ -279,3 +291,26 @@ def test_the_crd_schema_takes_run_or_plan_as_spec_mode_and_names_the_field_when_
     assert (result.returncode == 0) is accepted, result.stdout + result.stderr
     if not accepted:
         assert "/spec/mode" in result.stdout and "'run', 'plan'" in result.stdout, result.stdout
+
+
+def test_the_rest_facade_is_optional_and_reviews_its_callers(helm: Path) -> None:
+    assert not [o for o in render(helm) if o["metadata"]["name"].endswith("-api")]
+    rendered = render(helm, "--set", "api.enabled=true", "--set", "api.tls.secretName=api-tls",
+                      "--set", "api.tenantNamespace=gelato-{tenant}")
+    objects = [o for o in rendered if o["metadata"]["name"].endswith("-api")]
+    deployment = one(objects, "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["datamover-api"]
+    env = env_of(deployment)
+    assert (env["DATAMOVER_API_TENANT_NAMESPACE"], env["DATAMOVER_API_TLS_CERT"]) == ("gelato-{tenant}",
+                                                                                      "/tls/tls.crt")
+    service = one(objects, "Service")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    operator = next(o for o in render(helm) if o["kind"] == "Deployment")
+    assert not operator["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    rules = {(r["apiGroups"][0], resource): set(r["verbs"]) for r in one(objects, "ClusterRole")["rules"]
+             for resource in r["resources"]}
+    assert rules[("authentication.k8s.io", "tokenreviews")] == {"create"}
+    assert rules[("authorization.k8s.io", "subjectaccessreviews")] == {"create"}
+    assert rules[("", "secrets")] == {"create"}  # never read: no answer carries a credential

@@ -27,6 +27,20 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
+{{/* The REST facade's pods: the same name and instance, component api (so the operator's selector misses them). */}}
+{{- define "datamover.apiSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: api
+{{- end -}}
+
+{{- define "datamover.apiLabels" -}}
+{{ include "datamover.apiSelectorLabels" . }}
+app.kubernetes.io/part-of: datamover
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
 {{- define "datamover.image" -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
@@ -56,6 +70,16 @@ namespaced mode. Keep them identical to manifests/rbac.yaml (tests/unit/test_man
 - apiGroups: [datamover.io]
   resources: [migrationjobs/status]
   verbs: [get, patch]
+# MigrationPlans: follow them, write their status, and create (and prune) the MigrationJobs of their runs.
+- apiGroups: [datamover.io]
+  resources: [migrationplans]
+  verbs: [get, list, watch]
+- apiGroups: [datamover.io]
+  resources: [migrationplans/status]
+  verbs: [get, patch]
+- apiGroups: [datamover.io]
+  resources: [migrationjobs]
+  verbs: [create, delete]
 # The Indexed Job that runs the workers; patch = suspend it on abort; delete = remove it once a suspended job's
 # workers have stopped (a resume creates a new one).
 - apiGroups: [batch]

@@ -17,6 +17,7 @@ from datamover.api import FINALIZER, HEARTBEAT_SECONDS, HEARTBEAT_TIMEOUT_SECOND
 from datamover.controller import (
     handlers,  # importing it registers the handlers with kopf
     metrics,
+    plans,  # noqa: F401  # the MigrationPlan handlers: registered with kopf by the import, like handlers
 )
 from datamover.controller.peering import PeeringObject
 

@@ -1,0 +1,1 @@
+"""datamover-api: Gelato's REST API over MigrationPlans and MigrationJobs, for clients written against Gelato."""

@@ -1,0 +1,177 @@
+"""datamover-api over HTTPS against a real API server (no node), used as a Gelato client would: who may do what is
+RBAC's answer, bad bodies are refused naming the field with nothing created, credentials never come back, and an
+abort of a job that has not started answers `cancelled` (the operator runs beside it, with no node for workers)."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from datamover.facade import openapi
+from tests.controlplane.conftest import local_process
+from tests.ground.controlplane import CertificateAuthority, ControlPlane
+from tests.ground.plugin_controlplane import Kubectl
+from tests.ground.procs import free_port
+
+pytestmark = pytest.mark.ground
+
+REPO = Path(__file__).resolve().parents[2]
+ACCESS, SECURITY = "AKIAGELATOCLIENT", "very/secret+key"
+ROLE = {
+    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "gelato-portal"},
+    "rules": [
+        {"apiGroups": ["datamover.io"], "resources": ["migrationplans", "migrationjobs"],
+         "verbs": ["get", "list", "create", "delete", "patch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    ],
+}
+
+
+def conn(stor_type: str, **config: str) -> dict[str, Any]:
+    return {"storType": stor_type, "connConfig": [{"key": k, "value": v} for k, v in config.items()]}
+
+
+PLAN = {
+    "name": "Photos nightly", "type": "migration", "remainSource": True, "filter": {"prefix": "2024/"},
+    "sourceConn": conn("aws-s3", endpoint="http://127.0.0.1:9", bucketname="photos", access=ACCESS,
+                       security=SECURITY),
+    "destConn": conn("ceph-s3", endpoint="http://127.0.0.1:9", bucketname="archive", access="rgw",
+                     security="rgw-secret"),
+}
+
+
+@dataclass
+class Facade:
+    url: str
+    context: ssl.SSLContext
+
+    def call(self, method: str, path: str, token: str | None, body: Any = None,
+             raw: bytes | None = None) -> tuple[int, Any]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, context=self.context, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+
+@pytest.fixture
+def tenant(plans_namespace: str) -> str:
+    return plans_namespace  # the default mapping: a tenantId is its namespace's name
+
+
+@pytest.fixture
+def facade(control_plane: ControlPlane, tenant: str, tmp_path: Path) -> Iterator[Facade]:
+    """datamover-api with TLS (a cert from the ground's CA) and the datamover operator, both as the admin."""
+    ca = CertificateAuthority(cert_file=control_plane.ca_file, key_file=control_plane.ca_key_file)
+    cert, key = ca.issue(tmp_path / "api", "datamover-api", ip_addresses=["127.0.0.1"], server=True)
+    port = free_port()
+    api = local_process(control_plane, "datamover.facade.main", "--address", "127.0.0.1", "--port", str(port),
+                        "--tls-cert", str(cert), "--tls-key", str(key), "--abort-wait-seconds", "30")
+    operator = local_process(control_plane, "datamover.controller.main", "--namespace", tenant,
+                             output=subprocess.DEVNULL)
+    context = ssl.create_default_context(cafile=str(control_plane.ca_file))
+    served = Facade(f"https://127.0.0.1:{port}", context)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            served.call("GET", "/openapi.json", None)
+            break
+        except OSError:
+            time.sleep(0.2)
+    try:
+        yield served
+    finally:
+        operator.terminate()
+        api.terminate()
+        output = api.communicate(timeout=30)[0]
+        operator.wait(timeout=30)
+        for secret in (ACCESS, SECURITY, "rgw-secret"):
+            assert secret not in output, "the facade logged a credential"
+
+
+def token_for(control_plane: ControlPlane, kubectl: Kubectl, namespace: str, name: str, *, bound: bool) -> str:
+    kubectl("create", "serviceaccount", name, "-n", namespace)
+    if bound:
+        kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(ROLE))
+        kubectl("create", "rolebinding", f"{name}-portal", "-n", namespace, "--role=gelato-portal",
+                f"--serviceaccount={namespace}:{name}")
+    return control_plane.request_token(namespace, name)
+
+
+def test_a_gelato_client_creates_runs_and_aborts_over_https(control_plane: ControlPlane, kubectl: Kubectl,
+                                                            tenant: str, facade: Facade) -> None:
+    portal = token_for(control_plane, kubectl, tenant, "portal", bound=True)
+    nobody = token_for(control_plane, kubectl, tenant, "nobody", bound=False)
+
+    # No anonymous access; RBAC decides.
+    assert facade.call("GET", f"/v1/{tenant}/plans", None)[0] == 401
+    assert facade.call("GET", f"/v1/{tenant}/plans", "not-a-token")[0] == 401
+    status, answer = facade.call("POST", f"/v1/{tenant}/plans", nobody, PLAN)
+    assert status == 403 and "may not create migrationplans" in answer["message"]
+
+    # Bad requests name the field and create nothing.
+    status, answer = facade.call("POST", f"/v1/{tenant}/plans", portal, raw=b"{not json")
+    assert (status, answer["message"]) == (400, "body: not valid JSON")
+    status, answer = facade.call("POST", f"/v1/{tenant}/plans", portal,
+                                 {**PLAN, "destConn": {**PLAN["destConn"], "storType": "swift"}})
+    assert status == 400 and answer["message"].startswith("destConn.storType")
+    status, answer = facade.call("POST", f"/v1/{tenant}/plans", portal, {k: v for k, v in PLAN.items() if k != "name"})
+    assert status == 400 and answer["message"].startswith("name")
+    assert json.loads(kubectl("get", "migrationplans,secrets", "-n", tenant, "-l", "datamover.io/created-by",
+                              "-o", "json").stdout)["items"] == []
+
+    # A plan: its credentials go into Secrets it owns, and never come back.
+    status, created = facade.call("POST", f"/v1/{tenant}/plans", portal, PLAN)
+    assert status == 200, created
+    plan_id = created["plan"]["id"]
+    for answer in (created, facade.call("GET", f"/v1/{tenant}/plans/{plan_id}", portal)[1],
+                   facade.call("GET", f"/v1/{tenant}/plans", portal)[1]):
+        text = json.dumps(answer)
+        assert ACCESS not in text and SECURITY not in text and "rgw-secret" not in text
+    assert created["plan"]["name"] == "Photos nightly"
+    secrets = json.loads(kubectl("get", "secrets", "-n", tenant, "-l", f"datamover.io/plan={plan_id}", "-o",
+                                 "json").stdout)["items"]
+    assert sorted(s["metadata"]["ownerReferences"][0]["name"] for s in secrets) == [plan_id, plan_id]
+    assert facade.call("GET", f"/v1/{tenant}/plans/no-such-plan", portal)[0] == 404
+    assert facade.call("POST", f"/v1/{tenant}/plans/no-such-plan/run", portal)[0] == 404
+
+    # Run it; the job is there with Gelato's fields; abort it before it started: cancelled.
+    status, run = facade.call("POST", f"/v1/{tenant}/plans/{plan_id}/run", portal)
+    assert status == 200, run
+    job_id = run["jobId"]
+    status, job = facade.call("GET", f"/v1/{tenant}/jobs/{job_id}", portal)
+    assert status == 200 and set(job["job"]) == set(openapi.JOB["properties"])
+    assert (job["job"]["planId"], job["job"]["planName"], job["job"]["sourceLocation"]) == (
+        plan_id, "Photos nightly", "photos/2024")
+    assert [j["id"] for j in facade.call("GET", f"/v1/{tenant}/jobs", portal)[1]["jobs"]] == [job_id]
+    status, aborted = facade.call("POST", f"/v1/{tenant}/jobs/{job_id}/abort", portal)
+    assert (status, aborted) == (200, {"Id": job_id, "Status": "cancelled"})
+    status, again = facade.call("POST", f"/v1/{tenant}/jobs/{job_id}/abort", portal)
+    assert status == 409 and "cancelled" in again["message"]
+    assert facade.call("POST", f"/v1/{tenant}/jobs/no-such-job/abort", portal)[0] == 404
+
+    # Deleting the plan takes its Secrets and jobs with it.
+    assert facade.call("DELETE", f"/v1/{tenant}/plans/{plan_id}", portal)[0] == 200
+    assert facade.call("GET", f"/v1/{tenant}/plans/{plan_id}", portal)[0] == 404
+    deadline = time.monotonic() + 60
+    left: list[Any] = [None]
+    while left and time.monotonic() < deadline:
+        left = json.loads(kubectl("get", "secrets,migrationjobs", "-n", tenant, "-l", f"datamover.io/plan={plan_id}",
+                                  "-o", "json").stdout)["items"]
+        time.sleep(0.5)
+    assert left == [], "the plan's Secrets and jobs outlived it"
