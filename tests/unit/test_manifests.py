@@ -314,3 +314,16 @@ def test_the_rest_facade_is_optional_and_reviews_its_callers(helm: Path) -> None
     assert rules[("authentication.k8s.io", "tokenreviews")] == {"create"}
     assert rules[("authorization.k8s.io", "subjectaccessreviews")] == {"create"}
     assert rules[("", "secrets")] == {"create"}  # never read: no answer carries a credential
+
+
+def test_a_field_named_nullable_is_kept_when_openapi_becomes_json_schema() -> None:
+    # The CRD kind's own schema (JSONSchemaProps) has a field called `nullable`: it must survive the conversion of the
+    # keyword, or `kubeconform -strict` refuses every CRD that marks a field nullable.
+    document = {"components": {"schemas": {"io.k8s.Props": {
+        "type": "object", "x-kubernetes-group-version-kind": [{"group": "example.io", "version": "v1", "kind": "P"}],
+        "properties": {"nullable": {"type": "boolean"}, "when": {"type": "string", "nullable": True}},
+    }}}}
+    (converted,) = schemas.from_openapi_v3(document).values()
+    properties = converted["definitions"]["io.k8s.Props"]["properties"]
+    assert properties["nullable"]["type"] == "boolean"
+    assert properties["when"]["type"] == ["string", "null"] and "nullable" not in properties["when"]

@@ -63,7 +63,9 @@ def _nullable(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {key: _nullable(value) for key, value in schema.items()}
-    if out.pop("nullable", False) and isinstance(out.get("type"), str):
+    # Only the keyword, a boolean: in a `properties` map, "nullable" is the name of a field (as in a CRD's own
+    # schema, JSONSchemaProps), whose value is a schema that must stay.
+    if isinstance(out.get("nullable"), bool) and out.pop("nullable") and isinstance(out.get("type"), str):
         out["type"] = [out["type"], "null"]
     return out
 
