@@ -221,8 +221,9 @@ def plans_namespace(kubectl: Kubectl) -> Iterator[str]:
 
 def local_process(control_plane: Any, module: str, *args: str, output: int | None = subprocess.PIPE) -> (
         subprocess.Popen[str]):
-    """`python -m <module> <args>` of this checkout on this machine, as the cluster's admin (e.g. the operator on a
-    node-less control plane, whose runs then never start; or datamover-api)."""
+    """`python -m <module> <args>` of this checkout on this machine, as the cluster's admin (e.g. the operator, or
+    datamover-api). When the session's ground has a real node, the workers of the operator's runs do run there: a
+    test that needs a run to stay unfinished suspends it."""
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "KUBECONFIG": str(control_plane.admin_kubeconfig), "PYTHONPATH": str(repo / "operator")}
     return subprocess.Popen([sys.executable, "-m", module, *args], env=env, stdout=output,

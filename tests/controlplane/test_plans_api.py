@@ -59,7 +59,7 @@ def test_a_plan_template_can_be_edited(kubectl: Kubectl, namespace: str) -> None
 
 
 def start_operator(control_plane: ControlPlane, namespace: str) -> subprocess.Popen[str]:
-    """The datamover operator on this machine, serving `namespace`; with no node, the runs it starts never end."""
+    """The datamover operator on this machine, serving `namespace` (see local_process about its runs' workers)."""
     return local_process(control_plane, "datamover.controller.main", "--namespace", namespace)
 
 
@@ -114,8 +114,10 @@ def test_a_run_still_going_when_the_next_is_due_follows_the_policy(control_plane
     operator = start_operator(control_plane, namespace)
     try:
         for policy in ("Forbid", "Replace"):
+            # Suspended runs start no worker, so nothing ends them, whatever the ground has to run pods on.
+            suspended = {"spec": {**TEMPLATE["spec"], "suspend": True}}
             kubectl("apply", "-f", "-", input=json.dumps(plan(policy.lower(), namespace, schedule="* * * * *",
-                                                              concurrencyPolicy=policy)))
+                                                              concurrencyPolicy=policy, jobTemplate=suspended)))
 
         def state(name: str) -> tuple[dict[str, Any], list[str]]:
             status = json.loads(kubectl("get", "migrationplan", name, "-n", namespace, "-o",
