@@ -283,7 +283,8 @@ class AzureBlobStore(ObjectStore, ServerSideCopy):
         )
 
     def _info(self, key: str, properties: Any, size: int, whole: bool = True) -> ObjectInfo:
-        """The object's info from its properties, with its index tags (one Get Blob Tags, only if it has some).
+        """The object's info from its properties, with its index tags (one Get Blob Tags, only if it has some, and
+        not for a range: a range is one part of an object whose attributes its stat gave).
 
         The tier is in a stat's properties, not a read's: a read reports the default class, and the engine takes
         the class from the listing instead (ObjectSummary.storage_class).
@@ -291,7 +292,7 @@ class AzureBlobStore(ObjectStore, ServerSideCopy):
         settings = properties.content_settings
         user, expires = metadata_from_azure(properties.metadata or {})
         tags: dict[str, str] = {}
-        if getattr(properties, "tag_count", None):
+        if whole and getattr(properties, "tag_count", None):
             with self._errors("GetBlobTags", key):
                 tags = dict(self.container.get_blob_client(key).get_blob_tags())
         tier = None if getattr(properties, "blob_tier_inferred", False) else getattr(properties, "blob_tier", None)

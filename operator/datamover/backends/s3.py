@@ -477,7 +477,11 @@ class S3Store(ObjectStore, ServerSideCopy):
         content_range = found.get("Content-Range")  # "bytes 0-99/12345": the whole object's size follows the slash
         if content_range and "/" in content_range and not content_range.endswith("*"):
             size = int(content_range.rsplit("/", 1)[1])
-        info = self._tagged(_info_from_headers(key, found, size), found.get("x-amz-tagging-count"))
+        # Tags only for a whole read (a small object's copy takes its attributes from it); a range is one part of an
+        # object whose attributes its stat gave, and fetching them again per part would cost a request per part.
+        info = _info_from_headers(key, found, size)
+        if start is None:
+            info = self._tagged(info, found.get("x-amz-tagging-count"))
         return _S3Stream(response.raw, self.describe(key), info, self._liveness)
 
     def first_part_size(self, key: str) -> int | None:
