@@ -1,6 +1,7 @@
 """datamover-api over HTTPS against a real API server (no node), used as a Gelato client would: who may do what is
 RBAC's answer, bad bodies are refused naming the field with nothing created, credentials never come back, and an
-abort of a job that has not started answers `cancelled` (the operator runs beside it, with no node for workers)."""
+abort of a job that has not started answers `cancelled` (the operator runs beside it; the run is suspended, so no
+worker ever starts)."""
 
 from __future__ import annotations
 
@@ -150,7 +151,11 @@ def test_a_gelato_client_creates_runs_and_aborts_over_https(control_plane: Contr
     assert facade.call("GET", f"/v1/{tenant}/plans/no-such-plan", portal)[0] == 404
     assert facade.call("POST", f"/v1/{tenant}/plans/no-such-plan/run", portal)[0] == 404
 
-    # Run it; the job is there with Gelato's fields; abort it before it started: cancelled.
+    # Run it; the job is there with Gelato's fields; abort it before it started: cancelled. Its runs are made
+    # suspended first (as a Kubernetes user may edit a plan), so no worker can start, even where the session's ground
+    # has a node, and the abort is sure to come before anything is written.
+    kubectl("patch", "migrationplan", plan_id, "-n", tenant, "--type", "merge",
+            "-p", json.dumps({"spec": {"jobTemplate": {"spec": {"suspend": True}}}}))
     status, run = facade.call("POST", f"/v1/{tenant}/plans/{plan_id}/run", portal)
     assert status == 200, run
     job_id = run["jobId"]
