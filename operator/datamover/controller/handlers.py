@@ -607,11 +607,15 @@ class Controller:
     def current(self, key: Key) -> Mapping[str, Any] | None:
         """The freshest copy of one MigrationJob: the index's, or our own last write if that is newer."""
         store = self.migrationjobs.get(key)
-        live = next(iter(store), None) if store is not None else None
+        live: Mapping[str, Any] | None = next(iter(store), None) if store is not None else None
         mine = self.last_written.get(key)
         if live is None:
             return None
-        return mine if mine is not None and _resource_version(mine) > _resource_version(live) else live
+        if mine is not None:
+            if _resource_version(mine) > _resource_version(live):
+                return mine
+            del self.last_written[key]  # the watch has caught up with our write
+        return live
 
     def children(self, key: Key) -> Children:
         store = self.jobs.get(key)
@@ -731,8 +735,9 @@ class Controller:
                 self.progress_mirrored[key] = loop.time()
         if decision.phase is not None and decision.phase.terminal:
             self.granted.discard(key)
-            self.last_written.pop(key, None)
             self.progress_mirrored.pop(key, None)
+            # Our final write stays in last_written until the watch brings it back: the index still shows this job
+            # holding its slot, and the kick must see the slot free now, not at the next queue refresh.
             self.kick()
             if written is not None:
                 self.notify(key, written)
