@@ -12,6 +12,7 @@ divided by the queued jobs. A benchmark, not a test: it asserts nothing about ti
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import statistics
@@ -88,6 +89,31 @@ def _slot_handover(timelines: dict[str, Timeline]) -> list[float]:
     return handovers
 
 
+def _operator_handover(logs: str) -> tuple[list[float], list[float]]:
+    """From the operator's log: each slot freed -> the next slot granted, and granted -> that job's WorkersStarting
+    written, so a slow handover shows whether the queue or the API requests were slow."""
+    freed: list[float] = []
+    granted: dict[str, float] = {}
+    to_grant: list[float] = []
+    to_start: list[float] = []
+    for line in logs.splitlines():
+        if not line[:4].isdigit():
+            continue
+        when = dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        job = next((f.split("=", 1)[1] for f in line.split() if f.startswith("job=")), "")
+        if "event=slot-freed" in line:
+            freed.append(when)
+        elif "event=slot-granted" in line:
+            granted[job] = when
+            before = [f for f in freed if f <= when]
+            if before:
+                to_grant.append(when - before[-1])
+        elif ("event=phase" in line and "reason=WorkersStarting" in line and job in granted
+              and any(f <= granted[job] for f in freed)):  # admitted by a freed slot, not on creation
+            to_start.append(when - granted[job])
+    return to_grant, to_start
+
+
 def _namespace(stack: Stack, namespace: str) -> None:
     """A namespace with both clouds' Secrets, and a destination bucket of the same name."""
     stack.control_plane.kubectl("create", "namespace", namespace)
@@ -122,6 +148,9 @@ def fleet_run(stack: Stack, api: client.ApiClient, namespace: str, jobs: int, li
     print(_row("create -> running (s)", [t.running - t.created for t in timelines.values() if t.running]))
     print(_row("create -> final (s)", [t.final - t.created for t in timelines.values() if t.final]))
     print(_row("slot freed -> next admitted (s)", _slot_handover(timelines)))
+    freed, granted = _operator_handover(stack.operator.logs(tail=-1))
+    print(_row("  in the operator: freed -> granted", freed))
+    print(_row("  in the operator: granted -> started", granted))
     print(f"  operator: {cpu1 - cpu0:.1f} CPU s over {wall1 - wall0:.0f} s wall, peak RSS {hwm / 1024:.0f} MiB")
     print(f"  operator API requests: {total} in all, {total / jobs:.1f} per job, "
           f"{total / max(slot_seconds, 1e-9):.2f} per running job per second")

@@ -50,3 +50,36 @@ def test_delayed_adds_keep_the_earliest_and_can_be_forgotten() -> None:
         assert len(queue) == 0
 
     run(scenario())
+
+
+def test_a_waiting_key_made_urgent_moves_to_the_front_once() -> None:
+    async def scenario() -> None:
+        queue: WorkQueue[str] = WorkQueue()
+        for key in ("a", "b", "c"):
+            queue.add(key)
+        queue.add("c", urgent=True)  # a freed slot admits c, which was waiting behind a and b
+        assert len(queue) == 3
+        served = [await queue.get() for _ in range(3)]
+        assert served == ["c", "a", "b"]
+        assert len(queue) == 0
+        for key in served:
+            queue.done(key)
+        queue.add("c")
+        assert await queue.get() == "c"  # c's stale entry was skipped, not served twice
+
+    run(scenario())
+
+
+def test_an_urgent_add_while_active_keeps_its_urgency() -> None:
+    async def scenario() -> None:
+        queue: WorkQueue[str] = WorkQueue()
+        queue.add("a")
+        queue.add("b")
+        assert await queue.get() == "a"
+        queue.add("a", urgent=True)
+        queue.done("a")
+        key, waited, urgent = await queue.get_waited()
+        assert (key, urgent) == ("a", True)
+        assert waited >= 0
+
+    run(scenario())

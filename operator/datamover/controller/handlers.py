@@ -686,7 +686,8 @@ class Controller:
     async def _reconciler(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            key = await self.queue.get()
+            key, waited, urgent = await self.queue.get_waited()
+            metrics.QUEUE_WAIT_SECONDS.labels(str(urgent).lower()).observe(waited)
             started = loop.time()
             try:
                 await self._step(loop, key)
@@ -722,6 +723,7 @@ class Controller:
             place = self.places().get(key, ADMITTED)
             if place.admitted:
                 self.granted.add(key)  # before any await: the next admission counts this slot as taken
+                log.info("event=slot-granted job=%s/%s", *key)
         mirrored_ago = loop.time() - self.progress_mirrored.get(key, -PROGRESS_MIRROR_SECONDS)
         mirror = mirrored_ago >= PROGRESS_MIRROR_SECONDS
         decision, written = await loop.run_in_executor(
@@ -738,6 +740,7 @@ class Controller:
             self.progress_mirrored.pop(key, None)
             # Our final write stays in last_written until the watch brings it back: the index still shows this job
             # holding its slot, and the kick must see the slot free now, not at the next queue refresh.
+            log.info("event=slot-freed job=%s/%s", *key)
             self.kick()
             if written is not None:
                 self.notify(key, written)

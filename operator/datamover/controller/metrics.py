@@ -24,6 +24,10 @@ REGISTRY = CollectorRegistry()
 RECONCILE_SECONDS = Histogram(
     "datamover_reconcile_duration_seconds", "Time one reconcile step of one MigrationJob took (API requests included).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=REGISTRY)
+QUEUE_WAIT_SECONDS = Histogram(
+    "datamover_reconcile_queue_wait_seconds", "Time a MigrationJob waited in the operator's work queue for a "
+    "reconciler, by whether it was urgent (a new job, or one a freed slot admits).", ["urgent"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=REGISTRY)
 RECONCILE_ERRORS = CounterMetric(
     "datamover_reconcile_errors", "Reconcile steps that failed and were retried, by kind (api: the API server "
     "refused or failed a request; bug: anything else).", ["kind"], registry=REGISTRY)

@@ -26,15 +26,22 @@ class WorkQueue(Generic[Key]):
         self._order = itertools.count()
         self._waiting: set[Key] = set()
         self._active: set[Key] = set()
-        self._again: set[Key] = set()
+        self._again: dict[Key, bool] = {}  # keys added while active, and whether urgently
         self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._since: dict[Key, tuple[float, bool]] = {}  # loop time each waiting key was added, and if urgently
 
     def add(self, key: Key, *, urgent: bool = False) -> None:
         if key in self._active:
-            self._again.add(key)
+            self._again[key] = self._again.get(key, False) or urgent
         elif key not in self._waiting:
             self._waiting.add(key)
+            self._since[key] = (asyncio.get_running_loop().time(), urgent)
             self._queue.put_nowait((0 if urgent else 1, next(self._order), key))
+        elif urgent and not self._since[key][1]:
+            # Already waiting behind the others, now urgent (a freed slot admits it): a second, urgent entry moves it
+            # to the front; whichever entry comes out second finds the key no longer waiting and is skipped.
+            self._since[key] = (self._since[key][0], True)
+            self._queue.put_nowait((0, next(self._order), key))
 
     def add_after(self, key: Key, delay: float) -> None:
         """Add `key` after `delay` seconds, unless an earlier delayed add of it is already pending."""
@@ -58,16 +65,23 @@ class WorkQueue(Generic[Key]):
             timer.cancel()
 
     async def get(self) -> Key:
+        key, _, _ = await self.get_waited()
+        return key
+
+    async def get_waited(self) -> tuple[Key, float, bool]:
+        """The next key, how long it waited in the queue (seconds) and whether it was added urgently."""
         _, _, key = await self._queue.get()
+        while key not in self._waiting:  # the other entry of a key made urgent while it waited
+            _, _, key = await self._queue.get()
         self._waiting.discard(key)
         self._active.add(key)
-        return key
+        added, urgent = self._since.pop(key, (asyncio.get_running_loop().time(), False))
+        return key, asyncio.get_running_loop().time() - added, urgent
 
     def done(self, key: Key) -> None:
         self._active.discard(key)
         if key in self._again:
-            self._again.discard(key)
-            self.add(key)
+            self.add(key, urgent=self._again.pop(key))
 
     def __len__(self) -> int:
         return len(self._waiting)
