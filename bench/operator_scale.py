@@ -90,9 +90,11 @@ def _slot_handover(timelines: dict[str, Timeline]) -> list[float]:
 
 
 def _operator_handover(logs: str) -> tuple[list[float], list[float]]:
-    """From the operator's log: each slot freed -> the next slot granted, and granted -> that job's WorkersStarting
-    written, so a slow handover shows whether the queue or the API requests were slow."""
+    """From the operator's log, for each job that waited in the queue: the slot freed before its admission -> its slot
+    granted, and granted -> its WorkersStarting written; so a slow handover shows whether the queue or the API
+    requests were slow."""
     freed: list[float] = []
+    queued: set[str] = set()
     granted: dict[str, float] = {}
     to_grant: list[float] = []
     to_start: list[float] = []
@@ -103,13 +105,14 @@ def _operator_handover(logs: str) -> tuple[list[float], list[float]]:
         job = next((f.split("=", 1)[1] for f in line.split() if f.startswith("job=")), "")
         if "event=slot-freed" in line:
             freed.append(when)
-        elif "event=slot-granted" in line:
+        elif "event=phase" in line and "reason=Queued" in line:
+            queued.add(job)
+        elif "event=slot-granted" in line and job in queued:
             granted[job] = when
-            before = [f for f in freed if f <= when]
-            if before:
-                to_grant.append(when - before[-1])
-        elif ("event=phase" in line and "reason=WorkersStarting" in line and job in granted
-              and any(f <= granted[job] for f in freed)):  # admitted by a freed slot, not on creation
+            last_freed = max((f for f in freed if f <= when), default=None)
+            if last_freed is not None:
+                to_grant.append(when - last_freed)
+        elif "event=phase" in line and "reason=WorkersStarting" in line and job in granted:
             to_start.append(when - granted[job])
     return to_grant, to_start
 

@@ -156,6 +156,7 @@ def test_the_operator_serves_prometheus_metrics_of_every_job(
     assert samples[("datamover_job_phase", (*job, ("phase", "succeeded")))] == 1
     assert samples[("datamover_migrationjobs", (("phase", "succeeded"),))] >= 1
     assert samples[("datamover_reconcile_duration_seconds_count", ())] > 0
+    assert samples[("datamover_reconcile_queue_wait_seconds_count", (("urgent", "true"),))] > 0  # a new job
 
 
 # 2. abort mid-migration -----------------------------------------------------------------------------------------
