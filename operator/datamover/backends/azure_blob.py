@@ -56,6 +56,7 @@ from azure.storage.blob import (
 )
 
 from datamover.backends.base import (
+    BetweenRequests,
     ByteStream,
     Capabilities,
     ErrorKind,
@@ -485,6 +486,7 @@ class AzureBlobStore(ObjectStore, ServerSideCopy):
 
     def copy_object(
         self, source: ObjectStore, source_key: str, key: str, if_match: str, storage_class: str | None = None,
+        between_requests: BetweenRequests | None = None,
     ) -> str:
         tags: dict[str, str] = {}
         if isinstance(source, AzureBlobStore):

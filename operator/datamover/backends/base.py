@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import enum
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 MiB = 1024 * 1024
@@ -282,8 +282,17 @@ class ObjectStore(abc.ABC):
         return None
 
 
+# Called by a server-side copy before each further request of a copy that takes several (a GCS rewrite of a large
+# object): the engine's abort checkpoint, which raises to stop the copy there.
+BetweenRequests = Callable[[], None]
+
+
 class ServerSideCopy(abc.ABC):
     """Optional capability (rclone's Copier): the store copies from another store without the bytes passing us."""
+
+    # Whether copy_part works: a store that copies only whole objects (GCS rewrite) says False, and declares a
+    # single-copy limit (PartLimits.max_single_copy) as large as its largest object, so the engine never asks.
+    copies_parts: bool = True
 
     @abc.abstractmethod
     def can_copy_from(self, source: ObjectStore) -> bool:
@@ -292,9 +301,10 @@ class ServerSideCopy(abc.ABC):
     @abc.abstractmethod
     def copy_object(
         self, source: ObjectStore, source_key: str, key: str, if_match: str, storage_class: str | None = None,
+        between_requests: BetweenRequests | None = None,
     ) -> str:
         """Copy a whole object, its attributes included, into `storage_class` (None: the default); returns the new
-        ETag."""
+        ETag. A copy that takes several requests calls `between_requests` before each further one."""
 
     @abc.abstractmethod
     def copy_part(

@@ -13,6 +13,13 @@ are plain objects, so they can be written in parallel, listed and deleted by any
   there are more than 32, GCS's limit per compose), then deletes the folder, marker last;
 - `abort_upload` deletes the folder's objects, marker last, so a half-deleted upload is still listed and found again.
 
+Server-side copy, GCS to GCS with the same credentials, is the JSON API's rewrite (`copy_object`), pinned to the
+generation the listing saw (`sourceGeneration`, and `ifSourceGenerationMatch` so a versioned bucket's older
+generation is not copied either). A rewrite is one logical operation of any size with no fragment: a large object
+may take several calls, each continuing from the last one's `rewriteToken`, and the object appears only when the last
+completes; a rewrite stopped between calls leaves nothing to clean (its token merely expires). So the single-copy
+limit is GCS's largest object and there is no part copy (`copies_parts = False`). See docs/engine.md.
+
 Retries are the SDK's (idempotent requests, exponential backoff); what is left is classified into `StoreError` kinds
 here. The ETag is the object's generation (what reads and copies can be pinned to). GCS has no Expires header: it
 travels in reserved metadata and reads back exactly as written.
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -34,11 +42,14 @@ from typing import Any
 import google.auth.exceptions
 import requests.exceptions
 from google.api_core import exceptions as api_exceptions
+from google.api_core.retry import Retry
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import storage
+from google.cloud.storage.retry import DEFAULT_RETRY
 from google.oauth2 import service_account
 
 from datamover.backends.base import (
+    BetweenRequests,
     ByteStream,
     Capabilities,
     ErrorKind,
@@ -52,6 +63,7 @@ from datamover.backends.base import (
     ObjectSummary,
     OpenUpload,
     PartLimits,
+    ServerSideCopy,
     StoreError,
     common_storage_class,
     native_storage_class,
@@ -61,9 +73,11 @@ from datamover.backends.base import (
 log = logging.getLogger("datamover.backends.gcs")
 
 COMPOSE_LIMIT = 32  # source objects per compose request
+MAX_OBJECT = 5 * 1024 * GiB  # GCS's largest object
 # Parts are composed in at most two levels (32 x 32); a part object may be up to 5 TiB but is buffered here, so 5 GiB.
+# A rewrite copies any object whole, so the single-copy limit is the largest object: the engine never copies parts.
 GCS_LIMITS = PartLimits(min_part_size=1 * MiB, max_part_size=5 * GiB, max_parts=COMPOSE_LIMIT * COMPOSE_LIMIT,
-                        max_single_write=5 * GiB)
+                        max_single_write=5 * GiB, max_single_copy=MAX_OBJECT)
 UPLOAD_AREA = ".datamover-uploads/"
 KEY_METADATA = "datamover-key"
 EXPIRES_METADATA = "datamover-expires"
@@ -74,6 +88,8 @@ DEFAULT_CLASS = "STANDARD"
 READ_CHUNK = 8 * MiB
 
 _PERMANENT_STATUS = frozenset({400, 401, 403})
+# A rewrite is retried like the SDK's idempotent requests (see copy_object).
+_REWRITE_RETRY: Retry = DEFAULT_RETRY
 
 
 @dataclass(frozen=True)
@@ -131,10 +147,11 @@ class _GcsStream(ByteStream):
         self._buffer = b""
 
 
-class GcsStore(ObjectStore):
+class GcsStore(ObjectStore, ServerSideCopy):
     """One bucket of Google Cloud Storage, through a storage.Client."""
 
     capabilities = Capabilities(limits=GCS_LIMITS, part_layout=False)
+    copies_parts = False  # a rewrite has no byte range; it copies any size whole
 
     def __init__(self, config: GcsConfig) -> None:
         self.config = config
@@ -388,3 +405,78 @@ class GcsStore(ObjectStore):
 
     def interrupt(self, reason: str) -> None:
         self._interrupted = reason
+
+    # -- ServerSideCopy -----------------------------------------------------------------------------------------
+
+    def can_copy_from(self, source: ObjectStore) -> bool:
+        # The destination's client sends the rewrite, so its credentials must read the source: the same endpoint and
+        # the same identity (the same key, or both the pod's own, or both anonymous on an emulator).
+        return (isinstance(source, GcsStore) and source.config.endpoint == self.config.endpoint
+                and source.config.service_account_json == self.config.service_account_json
+                and source.config.anonymous == self.config.anonymous)
+
+    def _changed_or_gone(self, source: GcsStore, source_key: str, generation: int, operation: str) -> StoreError:
+        """The source's generation `generation` is not there: PRECONDITION if the key has another one now (it was
+        rewritten since it was listed), NOT_FOUND if the key is gone."""
+        now = source.stat(source_key)
+        where = source.describe(source_key)
+        if now is None:
+            return StoreError(ErrorKind.NOT_FOUND, f"{operation} failed: the source is gone: {where}", "404")
+        return StoreError(ErrorKind.PRECONDITION, f"{operation} failed: the source is now generation {now.etag}, "
+                                                  f"not {generation}: {where}", "412")
+
+    def copy_object(
+        self, source: ObjectStore, source_key: str, key: str, if_match: str, storage_class: str | None = None,
+        between_requests: BetweenRequests | None = None,
+    ) -> str:
+        assert isinstance(source, GcsStore)
+        operation = f"RewriteObject from {source.bucket}/{source_key!r}"
+        if not if_match.isdigit():  # our ETags are generations: any other cannot be this object's
+            raise StoreError(ErrorKind.PRECONDITION, f"{operation} failed: {if_match!r} is no generation: "
+                                                     f"{source.describe(source_key)}", "412")
+        generation = int(if_match)
+        # The source's attributes of exactly that generation, set on the destination explicitly: what a rewrite
+        # carries over when its body leaves a field out is the service's choice, and the job may name the class.
+        with source._errors(f"GetObjectMetadata (generation {generation})", source_key):
+            pinned = source._bucket.get_blob(source_key, generation=generation, timeout=source._timeout)
+        if pinned is None:
+            raise self._changed_or_gone(source, source_key, generation, operation)
+        attributes = self._info(source_key, pinned).attributes
+        destination = self._bucket.blob(key)
+        self._apply(destination, dataclasses.replace(attributes, storage_class=storage_class))
+        wanted_class = destination.storage_class
+        token: str | None = None
+        while True:
+            try:
+                with self._errors(operation, key):
+                    # Sent again on a lost answer: a rewrite of one pinned generation writes the same object again,
+                    # and leaves no fragment behind (the SDK retries it only if told, as it cannot know that).
+                    token, _, _ = destination.rewrite(
+                        source._bucket.blob(source_key, generation=generation), token=token,
+                        if_source_generation_match=generation, timeout=self._timeout, retry=_REWRITE_RETRY,
+                    )
+            except StoreError as error:
+                if error.kind is ErrorKind.NOT_FOUND:  # a generation that is gone is a 404 (sourceGeneration)
+                    raise self._changed_or_gone(source, source_key, generation, operation) from error
+                raise
+            if token is None:
+                break
+            if between_requests is not None:
+                between_requests()  # the engine's abort checkpoint: stopping here leaves nothing to undo
+        if destination.storage_class != wanted_class:
+            # fake-gcs-server (v1.56.1) writes a rewrite's copy in STANDARD whatever the destination names; GCS sets
+            # the class named. A copy in another class than asked is not exact: removed, and the object fails.
+            with self._errors("DeleteObject (copy in the wrong class)", key), contextlib.suppress(
+                    api_exceptions.NotFound, api_exceptions.PreconditionFailed):
+                self._bucket.delete_blob(key, if_generation_match=destination.generation, timeout=self._timeout)
+            raise StoreError(ErrorKind.OTHER, f"{operation} wrote storage class {destination.storage_class}, not "
+                                              f"{wanted_class}; the copy was removed: {self.describe(key)}",
+                             "StorageClassNotKept")
+        return str(destination.generation)
+
+    def copy_part(
+        self, source: ObjectStore, source_key: str, upload: OpenUpload, part_number: int, start: int, end: int,
+        if_match: str,
+    ) -> str:
+        raise StoreError(ErrorKind.OTHER, f"GCS copies no byte range server-side (a rewrite copies whole objects, of "
+                                          f"any size): {self.describe(upload.key)}", "RangeCopyNotSupported")

@@ -31,6 +31,7 @@ import urllib3.exceptions
 
 from datamover.backends.base import (
     S3_LIMITS,
+    BetweenRequests,
     ByteStream,
     Capabilities,
     ErrorKind,
@@ -591,6 +592,7 @@ class S3Store(ObjectStore, ServerSideCopy):
 
     def copy_object(
         self, source: ObjectStore, source_key: str, key: str, if_match: str, storage_class: str | None = None,
+        between_requests: BetweenRequests | None = None,
     ) -> str:
         # Metadata and tags travel with the COPY directives (S3's defaults); the class does not: a copy that names
         # none gets STANDARD, so it is named.

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from datamover.backends.base import (
+    BetweenRequests,
     ByteStream,
     ErrorKind,
     ListPage,
@@ -139,6 +140,7 @@ class RefusingCopier(ServerSideCopy):
 
     def copy_object(
         self, source: ObjectStore, source_key: str, key: str, if_match: str, storage_class: str | None = None,
+        between_requests: BetweenRequests | None = None,
     ) -> str:
         raise PlanWriteRefused(ErrorKind.PERMANENT, f"plan mode writes nothing, {COPY} refused: {key!r}")
 

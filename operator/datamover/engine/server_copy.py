@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datamover.backends.base import ErrorKind, ObjectInfo, StoreError
+from datamover.backends.base import BetweenRequests, ErrorKind, ObjectInfo, StoreError
 from datamover.engine import verify
 from datamover.engine.context import ObjectCopy, RunContext
 
@@ -16,7 +16,7 @@ def copy_listed(ctx: RunContext, copy: ObjectCopy) -> None:
     try:
         copy.written_etag = ctx.copier.copy_object(
             ctx.source, copy.source.key, copy.destination_key, copy.source.etag,
-            ctx.options.storage_class or copy.source.storage_class,
+            ctx.options.storage_class or copy.source.storage_class, _between_requests(ctx, copy),
         )
     except StoreError as error:
         if error.kind is not ErrorKind.PRECONDITION:
@@ -26,12 +26,21 @@ def copy_listed(ctx: RunContext, copy: ObjectCopy) -> None:
     copy.wrote_destination = True
 
 
+def _between_requests(ctx: RunContext, copy: ObjectCopy) -> BetweenRequests:
+    """A copy that takes several requests (a GCS rewrite of a large object, a call per chunk of bytes the service
+    copied) stops at the `between_chunks` checkpoint before each further one, as a download does between its chunks:
+    abort waits for at most one request. A copy stopped there has written nothing (the service makes the object only
+    when its last request completes), so there is nothing to undo."""
+    return lambda: ctx.checkpoint("between_chunks", copy.source.key)
+
+
 def copy_whole(ctx: RunContext, copy: ObjectCopy, info: ObjectInfo) -> None:
     """One server-side copy of the object, attributes included, pinned to the version stat'ed (If-Match)."""
     assert ctx.copier is not None
     ctx.writing()
     copy.written_etag = ctx.copier.copy_object(ctx.source, info.key, copy.destination_key, info.etag,
-                                               ctx.written_attributes(info.attributes, copy.source).storage_class)
+                                               ctx.written_attributes(info.attributes, copy.source).storage_class,
+                                               _between_requests(ctx, copy))
     copy.wrote_destination = True
 
 

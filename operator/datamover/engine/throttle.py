@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from datamover.backends.base import (
+    BetweenRequests,
     ByteStream,
     ListPage,
     ObjectAttributes,
@@ -197,9 +198,20 @@ class ThrottledCopier(ServerSideCopy):
 
     def copy_object(
         self, source: ObjectStore, source_key: str, key: str, if_match: str, storage_class: str | None = None,
+        between_requests: BetweenRequests | None = None,
     ) -> str:
         self._throttle.take_request(self._abort)
-        return self._copier.copy_object(unwrapped(source), source_key, key, if_match, storage_class)
+
+        def next_request() -> None:  # every further request of the copy takes its token too
+            if between_requests is not None:
+                between_requests()
+            self._throttle.take_request(self._abort)
+
+        return self._copier.copy_object(unwrapped(source), source_key, key, if_match, storage_class, next_request)
+
+    @property
+    def copies_parts(self) -> bool:  # type: ignore[override]
+        return self._copier.copies_parts
 
     def copy_part(
         self, source: ObjectStore, source_key: str, upload: OpenUpload, part_number: int, start: int, end: int,
