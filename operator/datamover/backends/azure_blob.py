@@ -79,8 +79,11 @@ log = logging.getLogger("datamover.backends.azure_blob")
 
 # Azure's block blob limits (service version 2019-12-12 and later): 50,000 blocks of up to 4000 MiB, and up to
 # 5000 MiB in one Put Blob. No minimum block size; 1 MiB keeps part counts sane.
+# Copy Blob From URL (synchronous: the only whole-object copy done when the request returns) takes up to 256 MiB, so
+# it is the single-copy limit: a larger Azure-to-Azure copy goes in parts, by Put Block From URL.
+MAX_SYNC_COPY = 256 * MiB
 AZURE_LIMITS = PartLimits(min_part_size=1 * MiB, max_part_size=4000 * MiB, max_parts=50_000,
-                          max_single_write=5000 * MiB)
+                          max_single_write=5000 * MiB, max_single_copy=MAX_SYNC_COPY)
 
 # Reserved metadata names (valid C# identifiers, as Azure requires): the Expires header, and the prefix of a user
 # metadata name that is not a valid identifier, stored as the hex of its UTF-8 bytes.
@@ -88,8 +91,6 @@ EXPIRES_NAME = "datamover_expires"
 ENCODED_NAME_PREFIX = "datamover_x_"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
-# Copy Blob From URL (synchronous: the only whole-object copy done when the request returns) takes up to 256 MiB.
-MAX_SYNC_COPY = 256 * MiB
 # Storage classes (S3's names) -> the access tier that is their counterpart; Hot is the default class. S3's other
 # classes (REDUCED_REDUNDANCY, ONEZONE_IA, INTELLIGENT_TIERING, GLACIER) have none, and objects in them are refused.
 ACCESS_TIERS = {"STANDARD_IA": "Cool", "GLACIER_IR": "Cold", "DEEP_ARCHIVE": "Archive"}
