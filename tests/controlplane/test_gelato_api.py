@@ -1,10 +1,12 @@
 """datamover-api over HTTPS against a real API server (no node), used as a Gelato client would: who may do what is
 RBAC's answer, bad bodies are refused naming the field with nothing created, credentials never come back, and an
 abort of a job that has not started answers `cancelled` (the operator runs beside it; the run is suspended, so no
-worker ever starts)."""
+worker ever starts). A Gelato schedule policy puts a plan on the operator's schedule, and a plan whose Secret the API
+server refuses half-way leaves neither plan nor Secret behind."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import ssl
 import subprocess
@@ -14,7 +16,8 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -34,6 +37,7 @@ ROLE = {
         {"apiGroups": ["datamover.io"], "resources": ["migrationplans", "migrationjobs"],
          "verbs": ["get", "list", "create", "delete", "patch"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "create", "delete"]},
     ],
 }
 
@@ -180,3 +184,91 @@ def test_a_gelato_client_creates_runs_and_aborts_over_https(control_plane: Contr
                                   "-o", "json").stdout)["items"]
         time.sleep(0.5)
     assert left == [], "the plan's Secrets and jobs outlived it"
+
+
+def gone(kubectl: Kubectl, namespace: str, what: str, selector: str) -> bool:
+    """Wait (up to a minute: the garbage collector's pace) until no `what` matching `selector` is left."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not json.loads(kubectl("get", what, "-n", namespace, "-l", selector, "-o", "json").stdout)["items"]:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_a_gelato_policy_puts_a_plan_on_the_operators_schedule(control_plane: ControlPlane, kubectl: Kubectl,
+                                                                tenant: str, facade: Facade) -> None:
+    portal = token_for(control_plane, kubectl, tenant, "portal", bound=True)
+    api = f"/v1/{tenant}"
+
+    # Gelato's dashboard sends six fields, seconds first; a schedule datamover cannot keep is refused, naming it.
+    nightly = {"name": "cron test", "tenant": "all", "description": "02:30 in Berlin",
+               "schedule": {"type": "cron", "tiggerProperties": "00 30 2 * * ?", "timeZone": "Europe/Berlin"}}
+    status, answer = facade.call("POST", f"{api}/policies", portal,
+                                 {**nightly, "schedule": {"type": "cron", "tiggerProperties": "*/10 * * * * *"}})
+    assert status == 400 and answer["message"].startswith("schedule.tiggerProperties"), answer
+    assert facade.call("GET", f"{api}/policies", portal) == (200, {"policies": []})
+    status, created = facade.call("POST", f"{api}/policies", portal, nightly)
+    assert status == 200, created
+    policy = created["policy"]
+    assert (policy["name"], policy["schedule"]["tiggerProperties"]) == ("cron test", "00 30 2 * * ?")
+    assert facade.call("GET", f"{api}/policies/{policy['id']}", portal) == (200, {"policy": policy})
+    assert facade.call("GET", f"{api}/policies", portal) == (200, {"policies": [policy]})
+    # Only the facade's policies are policies: another ConfigMap of the namespace is not shown.
+    assert facade.call("GET", f"{api}/policies/kube-root-ca.crt", portal)[0] == 404
+
+    status, answer = facade.call("POST", f"{api}/plans", portal, {**PLAN, "policyId": "policy-none-000000"})
+    assert status == 400 and answer["message"].startswith("policyId"), answer
+
+    # Enabled, the plan is on the operator's schedule; disabled, it runs on demand only.
+    status, on = facade.call("POST", f"{api}/plans", portal, {**PLAN, "policyId": policy["id"], "policyEnabled": True})
+    assert status == 200, on
+    assert {k: on["plan"][k] for k in ("policyId", "policyName", "policyEnabled", "schedule")} == {
+        "policyId": policy["id"], "policyName": "cron test", "policyEnabled": True,
+        "schedule": {"cron": "30 2 * * *", "timeZone": "Europe/Berlin"}}
+    status, off = facade.call("POST", f"{api}/plans", portal, {**PLAN, "policyId": policy["id"]})
+    assert status == 200 and off["plan"]["policyEnabled"] is False, off
+    assert facade.call("GET", f"{api}/plans/{off['plan']['id']}", portal)[1]["plan"]["policyEnabled"] is False
+
+    def plan_status(plan_id: str, reason: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            found = json.loads(kubectl("get", "migrationplan", plan_id, "-n", tenant, "-o", "json").stdout)
+            if (found.get("status") or {}).get("reason") == reason:
+                return cast(dict[str, Any], found["status"])
+            time.sleep(0.5)
+        raise AssertionError(f"plan {plan_id} never reached {reason}: {found.get('status')}")
+
+    next_run = plan_status(on["plan"]["id"], "Scheduled")["nextScheduleTime"]
+    when = dt.datetime.fromisoformat(next_run.replace("Z", "+00:00")).astimezone(ZoneInfo("Europe/Berlin"))
+    assert (when.hour, when.minute, when.second) == (2, 30, 0)
+    assert "nextScheduleTime" not in plan_status(off["plan"]["id"], "Suspended")
+
+    # A policy in use stays (Gelato refuses it too); unused, it goes.
+    status, answer = facade.call("DELETE", f"{api}/policies/{policy['id']}", portal)
+    assert status == 409 and on["plan"]["id"] in answer["message"] and off["plan"]["id"] in answer["message"]
+    for plan in (on, off):
+        assert facade.call("DELETE", f"{api}/plans/{plan['plan']['id']}", portal)[0] == 200
+    assert facade.call("DELETE", f"{api}/policies/{policy['id']}", portal) == (200, {})
+    assert facade.call("GET", f"{api}/policies/{policy['id']}", portal)[0] == 404
+
+
+def test_a_plan_whose_secret_the_api_server_refuses_leaves_nothing_behind(
+        control_plane: ControlPlane, kubectl: Kubectl, tenant: str, facade: Facade) -> None:
+    """A quota that lets exactly one more Secret into the namespace: the plan and its source Secret are created, the
+    destination Secret is refused by the API server, and the facade takes back what it made."""
+    portal = token_for(control_plane, kubectl, tenant, "portal", bound=True)
+    secrets = len(json.loads(kubectl("get", "secrets", "-n", tenant, "-o", "json").stdout)["items"])
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "one-more-secret"},
+             "spec": {"hard": {"secrets": str(secrets + 1)}}}
+    kubectl("apply", "-n", tenant, "-f", "-", input=json.dumps(quota))
+    # The API server admits Secrets against the quota only once the quota controller has counted them.
+    kubectl("wait", "-n", tenant, "resourcequota/one-more-secret", "--for=jsonpath={.status.used.secrets}="
+            + str(secrets), "--timeout=60s")
+
+    status, answer = facade.call("POST", f"/v1/{tenant}/plans", portal, PLAN)
+    assert status == 403 and "exceeded quota" in answer["message"], answer
+    # The refused step was the second Secret, so the plan and the first Secret had been made.
+    assert "-destination" in answer["message"], answer
+    assert gone(kubectl, tenant, "migrationplans,secrets", "datamover.io/created-by"), "a refused plan left objects"
+    assert facade.call("GET", f"/v1/{tenant}/plans", portal) == (200, {"plans": []})

@@ -1,6 +1,6 @@
 """End to end on the real node, as a Gelato client uses datamover: a plan created over HTTP runs into a job that
 migrates every object (the stores agree), a throttled run aborted mid-way answers `aborted` with nothing half-made,
-an ended job's abort is refused naming its phase, and a scheduled MigrationPlan fires by itself."""
+an ended job's abort is refused naming its phase, and a plan on a Gelato schedule policy fires by itself."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ ROLE = {
     "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "gelato-portal"},
     "rules": [{"apiGroups": ["datamover.io"], "resources": ["migrationplans", "migrationjobs"],
                "verbs": ["get", "list", "create", "delete", "patch"]},
-              {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}],
+              {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+              {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create"]}],
 }
 
 
@@ -136,23 +137,24 @@ def test_a_gelato_client_migrates_aborts_and_a_schedule_fires(cluster: Cluster, 
     assert_invariant(cloud_a, src, cloud_b, dst2, contents, remain_source=True)
     assert open_uploads(cloud_b, dst2) == []
 
-    # A scheduled plan fires by itself within the minute, and its run migrates everything too.
+    # A plan on a Gelato schedule policy (every minute, at second 0) fires by itself, and its run migrates everything.
     dst3 = new_bucket(cloud_b)
-    template = json.loads(cluster.kubectl("get", "migrationplan", plan_id, "-n", tenant, "-o",
-                                          "json").stdout)["spec"]["jobTemplate"]["spec"]
-    del template["throttle"]
-    template["destination"]["bucket"] = dst3
-    cluster.apply({"apiVersion": "datamover.io/v1alpha1", "kind": "MigrationPlan", "metadata": {"name": "every-minute"},
-                   "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": template}}})
+    status, policy = gelato("POST", f"/v1/{tenant}/policies", {
+        "name": "every minute", "schedule": {"type": "cron", "tiggerProperties": "0 * * * * *"}})
+    assert status == 200, policy
+    status, every = gelato("POST", f"/v1/{tenant}/plans", {
+        "name": "every minute", "type": "migration", "remainSource": True, "sourceConn": conn(cloud_a, src),
+        "destConn": conn(cloud_b, dst3), "policyId": policy["policy"]["id"], "policyEnabled": True})
+    assert status == 200 and every["plan"]["policyEnabled"], every
     deadline = time.monotonic() + 90
     runs: list[dict[str, Any]] = []
     while not runs and time.monotonic() < deadline:
         time.sleep(1)
-        runs = [j for j in gelato("GET", f"/v1/{tenant}/jobs")[1]["jobs"] if j["planId"] == "every-minute"]
+        runs = [j for j in gelato("GET", f"/v1/{tenant}/jobs")[1]["jobs"] if j["planId"] == every["plan"]["id"]]
     assert runs, "the every-minute plan made no run within 90 s"
     scheduled = gelato.wait_job(tenant, runs[0]["id"], {"succeeded", "failed"})
     assert scheduled["status"] == "succeeded", scheduled
-    cluster.kubectl("patch", "migrationplan", "every-minute", "-n", tenant, "--type=merge", "-p",
+    cluster.kubectl("patch", "migrationplan", every["plan"]["id"], "-n", tenant, "--type=merge", "-p",
                     '{"spec": {"suspend": true}}')
     check = rclone_check(cloud_a, src, cloud_b, dst3)
     assert check.returncode == 0, check.stdout + check.stderr

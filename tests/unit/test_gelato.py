@@ -127,3 +127,84 @@ def test_the_openapi_document_describes_exactly_the_servers_routes() -> None:
     for path, item in openapi.DOCUMENT["paths"].items():
         declared = {p["name"] for p in item.get("parameters", [])}
         assert declared == {part[1:-1] for part in path.split("/") if part.startswith("{")}, path
+
+
+@pytest.mark.parametrize(("gelato_spec", "cron"), [
+    ("00 30 2 * * ?", "30 2 * * *"),  # what Gelato's dashboard sends: seconds first, ? for any day of the week
+    ("0 */15 * * * MON-FRI", "*/15 * * * MON-FRI"),
+    ("0 0 3 1 *", "0 3 1 * *"),  # robfig/cron v1: the day of the week may be left out
+    ("30 0 6 * * *", "0 6 * * *"),  # a run starts at the minute: the seconds are dropped
+    ("@Daily", "@daily"),
+])
+def test_gelatos_cron_becomes_a_plans_minute_cron(gelato_spec: str, cron: str) -> None:
+    assert gelato.gelato_cron(gelato_spec, "f") == cron
+
+
+def policy_map(body: dict[str, Any]) -> dict[str, Any]:
+    """The ConfigMap of a policy as the API server answers it (a name, a creation time)."""
+    made = gelato.new_policy(body, "tenant-a")
+    return {**made, "metadata": {**made["metadata"], "creationTimestamp": "2026-01-01T00:00:00Z"}}
+
+
+NIGHTLY = {"name": "cron test", "tenant": "all", "description": "nightly",
+           "schedule": {"type": "cron", "tiggerProperties": "00 30 2 * * *"}}
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({**NIGHTLY, "name": ""}, "name"),
+    ({**NIGHTLY, "schedule": "daily"}, "schedule"),
+    ({**NIGHTLY, "schedule": {"type": "interval", "tiggerProperties": "1h"}}, "schedule.type"),
+    ({**NIGHTLY, "schedule": {"type": "cron"}}, "schedule.triggerProperties"),
+    ({**NIGHTLY, "schedule": {"tiggerProperties": "* * * * * *"}}, "schedule.tiggerProperties: the seconds"),
+    ({**NIGHTLY, "schedule": {"tiggerProperties": "0 0 25 * * *"}}, "schedule.tiggerProperties"),
+    ({**NIGHTLY, "schedule": {"tiggerProperties": "@every 1h"}}, "schedule.tiggerProperties"),
+    ({**NIGHTLY, "schedule": {"tiggerProperties": "0 0 2 * * *", "timeZone": "Mars/Base"}}, "schedule.timeZone"),
+    ({**NIGHTLY, "description": 7}, "description"),
+])
+def test_a_bad_policy_is_refused_naming_the_field(body: Any, field: str) -> None:
+    with pytest.raises(gelato.BadRequest, match=f"^{field}"):
+        gelato.new_policy(body, "t")
+
+
+def test_a_policy_is_shown_back_as_gelato_sent_it() -> None:
+    view = gelato.policy_view(policy_map({**NIGHTLY, "schedule": {"triggerProperties": "0 0 4 * * *",
+                                                                  "timeZone": "Europe/Berlin"}}), "tenant-a")
+    assert view["id"].startswith("policy-cron-test-")
+    assert {k: v for k, v in view.items() if k != "id"} == {
+        "name": "cron test", "tenant": "tenant-a", "description": "nightly",
+        "schedule": {"type": "cron", "tiggerProperties": "0 0 4 * * *", "timeZone": "Europe/Berlin"}}
+    assert set(view) == set(openapi.POLICY["properties"])
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_plan_with_a_policy_runs_on_its_schedule_while_the_policy_is_enabled(enabled: bool) -> None:
+    policy = policy_map({**NIGHTLY, "schedule": {"tiggerProperties": "0 30 2 * * *", "timeZone": "Europe/Berlin"}})
+    policy_id = policy["metadata"]["name"]
+    new = gelato.new_plan({**BODY, "policyId": policy_id, "policyEnabled": enabled}, "tenant-a", policy)
+    spec = new.plan["spec"]
+    assert (spec["schedule"], spec["timeZone"], spec["suspend"]) == ("30 2 * * *", "Europe/Berlin", not enabled)
+    created = {**new.plan, "metadata": {**new.plan["metadata"], "uid": "u", "creationTimestamp": "t0"}}
+    view = gelato.plan_view(created, "tenant-a")
+    assert (view["policyId"], view["policyName"], view["policyEnabled"]) == (policy_id, "cron test", enabled)
+    assert view["schedule"] == {"cron": "30 2 * * *", "timeZone": "Europe/Berlin"}
+    assert set(view) == set(openapi.PLAN["properties"])
+
+
+def test_a_plan_without_a_policy_runs_on_demand() -> None:
+    new = gelato.new_plan({**BODY, "policyEnabled": False}, "tenant-a")
+    assert "schedule" not in new.plan["spec"]
+    view = gelato.plan_view({**new.plan, "metadata": {**new.plan["metadata"], "uid": "u"}}, "tenant-a")
+    assert (view["policyId"], view["policyEnabled"]) == ("", False)
+
+
+@pytest.mark.parametrize(("body", "policy", "field"), [
+    ({**BODY, "policyId": "policy-gone-123456", "policyEnabled": True}, None, "policyId: no policy"),
+    # a ConfigMap of that name that is not a policy is not one
+    ({**BODY, "policyId": "kube-root-ca.crt"}, {"metadata": {"name": "kube-root-ca.crt"}, "data": {}},
+     "policyId: no policy"),
+    ({**BODY, "policyId": 42}, None, "policyId: must be a string"),
+    ({**BODY, "policyEnabled": "yes"}, None, "policyEnabled"),
+])
+def test_a_plan_naming_no_usable_policy_is_refused(body: Any, policy: Any, field: str) -> None:
+    with pytest.raises(gelato.BadRequest, match=f"^{field}"):
+        gelato.new_plan(body, "t", policy)

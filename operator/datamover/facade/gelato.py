@@ -4,6 +4,10 @@ A Gelato plan's connections carry credentials inline; here they become a Secret 
 credentialsSecretRef in the plan's template. Going back, a connection is rendered from the template, which holds no
 credential: nothing any function here returns for a response can carry one. Bad input raises BadRequest naming the
 field, before anything is created.
+
+A Gelato schedule policy (POST /policies) is kept as a labelled ConfigMap; a plan that names it (policyId) gets a copy
+of its schedule as spec.schedule, with policyEnabled as the opposite of spec.suspend. Gelato's cron is robfig/cron v1's
+(seconds first, day-of-week optional, descriptors); it is turned into the plan's five-field, minute-granular cron here.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from datamover.api import API_VERSION, MigrationStatus, Phase
-from datamover.plans import LABEL_PLAN, PLAN_KIND
+from datamover.api import API_VERSION, MigrationStatus, Phase, SpecError
+from datamover.plans import LABEL_PLAN, PLAN_KIND, PlanSpec
 
 # The plan's name as the Gelato user gave it (a Kubernetes name allows less).
 ANNOTATION_DISPLAY_NAME = "datamover.io/display-name"
@@ -23,6 +27,15 @@ ANNOTATION_DISPLAY_NAME = "datamover.io/display-name"
 ANNOTATION_STOR_TYPE = "datamover.io/gelato-stor-type-"
 LABEL_FACADE = "datamover.io/created-by"
 FACADE = "datamover-api"
+
+# A ConfigMap that is a Gelato policy carries this label (value POLICY); a plan made from a policy carries it too, with
+# the policy's id as the value, so a policy in use is found by a label selector and cannot be deleted from under it.
+LABEL_POLICY = "datamover.io/gelato-policy"
+POLICY = "policy"
+# The policy's Gelato name on a plan made from it (Gelato shows it as the plan's policyName).
+ANNOTATION_POLICY_NAME = "datamover.io/gelato-policy-name"
+# robfig/cron v1's descriptors that a MigrationPlan's schedule takes as they are (@every has no cron equivalent).
+CRON_DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 
 CONN_KEYS = ("endpoint", "bucketname", "region", "access", "security")
 SECRET_CONN_KEYS = ("access", "security")
@@ -128,8 +141,101 @@ def kube_name(display: str) -> str:
     return f"{base}-{uuid.uuid4().hex[:6]}"
 
 
-def new_plan(body: Any, namespace: str) -> NewPlan:
-    """The objects a Gelato POST /plans body asks for, or BadRequest naming the first bad field."""
+def gelato_cron(spec: Any, field: str) -> str:
+    """A Gelato (robfig/cron v1) schedule as a MigrationPlan's cron, or BadRequest naming `field`.
+
+    Gelato reads `second minute hour day-of-month month [day-of-week]`; a MigrationPlan starts runs by the minute, so
+    the seconds must be one value (the run starts at the start of that minute) and are dropped.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise BadRequest(f"{field}: a cron schedule such as \"0 30 2 * * *\" (02:30:00 daily) is required")
+    spec = spec.strip()
+    if spec.startswith("@"):
+        if spec.lower() in CRON_DESCRIPTORS:
+            return str(spec.lower())
+        raise BadRequest(f"{field}: {spec!r} is not supported; use one of {', '.join(CRON_DESCRIPTORS)} or six cron "
+                         "fields (second minute hour day-of-month month day-of-week)")
+    fields = spec.split()
+    if len(fields) not in (5, 6):
+        raise BadRequest(f"{field}: {spec!r} has {len(fields)} fields; Gelato's cron has six (second minute hour "
+                         "day-of-month month day-of-week), the last optional")
+    second, *rest = fields
+    if not second.isdigit() or int(second) > 59:
+        raise BadRequest(f"{field}: the seconds field must be one value from 0 to 59 (got {second!r}); datamover "
+                         "starts runs by the minute")
+    cron = " ".join(part.replace("?", "*") for part in (rest if len(rest) == 5 else [*rest, "*"]))
+    try:
+        PlanSpec.from_spec({"schedule": cron})  # the operator's own check, so what passes here it can run
+    except SpecError:
+        raise BadRequest(f"{field}: {spec!r} is not a cron schedule Gelato's format allows") from None
+    return cron
+
+
+def _time_zone(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{field}: must be a time zone name such as Europe/Berlin")
+    try:
+        PlanSpec.from_spec({"timeZone": value})
+    except SpecError:
+        raise BadRequest(f"{field}: {value!r} is not a time zone name such as Europe/Berlin") from None
+    return value
+
+
+def new_policy(body: Any, namespace: str) -> dict[str, Any]:
+    """The ConfigMap a Gelato POST /policies body asks for, or BadRequest naming the first bad field."""
+    body = _object(body, "body")
+    display = body.get("name")
+    if not isinstance(display, str) or not display.strip():
+        raise BadRequest("name: a non-empty string is required")
+    description = body.get("description", "")
+    if not isinstance(description, str):
+        raise BadRequest("description: must be a string")
+    schedule = _object(body.get("schedule"), "schedule")
+    if schedule.get("type", "cron") != "cron":
+        raise BadRequest(f"schedule.type: only \"cron\" is supported (got {schedule.get('type')!r})")
+    # Gelato's JSON spells it tiggerProperties (sic); the correct spelling is taken too.
+    key = "tiggerProperties" if "tiggerProperties" in schedule else "triggerProperties"
+    trigger = schedule.get(key)
+    gelato_cron(trigger, f"schedule.{key}")
+    data = {"name": display, "description": description, "type": "cron", "tiggerProperties": str(trigger).strip()}
+    if "timeZone" in schedule:  # datamover's addition: Gelato read schedules in its server's local zone
+        data["timeZone"] = _time_zone(schedule["timeZone"], "schedule.timeZone")
+    return {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": f"policy-{kube_name(display)}", "namespace": namespace,
+                     "labels": {LABEL_FACADE: FACADE, LABEL_POLICY: POLICY}},
+        "data": data,
+    }
+
+
+def is_policy(config_map: Mapping[str, Any]) -> bool:
+    """Whether a ConfigMap is a Gelato policy (any other ConfigMap of the namespace is not the facade's to show)."""
+    return ((config_map.get("metadata") or {}).get("labels") or {}).get(LABEL_POLICY) == POLICY
+
+
+def policy_view(config_map: Mapping[str, Any], tenant: str) -> dict[str, Any]:
+    """A policy ConfigMap as Gelato's `policy` object."""
+    data = config_map.get("data") or {}
+    schedule = {"type": data.get("type", "cron"), "tiggerProperties": data.get("tiggerProperties", "")}
+    if data.get("timeZone"):
+        schedule["timeZone"] = data["timeZone"]
+    return {"id": config_map["metadata"]["name"], "name": data.get("name", ""), "tenant": tenant,
+            "description": data.get("description", ""), "schedule": schedule}
+
+
+def requested_policy(body: Any) -> str | None:
+    """The policyId a POST /plans body names, if any (the server reads that policy before calling new_plan)."""
+    policy_id = body.get("policyId") if isinstance(body, Mapping) else None
+    if policy_id in (None, ""):
+        return None
+    if not isinstance(policy_id, str):
+        raise BadRequest("policyId: must be a string, the id of a policy")
+    return policy_id
+
+
+def new_plan(body: Any, namespace: str, policy: Mapping[str, Any] | None = None) -> NewPlan:
+    """The objects a Gelato POST /plans body asks for, or BadRequest naming the first bad field. `policy` is the
+    ConfigMap of the policy the body names (policyId), None if there is none by that id."""
     body = _object(body, "body")
     display = body.get("name")
     if not isinstance(display, str) or not display.strip():
@@ -148,10 +254,16 @@ def new_plan(body: Any, namespace: str) -> NewPlan:
         raise BadRequest("filter.prefix: must be a string")
     source_type, source = _conn(body.get("sourceConn"), "sourceConn")
     dest_type, dest = _conn(body.get("destConn"), "destConn")
+    enabled = body.get("policyEnabled", False)
+    if not isinstance(enabled, bool):
+        raise BadRequest("policyEnabled: must be true or false")
+    policy_id = requested_policy(body)
+    if policy_id is not None and (policy is None or not is_policy(policy)):
+        raise BadRequest(f"policyId: no policy {policy_id!r} in this tenant")
     name = kube_name(display)
     secrets = {"source": f"{name}-source", "destination": f"{name}-destination"}
     labels = {LABEL_FACADE: FACADE}
-    plan = {
+    plan: dict[str, Any] = {
         "apiVersion": API_VERSION, "kind": PLAN_KIND,
         "metadata": {"name": name, "namespace": namespace, "labels": labels, "annotations": {
             ANNOTATION_DISPLAY_NAME: display,
@@ -164,6 +276,14 @@ def new_plan(body: Any, namespace: str) -> NewPlan:
             "remainSource": remain,
         }}},
     }
+    if policy_id is not None and policy is not None:
+        # Gelato: a plan with a policy runs on its schedule while policyEnabled; disabled, it runs on demand only.
+        data = policy.get("data") or {}
+        plan["spec"].update(schedule=gelato_cron(data.get("tiggerProperties"), "policyId"), suspend=not enabled)
+        if data.get("timeZone"):
+            plan["spec"]["timeZone"] = data["timeZone"]
+        plan["metadata"]["labels"] = {**labels, LABEL_POLICY: policy_id}
+        plan["metadata"]["annotations"][ANNOTATION_POLICY_NAME] = data.get("name", "")
     made = tuple({
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": {"name": secrets[side], "namespace": namespace, "labels": {**labels, LABEL_PLAN: name}},
@@ -214,6 +334,10 @@ def plan_view(plan: Mapping[str, Any], tenant: str) -> dict[str, Any]:
         "filter": {"prefix": source["prefix"]} if source.get("prefix") else {},
         "createdAt": meta.get("creationTimestamp"),
     }
+    # Gelato's policy members; a plan made with kubectl has a schedule but no policy: its policyId is empty.
+    view["policyId"] = (meta.get("labels") or {}).get(LABEL_POLICY, "")
+    view["policyName"] = (meta.get("annotations") or {}).get(ANNOTATION_POLICY_NAME, "")
+    view["policyEnabled"] = bool(spec.get("schedule")) and not spec.get("suspend", False)
     if spec.get("schedule"):
         view["schedule"] = {"cron": spec["schedule"], "timeZone": spec.get("timeZone", "UTC")}
     return view

@@ -29,6 +29,9 @@ PLAN_REQUEST = _object({
     "destConn": CONN,
     "remainSource": {"type": "boolean", "default": True},
     "filter": _object({"prefix": STRING}, []),
+    "policyId": {"type": "string", "description": "a policy's id: the plan runs on its schedule (a copy, taken now)"},
+    "policyEnabled": {"type": "boolean", "default": False,
+                      "description": "run on the policy's schedule; false: the plan runs on demand only"},
 }, ["name", "sourceConn", "destConn"])
 # What a plan answer shows of a connection: where, never a credential (access and security are never echoed).
 CONN_VIEW = _object({
@@ -39,8 +42,20 @@ CONN_VIEW = _object({
 PLAN = _object({
     "id": STRING, "name": STRING, "type": STRING, "tenantId": STRING, "sourceConn": CONN_VIEW, "destConn": CONN_VIEW,
     "remainSource": {"type": "boolean"}, "filter": _object({"prefix": STRING}, []), "createdAt": TIME,
+    "policyId": STRING, "policyName": STRING, "policyEnabled": {"type": "boolean"},
     "schedule": _object({"cron": STRING, "timeZone": STRING}),
-}, ["id", "name", "type", "tenantId", "sourceConn", "destConn", "remainSource", "filter", "createdAt"])
+}, ["id", "name", "type", "tenantId", "sourceConn", "destConn", "remainSource", "filter", "createdAt", "policyId",
+    "policyName", "policyEnabled"])
+SCHEDULE = _object({
+    "type": {"type": "string", "enum": ["cron"], "default": "cron"},
+    "tiggerProperties": {"type": "string", "description": "Gelato's cron (the key's spelling is Gelato's): second "
+                         "minute hour day-of-month month [day-of-week], or @hourly, @daily, ...; the seconds must be "
+                         "one value (runs start by the minute)"},
+    "timeZone": {"type": "string", "default": "UTC", "description": "the IANA zone the schedule is read in"},
+}, ["tiggerProperties"])
+POLICY_REQUEST = _object({"name": STRING, "description": STRING, "tenant": STRING, "schedule": SCHEDULE},
+                         ["name", "schedule"])
+POLICY = _object({"id": STRING, "name": STRING, "tenant": STRING, "description": STRING, "schedule": SCHEDULE})
 JOB = _object({
     "id": STRING, "type": STRING, "planName": STRING, "planId": STRING, "sourceLocation": STRING,
     "destLocation": STRING,
@@ -59,7 +74,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     meaning = {400: "bad request: the message names the field", 401: "no bearer token, or one not accepted",
                403: "RBAC does not allow the caller this on the tenant's namespace", 404: "no such plan or job",
-               409: "the job has already ended: the message names its phase"}
+               409: "the job has already ended, or the policy is used by a plan: the message says which"}
     return {str(code): _json(ERROR, meaning[code]) for code in (401, 403, *codes)}
 
 
@@ -95,6 +110,22 @@ DOCUMENT: dict[str, Any] = {
             "post": {"summary": "run a plan now: a new job",
                      "responses": {"200": _json(_object({"jobId": STRING}), "the new job's id"),
                                    **_errors(400, 404)}},
+        },
+        "/v1/{tenantId}/policies": {
+            "parameters": _path_parameters("tenantId"),
+            "post": {"summary": "create a schedule policy (a plan names it by policyId)",
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": POLICY_REQUEST}}},
+                     "responses": {"200": _json(_object({"policy": POLICY}), "the policy"), **_errors(400)}},
+            "get": {"summary": "list the tenant's policies",
+                    "responses": {"200": _json(_object({"policies": {"type": "array", "items": POLICY}}),
+                                               "the policies"), **_errors(400)}},
+        },
+        "/v1/{tenantId}/policies/{policyId}": {
+            "parameters": _path_parameters("tenantId", "policyId"),
+            "get": {"summary": "one policy", "responses": {"200": _json(_object({"policy": POLICY}), "the policy"),
+                                                           **_errors(400, 404)}},
+            "delete": {"summary": "delete a policy no plan uses",
+                       "responses": {"200": _json(_object({}), "deleted"), **_errors(400, 404, 409)}},
         },
         "/v1/{tenantId}/jobs": {
             "parameters": _path_parameters("tenantId"),

@@ -72,6 +72,11 @@ async def _call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(function, *args, **kwargs)
 
 
+def _plain(model: Any) -> dict[str, Any]:
+    """A typed client model (V1ConfigMap, ...) as the API server's JSON, which gelato's functions take."""
+    return cast(dict[str, Any], _api_client().sanitize_for_serialization(model))  # type: ignore[no-untyped-call]
+
+
 def _answer(body: Mapping[str, Any], status: int = 200) -> web.Response:
     return web.json_response(body, status=status)
 
@@ -105,6 +110,7 @@ async def authorize(caller: Caller, namespace: str, *checks: tuple[str, str, str
 PLANS = ("datamover.io", PLAN_PLURAL)
 JOBS = ("datamover.io", PLURAL)
 SECRETS = ("", "secrets")
+POLICIES = ("", "configmaps")  # a Gelato policy is a ConfigMap (gelato.new_policy): RBAC on ConfigMaps governs it
 
 
 def _check(verb: str, what: tuple[str, str]) -> tuple[str, str, str]:
@@ -139,6 +145,17 @@ class Facade:
                 raise HTTPError(404, f"{what} {name!r} not found") from None
             raise
 
+    async def _policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The policy ConfigMap `name`, or None if there is none (another ConfigMap of that name is none either)."""
+        try:
+            found = await _call(client.CoreV1Api(_api_client()).read_namespaced_config_map, name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        config_map = _plain(found)
+        return config_map if gelato.is_policy(config_map) else None
+
     async def _plan_names(self, namespace: str, caller: Caller) -> dict[str, str]:
         """Gelato names of the plans, if the caller may list them (else jobs show the plan id)."""
         try:
@@ -151,13 +168,18 @@ class Facade:
     # -- plans ---------------------------------------------------------------------------------------------------
 
     async def create_plan(self, request: web.Request) -> web.Response:
-        namespace, _ = await self._enter(request, _check("create", PLANS), _check("create", SECRETS))
+        namespace, caller = await self._enter(request, _check("create", PLANS), _check("create", SECRETS))
         try:
             body = await request.json(loads=json.loads)
         except ValueError:
             raise HTTPError(400, "body: not valid JSON") from None
         try:
-            new = gelato.new_plan(body, namespace)
+            policy_id = gelato.requested_policy(body)
+            policy = None
+            if policy_id is not None:
+                await authorize(caller, namespace, _check("get", POLICIES))
+                policy = await self._policy(namespace, policy_id)
+            new = gelato.new_plan(body, namespace, policy)
         except gelato.BadRequest as error:
             raise HTTPError(400, str(error)) from None
         plan = await _call(_custom().create_namespaced_custom_object, GROUP, VERSION, namespace, PLAN_PLURAL,
@@ -205,6 +227,57 @@ class Facade:
         log.info("event=plan-run namespace=%s plan=%s job=%s", namespace, plan["metadata"]["name"],
                  job["metadata"]["name"])
         return _answer({"jobId": job["metadata"]["name"]})
+
+    # -- policies (a Gelato schedule; plans copy it when created, so a policy in use cannot be deleted) ----------
+
+    async def create_policy(self, request: web.Request) -> web.Response:
+        namespace, _ = await self._enter(request, _check("create", POLICIES))
+        try:
+            body = await request.json(loads=json.loads)
+        except ValueError:
+            raise HTTPError(400, "body: not valid JSON") from None
+        try:
+            config_map = gelato.new_policy(body, namespace)
+        except gelato.BadRequest as error:
+            raise HTTPError(400, str(error)) from None
+        made = await _call(client.CoreV1Api(_api_client()).create_namespaced_config_map, namespace, config_map)
+        created = _plain(made)
+        log.info("event=policy-created namespace=%s policy=%s", namespace, created["metadata"]["name"])
+        return _answer({"policy": gelato.policy_view(created, request.match_info["tenantId"])})
+
+    async def list_policies(self, request: web.Request) -> web.Response:
+        namespace, _ = await self._enter(request, _check("list", POLICIES))
+        listed = await _call(client.CoreV1Api(_api_client()).list_namespaced_config_map, namespace,
+                             label_selector=f"{gelato.LABEL_POLICY}={gelato.POLICY}")
+        items = _plain(listed).get("items") or []
+        tenant = request.match_info["tenantId"]
+        return _answer({"policies": [gelato.policy_view(p, tenant) for p in items]})
+
+    async def get_policy(self, request: web.Request) -> web.Response:
+        namespace, _ = await self._enter(request, _check("get", POLICIES))
+        name = request.match_info["policyId"]
+        policy = await self._policy(namespace, name)
+        if policy is None:
+            raise HTTPError(404, f"policy {name!r} not found")
+        return _answer({"policy": gelato.policy_view(policy, request.match_info["tenantId"])})
+
+    async def delete_policy(self, request: web.Request) -> web.Response:
+        namespace, _ = await self._enter(request, _check("delete", POLICIES), _check("list", PLANS))
+        name = request.match_info["policyId"]
+        if await self._policy(namespace, name) is None:
+            raise HTTPError(404, f"policy {name!r} not found")
+        users = await _call(_custom().list_namespaced_custom_object, GROUP, VERSION, namespace, PLAN_PLURAL,
+                            label_selector=f"{gelato.LABEL_POLICY}={name}")
+        if users.get("items"):
+            plans = ", ".join(sorted(p["metadata"]["name"] for p in users["items"]))
+            raise HTTPError(409, f"policy {name!r} is used by plan(s) {plans}")
+        try:
+            await _call(client.CoreV1Api(_api_client()).delete_namespaced_config_map, name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                raise HTTPError(404, f"policy {name!r} not found") from None
+            raise
+        return _answer({})
 
     # -- jobs ----------------------------------------------------------------------------------------------------
 
@@ -281,6 +354,10 @@ def application(settings: Settings) -> web.Application:
         web.get("/v1/{tenantId}/plans/{planId}", facade.get_plan, allow_head=False),
         web.delete("/v1/{tenantId}/plans/{planId}", facade.delete_plan),
         web.post("/v1/{tenantId}/plans/{planId}/run", facade.run_plan),
+        web.post("/v1/{tenantId}/policies", facade.create_policy),
+        web.get("/v1/{tenantId}/policies", facade.list_policies, allow_head=False),
+        web.get("/v1/{tenantId}/policies/{policyId}", facade.get_policy, allow_head=False),
+        web.delete("/v1/{tenantId}/policies/{policyId}", facade.delete_policy),
         web.get("/v1/{tenantId}/jobs", facade.list_jobs, allow_head=False),
         web.get("/v1/{tenantId}/jobs/{jobId}", facade.get_job, allow_head=False),
         web.post("/v1/{tenantId}/jobs/{jobId}/abort", facade.abort_job),
