@@ -202,8 +202,6 @@ class Location:
         gcs = raw.get("gcs") or {}
         if store_type is StoreType.AZURE_BLOB and not azure.get("accountName"):
             raise SpecError(f"spec.{side}.azureBlob.accountName is required when type is azureBlob")
-        if store_type is StoreType.AZURE_BLOB and not raw.get("credentialsSecretRef"):
-            raise SpecError(f"spec.{side}.credentialsSecretRef is required when type is azureBlob")
         secret = raw.get("credentialsSecretRef") or {}
         encryption = raw.get("serverSideEncryption") or {}
         if side == "source" and (raw.get("storageClass") or encryption):
