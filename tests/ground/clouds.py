@@ -71,7 +71,8 @@ def start_azurite(workdir: Path, *, timeout: float = READY_TIMEOUT,
 
     With `tls` (a certificate and its key): HTTPS, and OAuth bearer tokens accepted besides the account key
     (`--oauth basic`, which Azurite allows only over HTTPS; it checks a token's lifetime, issuer and audience, not
-    its signature). Clients must trust the certificate's CA, `ca_file`.
+    its signature). Clients must trust the certificate's CA, `ca_file`; for Put Block From URL, which Azurite reads
+    from itself, the certificate must be self-signed (Azurite trusts exactly the one it serves).
     """
     port = free_port()
     base = Path(workdir).resolve()

@@ -18,6 +18,8 @@ with a random key nobody checks (Azurite does not, and datamover never reads the
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
 import json
 import secrets
 import ssl
@@ -31,6 +33,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 STORAGE_AUDIENCE = "https://storage.azure.com"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -57,6 +63,36 @@ class TokenIssuer:
             "tid": self.tenant_id, "ver": "1.0",
         }
         return jwt.encode(claims, secrets.token_bytes(32), algorithm="HS256")
+
+
+def loopback_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost that is its own CA: (cert file, key file).
+
+    Self-signed rather than issued by a ground CA because Azurite, reading a copy's source from itself over HTTPS
+    (Put Block From URL), trusts exactly the certificate it serves, and a leaf without its issuer fails that check.
+    Clients trust the same file as their CA bundle.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "datamover-ground-loopback")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_file, key_file = directory / "loopback.crt", directory / "loopback.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    return cert_file, key_file
 
 
 def _aadsts(status: int, error: str, code: int, text: str) -> tuple[int, dict[str, object]]:

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.ground.clouds import AzuriteServer, FakeGcsServer, start_azurite, start_fake_gcs
-from tests.ground.controlplane import CertificateAuthority
-from tests.ground.entra import TokenIssuer, start_token_issuer
+from tests.ground.entra import TokenIssuer, loopback_certificate, start_token_issuer
 
 ContainerFactory = Callable[[], str]
 
@@ -36,13 +35,11 @@ class EntraAzure:
 
 @pytest.fixture(scope="session")
 def entra_azure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EntraAzure]:
-    """One HTTPS Azurite (`--oauth basic`) and one token issuer on 127.0.0.1 for the session, with a fresh CA."""
+    """One HTTPS Azurite (`--oauth basic`) and one token issuer on 127.0.0.1 for the session, one fresh certificate."""
     base = tmp_path_factory.mktemp("entra-azure")
-    ca = CertificateAuthority.create(base / "pki", common_name="datamover-ground-entra-ca")
-    cert, key = ca.issue(base / "pki" / "loopback", "127.0.0.1", dns_names=["localhost"], ip_addresses=["127.0.0.1"],
-                         server=True)
-    with start_token_issuer(cert, key) as issuer, start_azurite(base, tls=(cert, key), ca_file=ca.cert_file) as server:
-        yield EntraAzure(azurite=server, issuer=issuer, ca_file=ca.cert_file)
+    cert, key = loopback_certificate(base / "pki")  # its own CA: what clients trust
+    with start_token_issuer(cert, key) as issuer, start_azurite(base, tls=(cert, key), ca_file=cert) as server:
+        yield EntraAzure(azurite=server, issuer=issuer, ca_file=cert)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import pytest
 
 from datamover.api import Location, credential_env
 from datamover.backends import open_store
+from datamover.backends.azure_blob import AzureBlobConfig
 from datamover.backends.base import ObjectStore
 from datamover.engine import AbortSignal, MigrationOptions, MigrationResult, Outcome, migrate
 from datamover.locations import store_config
@@ -25,6 +26,7 @@ from tests.ground.plugin_clouds import EntraAzure
 from tests.ground.plugin_s3 import BucketFactory
 from tests.ground.s3 import S3Server
 from tests.integration.test_engine_clouds import OPTIONS, Side, _azure, _s3, fill, judge
+from tests.store_conformance import StoreConformance, StoreFactory
 from tests.unit import RecordingSink
 
 WORKLOAD_IDENTITY_VARIABLES = ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_FEDERATED_TOKEN_FILE",
@@ -187,3 +189,20 @@ def test_no_secret_and_no_workload_identity_fails_saying_what_is_missing(
     assert failure_reason(result) == "CredentialsRejected"
     assert "AZURE_FEDERATED_TOKEN_FILE" in (result.error or "") and name in (result.error or "")
     assert vendor_side(entra_azure, name, "").contents() == {}
+
+
+class TestAzureBlobSignedInWithAServicePrincipal(StoreConformance):
+    """The whole store conformance suite, every request carrying an Entra ID bearer token instead of Shared Key."""
+
+    @pytest.fixture
+    def make_store(self, entra_azure: EntraAzure, container: Callable[[], str]) -> StoreFactory:
+        def make(page_size: int = 1000) -> ObjectStore:
+            return open_store(AzureBlobConfig(
+                container=container(), account_url=entra_azure.azurite.endpoint, prefix="pre/",
+                account_name=entra_azure.azurite.account, list_page_size=page_size,
+                **{key: value for key, value in zip(
+                    ("tenant_id", "client_id", "client_secret", "authority_host"),
+                    service_principal(entra_azure).values(), strict=True)},
+            ))
+
+        return make
