@@ -64,21 +64,35 @@ class StoreType(enum.StrEnum):
 
 @dataclass(frozen=True)
 class SecretKeys:
-    """The keys a location's credentials Secret holds: all of `required`, and at least one of `one_of` if any."""
+    """The keys a location's credentials Secret holds: all of `required`, at least one of `one_of` if any, and
+    with each `one_of` key it holds, that key's `companions` (listed in `optional` too, so workers get them)."""
 
     required: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
     one_of: tuple[str, ...] = ()
+    companions: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def all(self) -> tuple[str, ...]:
         return self.required + self.one_of + self.optional
 
+    def missing_companion(self, data: Mapping[str, str]) -> tuple[str, str] | None:
+        """(a key the Secret lacks, the key it goes with), for the first such pair; None when nothing is lacking."""
+        for key, needed in self.companions:
+            if data.get(key):
+                for companion in needed:
+                    if not data.get(companion):
+                        return companion, key
+        return None
+
 
 SECRET_KEYS: dict[StoreType, SecretKeys] = {
     StoreType.S3: SecretKeys(required=("accessKeyId", "secretAccessKey"), optional=("sessionToken",)),
-    # A Shared Key, or a (container or account) SAS token.
-    StoreType.AZURE_BLOB: SecretKeys(one_of=("accountKey", "sasToken")),
+    # A Shared Key, a (container or account) SAS token, or an Entra ID service principal (its client secret with its
+    # tenant and client IDs, and an authority host for sovereign clouds).
+    StoreType.AZURE_BLOB: SecretKeys(one_of=("accountKey", "sasToken", "clientSecret"),
+                                     optional=("tenantId", "clientId", "authorityHost"),
+                                     companions=(("clientSecret", ("tenantId", "clientId")),)),
     # A service account's JSON key file, whole.
     StoreType.GCS: SecretKeys(required=("serviceAccountJson",)),
 }
@@ -188,8 +202,6 @@ class Location:
         gcs = raw.get("gcs") or {}
         if store_type is StoreType.AZURE_BLOB and not azure.get("accountName"):
             raise SpecError(f"spec.{side}.azureBlob.accountName is required when type is azureBlob")
-        if store_type is StoreType.AZURE_BLOB and not raw.get("credentialsSecretRef"):
-            raise SpecError(f"spec.{side}.credentialsSecretRef is required when type is azureBlob")
         secret = raw.get("credentialsSecretRef") or {}
         encryption = raw.get("serverSideEncryption") or {}
         if side == "source" and (raw.get("storageClass") or encryption):

@@ -45,11 +45,17 @@ def store_config(
         from datamover.backends.azure_blob import AzureBlobConfig
 
         account = location.account_name or ""
+        secret = {key: credentials.get(key) or None for key in (
+            "accountKey", "sasToken", "tenantId", "clientId", "clientSecret", "authorityHost")}
         return AzureBlobConfig(
             container=location.bucket, prefix=location.prefix,
             account_url=location.endpoint or f"https://{account}.blob.core.windows.net",
-            account_name=account, account_key=credentials.get("accountKey") or None,
-            sas_token=credentials.get("sasToken") or None, **tuning, **pool,  # type: ignore[arg-type]
+            account_name=account, account_key=secret["accountKey"], sas_token=secret["sasToken"],
+            tenant_id=secret["tenantId"], client_id=secret["clientId"], client_secret=secret["clientSecret"],
+            authority_host=secret["authorityHost"],
+            # No Secret: the pod's Azure Workload Identity, as a gcs location without one uses the pod's identity.
+            workload_identity=location.secret_name is None, credentials_name=location.secret_name,
+            **tuning, **pool,  # type: ignore[arg-type]
         )
     if location.type is StoreType.GCS:
         from datamover.backends.gcs import GcsConfig

@@ -22,6 +22,7 @@ GCS = {"type": "gcs", "bucket": "acme-archive", "gcs": {"project": "acme-prod"}}
 VALID: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "s3-to-azure": (S3, AZURE),
     "azure-to-gcs": (AZURE, GCS),
+    "azure-workload-identity": ({k: v for k, v in AZURE.items() if k != "credentialsSecretRef"}, S3),
     "gcs-to-s3": (GCS, {"bucket": "b", "addressingStyle": "path", "region": "eu-west-1"}),
     "plain-s3-as-before": ({"bucket": "a"}, {"bucket": "b", "insecureSkipTLSVerify": True}),
     "s3-class-and-encryption": ({"bucket": "a"}, {
@@ -37,8 +38,6 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "gcs-member-on-azure": ({**AZURE, "gcs": {}}, "gcs is set only when type is gcs"),
     "region-on-gcs": ({**GCS, "region": "eu"}, "are S3 fields (type s3) only"),
     "path-style-on-azure": ({**AZURE, "addressingStyle": "path"}, "are S3 fields (type s3) only"),
-    "azure-without-secret": ({k: v for k, v in AZURE.items() if k != "credentialsSecretRef"},
-                             "an azureBlob location needs credentialsSecretRef"),
     "azure-container-name": ({**AZURE, "bucket": "Photos_2024"}, "an Azure container name is 3-63 lowercase"),
     "azure-container-too-short": ({**AZURE, "bucket": "ab"}, "an Azure container name is 3-63 lowercase"),
     "azure-account-name": ({**AZURE, "azureBlob": {"accountName": "Acme-Photos"}}, "spec.source.azureBlob.accountName"),

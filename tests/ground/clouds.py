@@ -38,10 +38,13 @@ class AzuriteServer:
     key: str = field(repr=False)
     log_path: Path
     proc: Proc | None = field(default=None, repr=False)
+    ca_file: Path | None = None  # over HTTPS: the CA that signed its certificate
 
     def client(self) -> BlobServiceClient:
-        """The vendor SDK's client for this server (what tests judge with)."""
-        return BlobServiceClient(self.endpoint, credential={"account_name": self.account, "account_key": self.key})
+        """The vendor SDK's client for this server (what tests judge with), signed in with the account key."""
+        tls = {"connection_verify": str(self.ca_file)} if self.ca_file else {}
+        return BlobServiceClient(self.endpoint, credential={"account_name": self.account, "account_key": self.key},
+                                 **tls)
 
 
 @dataclass
@@ -62,16 +65,27 @@ class FakeGcsServer:
 
 
 @contextlib.contextmanager
-def start_azurite(workdir: Path, *, timeout: float = READY_TIMEOUT) -> Iterator[AzuriteServer]:
-    """Run Azurite's blob service (in memory, no telemetry) for the duration of the block."""
+def start_azurite(workdir: Path, *, timeout: float = READY_TIMEOUT,
+                  tls: tuple[Path, Path] | None = None, ca_file: Path | None = None) -> Iterator[AzuriteServer]:
+    """Run Azurite's blob service (in memory, no telemetry) for the duration of the block.
+
+    With `tls` (a certificate and its key): HTTPS, and OAuth bearer tokens accepted besides the account key
+    (`--oauth basic`, which Azurite allows only over HTTPS; it checks a token's lifetime, issuer and audience, not
+    its signature). Clients must trust the certificate's CA, `ca_file`; for Put Block From URL, which Azurite reads
+    from itself, the certificate must be self-signed (Azurite trusts exactly the one it serves).
+    """
     port = free_port()
     base = Path(workdir).resolve()
-    server = AzuriteServer(endpoint=f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}", account=AZURITE_ACCOUNT,
+    scheme = "https" if tls else "http"
+    server = AzuriteServer(endpoint=f"{scheme}://127.0.0.1:{port}/{AZURITE_ACCOUNT}", account=AZURITE_ACCOUNT,
                            key=AZURITE_KEY, log_path=base / "azurite.log")
     argv = [
         str(binary("azurite-blob")), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
         "--disableTelemetry", "--silent", "--skipApiVersionCheck",
     ]
+    if tls:
+        argv += ["--cert", str(tls[0]), "--key", str(tls[1]), "--oauth", "basic"]
+        server.ca_file = ca_file
     with running("azurite", argv, server.log_path, ready=tcp_check("127.0.0.1", port), timeout=timeout,
                  cwd=base) as proc:
         server.proc = proc

@@ -75,7 +75,6 @@ def test_a_gcs_key_that_is_not_a_service_account_key_is_refused_without_echoing_
 
 @pytest.mark.parametrize(("location", "message"), [
     ({**AZURE, "azureBlob": {}}, r"spec\.source\.azureBlob\.accountName is required"),
-    ({k: v for k, v in AZURE.items() if k != "credentialsSecretRef"}, r"spec\.source\.credentialsSecretRef"),
     ({**S3, "type": "swift"}, r"spec\.source\.type must be one of s3, azureBlob, gcs"),
 ])
 def test_an_incomplete_location_is_refused_naming_the_field(location: dict[str, Any], message: str) -> None:
@@ -93,6 +92,10 @@ def test_workers_get_the_secret_keys_of_their_location_type() -> None:
     assert refs == {
         "DATAMOVER_SOURCE_ACCOUNT_KEY": {"name": "azure", "key": "accountKey", "optional": True},
         "DATAMOVER_SOURCE_SAS_TOKEN": {"name": "azure", "key": "sasToken", "optional": True},
+        "DATAMOVER_SOURCE_CLIENT_SECRET": {"name": "azure", "key": "clientSecret", "optional": True},
+        "DATAMOVER_SOURCE_TENANT_ID": {"name": "azure", "key": "tenantId", "optional": True},
+        "DATAMOVER_SOURCE_CLIENT_ID": {"name": "azure", "key": "clientId", "optional": True},
+        "DATAMOVER_SOURCE_AUTHORITY_HOST": {"name": "azure", "key": "authorityHost", "optional": True},
         "DATAMOVER_DESTINATION_SERVICE_ACCOUNT_JSON": {"name": "gcs", "key": "serviceAccountJson", "optional": False},
     }
 
@@ -145,3 +148,41 @@ def test_an_s3_worker_does_not_load_the_azure_and_google_sdks() -> None:
              "print(sorted(m for m in ('azure.storage.blob', 'google.cloud.storage') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
+
+
+def test_an_azure_worker_with_a_key_does_not_load_azure_identity() -> None:
+    # azure-identity brings MSAL and PyJWT: only a location signed in with Entra ID needs them.
+    probe = ("import sys, datamover.locations as l, datamover.api as a, datamover.backends as b\n"
+             "loc = a.Location(bucket='photos', type=a.StoreType.AZURE_BLOB, account_name='acme', secret_name='k')\n"
+             "b.open_store(l.store_config(loc, {'accountKey': 'a2V5'}))\n"
+             "print(sorted(m for m in ('azure.storage.blob', 'azure.identity', 'msal') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "['azure.storage.blob']"
+
+
+def test_an_azure_service_principal_reaches_the_store_config_and_stays_out_of_repr() -> None:
+    parsed = spec(AZURE, {"bucket": "b"})
+    config = store_config(parsed.source, {"tenantId": "t-1", "clientId": "c-1", "clientSecret": "s3cr3t-value",
+                                          "authorityHost": "https://login.chinacloudapi.cn"})
+    assert isinstance(config, AzureBlobConfig)
+    assert (config.tenant_id, config.client_id, config.client_secret, config.authority_host) == (
+        "t-1", "c-1", "s3cr3t-value", "https://login.chinacloudapi.cn")
+    assert config.uses_entra_id and not config.workload_identity and config.credentials_name == "azure"
+    assert "s3cr3t-value" not in repr(config)
+
+
+def test_an_azure_location_without_a_secret_uses_the_pods_workload_identity() -> None:
+    parsed = spec({k: v for k, v in AZURE.items() if k != "credentialsSecretRef"}, {"bucket": "b"})
+    config = store_config(parsed.source, {})
+    assert isinstance(config, AzureBlobConfig)
+    assert config.workload_identity and config.uses_entra_id and config.credentials_name is None
+
+
+def test_a_client_secret_without_its_tenant_or_client_is_refused() -> None:
+    wanted = spec(AZURE, {"bucket": "b"}).source.secret_keys
+    assert wanted.missing_companion({"clientSecret": "x", "clientId": "c"}) == ("tenantId", "clientSecret")
+    assert wanted.missing_companion({"clientSecret": "x", "tenantId": "t"}) == ("clientId", "clientSecret")
+    assert wanted.missing_companion({"clientSecret": "x", "tenantId": "t", "clientId": "c"}) is None
+    assert wanted.missing_companion({"accountKey": "k"}) is None
+    with pytest.raises(ValueError, match="tenantId and clientId"):
+        store_config(spec(AZURE, {"bucket": "b"}).source, {"clientSecret": "x", "clientId": "c"})

@@ -16,6 +16,10 @@ object to create, list or abort, so this module gives it one (see docs/engine.md
   discards the blocks at the blob's next commit or after seven days; the abort fails with ErrorKind.OTHER saying so,
   and the janitor keeps the intent and tries again.
 
+Credentials: a Shared Key, a SAS token, an Entra ID service principal (client secret), or the pod's Azure Workload
+Identity (its federated token). The last two go through azure-identity, imported only when a store uses them: it
+brings MSAL and PyJWT, which an account-key job never needs.
+
 Retries are azure-core's (exponential backoff on 408/429/5xx and connection errors); what is left is classified into
 `StoreError` kinds here. Azure has no Expires header and allows only C#-identifier metadata names, so both travel in
 reserved metadata entries (`metadata_to_azure`), and read back exactly as written.
@@ -27,6 +31,7 @@ import base64
 import contextlib
 import datetime as dt
 import logging
+import os
 import re
 import secrets
 import threading
@@ -36,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from azure.core import MatchConditions
+from azure.core.credentials import TokenCredential
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
@@ -51,7 +57,9 @@ from azure.storage.blob import (
     BlobServiceClient,
     ContainerClient,
     ContentSettings,
+    ExponentialRetry,
     StandardBlobTier,
+    UserDelegationKey,
     generate_blob_sas,
 )
 
@@ -97,6 +105,16 @@ ACCESS_TIERS = {"STANDARD_IA": "Cool", "GLACIER_IR": "Cold", "DEEP_ARCHIVE": "Ar
 DEFAULT_TIER = "Hot"
 # How long a source SAS made for one server-side copy request stays valid.
 COPY_SAS_LIFETIME = dt.timedelta(hours=1)
+# A user delegation key (what a source signed in with Entra ID signs its copy SAS with) is asked for this long, and
+# asked again when less than one SAS lifetime of it is left; Azure allows up to seven days.
+DELEGATION_KEY_LIFETIME = 4 * COPY_SAS_LIFETIME
+
+# Entra ID's own hosts (public, China, US Government), whose authority MSAL confirms by instance discovery. Another
+# host (a test's token issuer, a private cloud) can only be used with discovery off: the Secret (or the pod's
+# AZURE_AUTHORITY_HOST) that names it is trusted as much as the client secret it holds.
+KNOWN_AUTHORITY_HOSTS = frozenset({"login.microsoftonline.com", "login.chinacloudapi.cn", "login.microsoftonline.us"})
+# The variables the Azure Workload Identity webhook sets on a pod whose ServiceAccount it federates.
+WORKLOAD_IDENTITY_VARIABLES = ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_FEDERATED_TOKEN_FILE")
 
 _UPLOAD_ID = re.compile(r"(?P<upload>(?P<since>\d{10})[0-9a-f]{8})-(?P<part>\d{6})")
 _MARKER_PART = 0
@@ -119,6 +137,14 @@ class AzureBlobConfig:
     account_name: str | None = None  # with account_key: Shared Key authorization
     account_key: str | None = field(default=None, repr=False)
     sas_token: str | None = field(default=None, repr=False)  # a container or account SAS, without the leading "?"
+    # An Entra ID service principal: tenant, application (client) ID and a client secret.
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    authority_host: str | None = None  # Entra ID's host for sovereign clouds; empty = the public cloud's
+    # No secret at all: the pod's Azure Workload Identity (the AZURE_* variables its webhook injects).
+    workload_identity: bool = False
+    credentials_name: str | None = None  # where the credentials came from (a Secret's name), for messages only
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     stall_timeout: float = 60.0
@@ -131,8 +157,15 @@ class AzureBlobConfig:
             raise ValueError("container must not be empty")
         if not self.account_url:
             raise ValueError("account_url must not be empty")
-        if bool(self.account_name) != bool(self.account_key) and not (self.account_name and self.sas_token):
+        if self.account_key and not self.account_name:
             raise ValueError("an account key needs the account name")
+        if self.client_secret and not (self.tenant_id and self.client_id):
+            raise ValueError("a service principal's clientSecret needs its tenantId and clientId")
+
+    @property
+    def uses_entra_id(self) -> bool:
+        """Signed in with an Entra ID token (a service principal or workload identity), not a key or SAS."""
+        return not (self.account_key or self.sas_token) and bool(self.client_secret or self.workload_identity)
 
     @property
     def bucket(self) -> str:
@@ -186,6 +219,54 @@ def _parse_block_id(block_id: str) -> tuple[str, int, dt.datetime] | None:
     return match["upload"], int(match["part"]), dt.datetime.fromtimestamp(int(match["since"]), dt.UTC)
 
 
+def _authority_discovery_off(host: str | None) -> bool:
+    """Whether MSAL's instance discovery must be off for this authority host (one that is not Entra ID's own)."""
+    if not host:
+        return False
+    bare = host.split("://", 1)[-1].strip("/").lower()
+    return bare not in KNOWN_AUTHORITY_HOSTS
+
+
+def entra_id_credential(config: AzureBlobConfig) -> TokenCredential:
+    """The azure-identity credential a config signs in with; ValueError says what is missing.
+
+    No network call is made here: the first token is asked for at the store's first request, so a refused secret
+    is a failed request (ClientAuthenticationError) that the store reports as a configuration error.
+    """
+    # Imported here: azure-identity (with MSAL and PyJWT) loads only for a job that signs in with Entra ID.
+    from azure.identity import ClientSecretCredential, WorkloadIdentityCredential
+
+    if config.client_secret:
+        return ClientSecretCredential(
+            config.tenant_id or "", config.client_id or "", config.client_secret,
+            authority=config.authority_host or None,
+            disable_instance_discovery=_authority_discovery_off(config.authority_host),
+        )
+    missing = [name for name in WORKLOAD_IDENTITY_VARIABLES if not os.environ.get(name)]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} not set (the Azure Workload Identity webhook sets them on a pod whose "
+                         "ServiceAccount is federated)")
+    # Tenant, client, token file and authority come from the webhook's variables.
+    return WorkloadIdentityCredential(
+        disable_instance_discovery=_authority_discovery_off(os.environ.get("AZURE_AUTHORITY_HOST")))
+
+
+class _StorageRetry(ExponentialRetry):
+    """azure-storage's own retries, except of a token Entra ID refused.
+
+    A token request that fails reaches the storage pipeline as ClientAuthenticationError, which its retry policy
+    would send again, with back-off, up to max_attempts times: minutes of waiting and a token request each time
+    for a wrong client secret. azure-identity has already retried what was transient (5xx, 429, connection errors)
+    in its own pipeline, so what arrives here is an answer: the store reports it at once.
+    """
+
+    def increment(self, settings: dict[str, Any], request: Any, response: Any = None,
+                  error: AzureError | None = None) -> bool:
+        if isinstance(error, ClientAuthenticationError):
+            return False
+        return super().increment(settings, request, response, error)
+
+
 class _AzureStream(ByteStream):
     def __init__(self, chunks: Iterator[bytes], where: str, info: ObjectInfo) -> None:
         self._chunks = chunks
@@ -214,7 +295,8 @@ class AzureBlobStore(ObjectStore, ServerSideCopy):
 
     Server-side copies read the source through a URL the service fetches itself: Copy Blob From URL (synchronous,
     attributes included, pinned with x-ms-source-if-match) for whole objects, Put Block From URL for parts. The
-    source is authorized by a short read-only SAS made from its account key, or by its own SAS token.
+    source is authorized by a short read-only SAS made from its account key, by its own SAS token, or (signed in with
+    Entra ID) by a user delegation SAS signed with a key from Get User Delegation Key.
     """
 
     capabilities = Capabilities(limits=AZURE_LIMITS, part_layout=False)
@@ -224,13 +306,21 @@ class AzureBlobStore(ObjectStore, ServerSideCopy):
         self.bucket = config.container
         self.prefix = config.prefix
         credential: Any = None
+        # Said at the first request instead of at start, so the worker fails permanently with a message.
+        self._no_credentials: str | None = None
         if config.account_key:
             credential = {"account_name": config.account_name, "account_key": config.account_key}
         elif config.sas_token:
             credential = config.sas_token.lstrip("?")
+        elif config.uses_entra_id:
+            try:
+                credential = entra_id_credential(config)
+            except ValueError as error:
+                self._no_credentials = f"no usable credentials for {self.describe()}: {self._signer()}: {error}"
+        self._delegation_key: tuple[UserDelegationKey, dt.datetime] | None = None  # with its expiry
         cap = config.stall_timeout / 4
         self.service = BlobServiceClient(
-            config.account_url, credential=credential, retry_total=config.max_attempts - 1,
+            config.account_url, credential=credential, retry_policy=_StorageRetry(retry_total=config.max_attempts - 1),
             connection_timeout=min(config.connect_timeout, cap), read_timeout=min(config.read_timeout, cap),
             max_single_get_size=4 * MiB, max_chunk_get_size=4 * MiB, max_single_put_size=AZURE_LIMITS.max_single_write,
         )
@@ -247,10 +337,23 @@ class AzureBlobStore(ObjectStore, ServerSideCopy):
         text = f"endpoint {self.config.account_url} container {self.bucket}"
         return f"{text} key {key!r}" if key is not None else text
 
+    def _signer(self) -> str:
+        """Who signs in to Entra ID, for messages: the principal and where its secret came from (no secret)."""
+        config = self.config
+        origin = f" from Secret {config.credentials_name!r}" if config.credentials_name else ""
+        if config.client_secret:
+            authority = f" at {config.authority_host}" if config.authority_host else ""
+            return (f"the service principal (tenantId {config.tenant_id}, clientId {config.client_id}){origin}"
+                    f"{authority}")
+        client, tenant = os.environ.get("AZURE_CLIENT_ID"), os.environ.get("AZURE_TENANT_ID")
+        return f"the pod's Azure workload identity (clientId {client}, tenantId {tenant}; no credentialsSecretRef)"
+
     @contextlib.contextmanager
     def _errors(self, operation: str, key: str | None) -> Iterator[None]:
         if self._interrupted is not None:
             raise StoreError(ErrorKind.PERMANENT, self._interrupted, "Stalled")
+        if self._no_credentials is not None:
+            raise StoreError(ErrorKind.PERMANENT, self._no_credentials, "AuthenticationFailed")
         try:
             yield
         except AzureError as error:
@@ -263,6 +366,12 @@ class AzureBlobStore(ObjectStore, ServerSideCopy):
         status = getattr(getattr(error, "response", None), "status_code", None)
         detail = (str(getattr(error, "reason", "") or "") or str(error).splitlines()[0])[:200]
         message = f"{operation} failed on {where}: {code or type(error).__name__}: {detail}"
+        if isinstance(error, ClientAuthenticationError) and not code and self.config.uses_entra_id:
+            # No storage error code: the token was refused before any request reached storage (a wrong client
+            # secret, an unknown tenant or client, an untrusted federated token). Entra ID's AADSTS text says which.
+            detail = str(error).strip().splitlines()[0][:400] if str(error).strip() else type(error).__name__
+            return StoreError(ErrorKind.PERMANENT, f"{operation} failed on {where}: Entra ID gave no token to "
+                                                   f"{self._signer()}: {detail}", "AuthenticationFailed")
         if isinstance(error, ResourceModifiedError) or status == 412 or code == "ConditionNotMet":
             return StoreError(ErrorKind.PRECONDITION, message, code or "412")
         if code in _PERMANENT_CODES or isinstance(error, ClientAuthenticationError) or status == 403:
@@ -470,19 +579,45 @@ class AzureBlobStore(ObjectStore, ServerSideCopy):
     # -- ServerSideCopy -----------------------------------------------------------------------------------------
 
     def can_copy_from(self, source: ObjectStore) -> bool:
-        # Any Azure source whose credentials can make (or are) a read SAS; the service fetches from its URL.
-        return isinstance(source, AzureBlobStore) and bool(source.config.account_key or source.config.sas_token)
+        # Any Azure source whose credentials can make (or are) a read SAS; the service fetches from its URL. A source
+        # signed in with Entra ID makes a user delegation SAS (it needs its account name to sign one).
+        if not isinstance(source, AzureBlobStore):
+            return False
+        config = source.config
+        return bool(config.account_key or config.sas_token or (config.uses_entra_id and config.account_name))
+
+    def user_delegation_key(self) -> UserDelegationKey:
+        """A key to sign read SAS with, from Get User Delegation Key (Entra ID sign-in only), kept while valid."""
+        now = dt.datetime.now(dt.UTC)
+        with self._lock:
+            kept = self._delegation_key
+        if kept is not None and kept[1] - now >= COPY_SAS_LIFETIME:
+            return kept[0]
+        expiry = now + DELEGATION_KEY_LIFETIME
+        with self._errors("GetUserDelegationKey", None):
+            # Started a little in the past: the service's clock and this one may disagree by minutes.
+            key = self.service.get_user_delegation_key(now - dt.timedelta(minutes=5), expiry)
+        with self._lock:
+            self._delegation_key = (key, expiry)
+        return key
 
     def _source_url(self, source: ObjectStore, source_key: str) -> str:
         assert isinstance(source, AzureBlobStore)
         blob = source.container.get_blob_client(source_key)
+        expiry = dt.datetime.now(dt.UTC) + COPY_SAS_LIFETIME
         if source.config.account_key:
             sas = generate_blob_sas(
                 source.config.account_name or "", source.bucket, source_key, account_key=source.config.account_key,
-                permission=BlobSasPermissions(read=True), expiry=dt.datetime.now(dt.UTC) + COPY_SAS_LIFETIME,
+                permission=BlobSasPermissions(read=True), expiry=expiry,
             )
+        elif source.config.sas_token:
+            sas = source.config.sas_token.lstrip("?")
         else:
-            sas = (source.config.sas_token or "").lstrip("?")
+            sas = generate_blob_sas(
+                source.config.account_name or "", source.bucket, source_key,
+                user_delegation_key=source.user_delegation_key(), permission=BlobSasPermissions(read=True),
+                expiry=expiry,
+            )
         return f"{blob.url}?{sas}"
 
     def copy_object(

@@ -136,6 +136,10 @@ def _reference_error(namespace: str, spec: MigrationSpec) -> MissingReference | 
             keys = " or ".join(repr(key) for key in wanted.one_of)
             return MissingReference("SecretKeyMissing", f"spec.{side}.credentialsSecretRef: Secret "
                                                         f"{namespace}/{location.secret_name} has neither {keys}")
+        if lacking := wanted.missing_companion(data):
+            return MissingReference("SecretKeyMissing", f"spec.{side}.credentialsSecretRef: Secret "
+                                                        f"{namespace}/{location.secret_name} has no key "
+                                                        f"{lacking[0]!r} (needed with {lacking[1]!r})")
     if spec.notify.webhook_secret is not None:
         _, problem = _webhook_url(namespace, spec)
         if problem is not None:
