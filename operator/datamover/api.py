@@ -374,6 +374,24 @@ class ReportSpec:
 
 
 @dataclass(frozen=True)
+class WorkerIdentitySpec:
+    """spec.workerIdentity: what gives the worker pods a cloud identity of their own (EKS IRSA, GKE or Azure Workload
+    Identity): annotations on the job's ServiceAccount and labels on its pods."""
+
+    service_account_annotations: Mapping[str, str] = field(default_factory=dict)
+    pod_labels: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_spec(cls, raw: Mapping[str, Any]) -> WorkerIdentitySpec:
+        labels = {str(k): str(v) for k, v in (raw.get("podLabels") or {}).items()}
+        owned = [k for k in labels if k.startswith("datamover.io/") or k == LABEL_MANAGED_BY]
+        if owned:
+            raise SpecError(f"spec.workerIdentity.podLabels: {', '.join(owned)} are the operator's own labels")
+        annotations = {str(k): str(v) for k, v in (raw.get("serviceAccountAnnotations") or {}).items()}
+        return cls(annotations, labels)
+
+
+@dataclass(frozen=True)
 class KeysFromSpec:
     """spec.keysFrom: move these keys instead of listing the source (e.g. retry only what an earlier job failed).
 
@@ -431,6 +449,7 @@ class MigrationSpec:
     mode: Mode = Mode.RUN
     report: ReportSpec = field(default_factory=ReportSpec)
     keys_from: KeysFromSpec | None = None
+    worker_identity: WorkerIdentitySpec = field(default_factory=WorkerIdentitySpec)
 
     @classmethod
     def from_spec(cls, raw: Mapping[str, Any]) -> MigrationSpec:
@@ -469,6 +488,7 @@ class MigrationSpec:
             mode=mode,
             report=ReportSpec.from_spec(raw.get("report")),
             keys_from=KeysFromSpec.from_spec(raw["keysFrom"]) if raw.get("keysFrom") else None,
+            worker_identity=WorkerIdentitySpec.from_spec(raw.get("workerIdentity") or {}),
         )
 
     def credentialed_locations(self) -> tuple[tuple[str, str, Location], ...]:

@@ -111,3 +111,17 @@ def test_mode_defaults_to_run(kubectl: Kubectl, crd: None) -> None:
     result = dry_run(kubectl, "default-mode", {"bucket": "a"}, {"bucket": "b"})
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load(result.stdout)["spec"]["mode"] == "run"
+
+
+def test_worker_identity_is_accepted_and_the_operators_labels_are_refused(kubectl: Kubectl, crd: None) -> None:
+    job = {"apiVersion": "datamover.io/v1alpha1", "kind": "MigrationJob",
+           "metadata": {"name": "identity", "namespace": "default"},
+           "spec": {"source": {"bucket": "a"}, "destination": {"bucket": "b"},
+                    "workerIdentity": {
+                        "serviceAccountAnnotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/r"},
+                        "podLabels": {"team": "data"}}}}
+    result = kubectl("create", "--dry-run=server", "-o", "yaml", "-f", "-", input=yaml.safe_dump(job), check=False)
+    assert result.returncode == 0, result.stderr
+    job["spec"]["workerIdentity"]["podLabels"] = {"datamover.io/migrationjob": "other"}
+    result = kubectl("create", "--dry-run=server", "-o", "yaml", "-f", "-", input=yaml.safe_dump(job), check=False)
+    assert result.returncode != 0 and "are the operator's own" in result.stderr, result.stderr

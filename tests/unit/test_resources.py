@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from datamover.api import EXIT_PERMANENT_FAILURE, MigrationSpec
+from datamover.api import EXIT_PERMANENT_FAILURE, MigrationSpec, SpecError
 from datamover.controller import resources
 
 OWNER: dict[str, Any] = {"metadata": {"name": "copy-photos", "namespace": "team-a", "uid": "u-1"}}
@@ -97,3 +97,25 @@ def test_a_missing_report_secret_is_named_before_any_worker_starts(monkeypatch: 
     problem = handlers._reference_error("team-a", spec)
     assert problem is not None and problem.reason == "SecretNotFound"
     assert "spec.report.location.credentialsSecretRef: Secret team-a/audit not found" in problem.message
+
+
+def test_worker_identity_annotates_the_service_account_and_labels_the_pods_without_touching_ours() -> None:
+    raw = {"source": {"bucket": "a"}, "destination": {"bucket": "b"},
+           "workerIdentity": {"serviceAccountAnnotations": {"azure.workload.identity/client-id": "c-1"},
+                              "podLabels": {"azure.workload.identity/use": "true", "team": "data"}}}
+    owner = {**OWNER, "spec": raw}
+    account = resources.service_account(owner)
+    assert account["metadata"]["annotations"] == {"azure.workload.identity/client-id": "c-1"}
+    assert account["metadata"]["name"] == resources.job(owner, SPEC, resources.WorkerSettings())["spec"][
+        "template"]["spec"]["serviceAccountName"]
+    labels = resources.job(owner, MigrationSpec.from_spec(raw), resources.WorkerSettings())["spec"]["template"][
+        "metadata"]["labels"]
+    assert labels["azure.workload.identity/use"] == "true" and labels["team"] == "data"
+    assert labels[resources.LABEL_JOB] == "copy-photos"
+    assert "annotations" not in resources.service_account(OWNER)["metadata"]  # none asked for, none written
+
+
+def test_the_operators_own_pod_labels_cannot_be_taken() -> None:
+    with pytest.raises(SpecError, match=r"datamover\.io/migrationjob are the operator's own labels"):
+        MigrationSpec.from_spec({"source": {"bucket": "a"}, "destination": {"bucket": "b"},
+                                 "workerIdentity": {"podLabels": {"datamover.io/migrationjob": "other"}}})

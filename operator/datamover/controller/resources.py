@@ -29,6 +29,7 @@ from datamover.api import (
     PLURAL,
     Location,
     MigrationSpec,
+    WorkerIdentitySpec,
     credential_env,
 )
 
@@ -85,10 +86,16 @@ def _metadata(owner: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def service_account(owner: Mapping[str, Any]) -> dict[str, Any]:
+    metadata = _metadata(owner)
+    # The annotations that bind a cloud identity to it (IRSA, Workload Identity); the spec was parsed before any
+    # child is made, so a bad one never gets here.
+    identity = WorkerIdentitySpec.from_spec((owner.get("spec") or {}).get("workerIdentity") or {})
+    if identity.service_account_annotations:
+        metadata["annotations"] = dict(identity.service_account_annotations)
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": _metadata(owner),
+        "metadata": metadata,
         "automountServiceAccountToken": True,
     }
 
@@ -189,7 +196,8 @@ def job(owner: Mapping[str, Any], spec: MigrationSpec, settings: WorkerSettings)
                 ]
             },
             "template": {
-                "metadata": {"labels": labels(owner["metadata"]["name"])},
+                # The user's labels (Azure Workload Identity's webhook selects pods by one), ours last: they win.
+                "metadata": {"labels": {**spec.worker_identity.pod_labels, **labels(owner["metadata"]["name"])}},
                 "spec": {
                     "serviceAccountName": meta["name"],
                     "restartPolicy": "Never",
