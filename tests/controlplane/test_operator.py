@@ -107,8 +107,11 @@ def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
 def test_migration_succeeds_and_rclone_agrees(cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:
     src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
     contents = fill(cloud_a, src, small=197, large=3)
+    # A workload identity's binding (unused here: the Secrets win) lands on the job's ServiceAccount and pods.
+    identity = {"serviceAccountAnnotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/m"},
+                "podLabels": {"team": "data"}}
     cluster.apply(migration_job("happy", cloud_a, src, cloud_b, dst, parallelism=3, concurrency=4,
-                                partSize="8Mi"))
+                                partSize="8Mi", workerIdentity=identity))
 
     done = cluster.wait_phase("happy", {"succeeded", "failed"}, timeout=300)
     assert phase_of(done) == "succeeded", done["status"]
@@ -125,6 +128,13 @@ def test_migration_succeeds_and_rclone_agrees(cluster: Cluster, cloud_a: Any, cl
     # The finalizer is there while the job may need cleaning up after, and goes once nothing is left to clean.
     assert done["metadata"].get("finalizers", []) in ([], ["datamover.io/cleanup"])
     assert done["metadata"]["generation"] == 1
+    children = "datamover.io/migrationjob=happy"
+    (account,) = json.loads(cluster.kubectl("get", "serviceaccounts", "-n", cluster.namespace, "-l", children,
+                                            "-o", "json").stdout)["items"]
+    assert account["metadata"]["annotations"] == identity["serviceAccountAnnotations"]
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", cluster.namespace, "-l", children, "-o", "json").stdout)
+    assert pods["items"] and all(p["metadata"]["labels"]["team"] == "data" for p in pods["items"])
+    assert all(p["spec"]["serviceAccountName"] == account["metadata"]["name"] for p in pods["items"])
 
     check = rclone_check(cloud_a, src, cloud_b, dst)
     assert check.returncode == 0, check.stdout + check.stderr
