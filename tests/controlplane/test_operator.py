@@ -349,12 +349,19 @@ def test_abort_of_a_finished_job_is_refused_by_the_api_server(cluster: Cluster, 
 
 def _signal_worker(cluster: Cluster, node: Node, pod: str, sig: str = "SIGKILL") -> None:
     """Signal a worker pod's container through the node's containerd (`ctr tasks kill`), as a crash or a frozen
-    machine would; the kubelet and the Job controller see what follows as they would in any cluster."""
-    pod_status = client.CoreV1Api(cluster.api).read_namespaced_pod(pod, cluster.namespace).status
-    assert pod_status is not None and pod_status.container_statuses, f"pod {pod} has no container yet"
-    (status,) = pod_status.container_statuses
-    assert status.container_id, f"pod {pod} has no running container: {status}"
-    node.signal_container(status.container_id, sig)
+    machine would; the kubelet and the Job controller see what follows as they would in any cluster.
+
+    The worker may report before the kubelet's next status sync says its container runs (the pod still shows
+    ContainerCreating): wait for the container's ID rather than read the pod once."""
+    deadline = time.monotonic() + 30
+    while True:
+        pod_status = client.CoreV1Api(cluster.api).read_namespaced_pod(pod, cluster.namespace).status
+        statuses = (pod_status.container_statuses if pod_status is not None else None) or []
+        if statuses and statuses[0].container_id:
+            break
+        assert time.monotonic() < deadline, f"pod {pod} has no running container after 30 s: {statuses}"
+        time.sleep(0.2)
+    node.signal_container(statuses[0].container_id, sig)
 
 
 @pytest.mark.node_runtime
