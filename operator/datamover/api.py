@@ -39,6 +39,8 @@ MANAGER = "datamover-operator"
 ENV_NAME = "DATAMOVER_MIGRATIONJOB"
 ENV_NAMESPACE = "DATAMOVER_NAMESPACE"
 ENV_POD = "DATAMOVER_POD"
+# The worker container's memory limit in bytes (downward API; the node's allocatable memory when no limit is set).
+ENV_MEMORY_LIMIT = "DATAMOVER_MEMORY_LIMIT"
 ENV_INDEX = "JOB_COMPLETION_INDEX"  # set by the Job controller on Indexed Job pods
 
 

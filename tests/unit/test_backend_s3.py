@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import http.server
 import logging
+import socket
+import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +16,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from datamover.backends import open_store
-from datamover.backends.base import ErrorKind, EtagKind, StoreError
+from datamover.backends.base import ErrorKind, EtagKind, ObjectAttributes, StoreError
 from datamover.backends.s3 import S3Config, S3Store, etag_kind
 from datamover.engine import AbortSignal, MigrationOptions, Outcome, migrate
 from tests.unit import RecordingSink, moto_s3, store
@@ -164,3 +170,48 @@ def test_a_download_that_breaks_mid_body_is_requested_again(moto: None) -> None:
     result = migrate(source, destination, MigrationOptions(), AbortSignal(), RecordingSink())
     assert result.outcome is Outcome.SUCCEEDED, result.error
     assert destination.client.get_object(Bucket="dst", Key="k")["Body"].read() == b"y" * 5000
+
+
+# (address, TCP_NODELAY) of every socket connected while watching; read at connect, when urllib3 has set its options.
+_CONNECTED: list[tuple[Any, int]] = []
+_WATCHING = threading.Event()
+
+
+def _record_connect(event: str, args: tuple[Any, ...]) -> None:
+    if event == "socket.connect" and _WATCHING.is_set():
+        sock, address = args
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            _CONNECTED.append((address, sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+
+
+def test_whole_object_puts_go_out_without_waiting_for_nagle() -> None:
+    """The direct PUT sends headers and body in two writes: with Nagle's algorithm on, a small body waits for the
+    server's delayed ACK (about 40 ms per object, measured: 4 KiB objects moved at half the rate)."""
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("ETag", '"' + hashlib.md5(b"x" * 4096).hexdigest() + '"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    sys.addaudithook(_record_connect)
+    try:
+        target = open_store(S3Config(bucket="b", endpoint=f"http://127.0.0.1:{port}", access_key_id="AKIAX",
+                                     secret_access_key=SECRET, addressing_style="path"))
+        _WATCHING.set()
+        body = b"x" * 4096
+        target.put("k", body, ObjectAttributes(), base64.b64encode(hashlib.md5(body).digest()).decode())
+    finally:
+        _WATCHING.clear()
+        server.shutdown()
+    ours = [nodelay for address, nodelay in _CONNECTED if address[1] == port]
+    assert ours, "the PUT opened no connection to the server"
+    assert all(ours)

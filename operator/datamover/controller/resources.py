@@ -17,6 +17,7 @@ from typing import Any
 
 from datamover.api import (
     API_VERSION,
+    ENV_MEMORY_LIMIT,
     ENV_NAME,
     ENV_NAMESPACE,
     ENV_POD,
@@ -165,6 +166,9 @@ def job(owner: Mapping[str, Any], spec: MigrationSpec, settings: WorkerSettings)
             {"name": ENV_NAME, "value": owner["metadata"]["name"]},
             {"name": ENV_NAMESPACE, "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
             {"name": ENV_POD, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            # The worker sizes its buffer budget from it (engine.budget), so its memory stays under the limit.
+            {"name": ENV_MEMORY_LIMIT,
+             "valueFrom": {"resourceFieldRef": {"containerName": "worker", "resource": "limits.memory"}}},
             *(env for side, _, location in spec.credentialed_locations() for env in _credential_env(side, location)),
         ],
         "securityContext": RESTRICTED_CONTAINER_SECURITY,

@@ -11,13 +11,14 @@ from datamover.engine.filters import ObjectFilter, check_pattern
 from datamover.engine.fsm import WorkerState
 from datamover.engine.janitor import Cleanup, UploadIntent, close_leftovers
 from datamover.engine.migrate import migrate
-from datamover.engine.options import MigrationOptions, MigrationResult, Outcome
+from datamover.engine.options import MIN_BUFFER_BUDGET, MigrationOptions, MigrationResult, Outcome
 from datamover.engine.progress import Amount, NullSink, Plan, Progress, ProgressSink
 from datamover.engine.shards import KeyRange, LedgerStore, MemoryLedgerStore
 from datamover.engine.throttle import Throttle
 
 __all__ = [
     "CHECKPOINTS",
+    "MIN_BUFFER_BUDGET",
     "AbortSignal",
     "Amount",
     "Cleanup",

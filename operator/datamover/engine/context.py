@@ -24,6 +24,7 @@ from datamover.backends.base import (
     StoreError,
 )
 from datamover.engine.abort import AbortSignal
+from datamover.engine.budget import BufferBudget
 from datamover.engine.fsm import ObjectState
 from datamover.engine.janitor import UploadIntent
 from datamover.engine.options import MigrationOptions
@@ -51,7 +52,8 @@ class RunContext:
     abort: AbortSignal
     sink: ProgressSink
     tracker: ProgressTracker
-    part_pool: ThreadPoolExecutor  # shared by all objects: bounds parts (and so part buffers) in flight per worker
+    part_pool: ThreadPoolExecutor  # shared by all objects: bounds parts in flight per worker
+    buffers: BufferBudget  # shared by all objects and parts: bounds the bytes they hold in memory
     shard: str  # "i/N", carried on every log line
     copier: ServerSideCopy | None  # the destination, if it can copy from the source without the bytes passing us
     stop_worker: threading.Event = field(default_factory=threading.Event)  # a permanent error: stop like an abort

@@ -23,6 +23,7 @@ from datamover.backends.base import (
 )
 from datamover.engine import verify
 from datamover.engine.abort import AbortSignal
+from datamover.engine.budget import BufferBudget
 from datamover.engine.context import ObjectCopy, RunContext, Stopped
 from datamover.engine.fsm import ObjectState, WorkerState, kv, next_worker_state
 from datamover.engine.listing import UNKNOWN, DestinationHint, DestinationIndex
@@ -157,8 +158,8 @@ class _Worker:
         ):
             context = RunContext(
                 source=self.source, destination=self.destination, options=self.options, abort=self.abort,
-                sink=self.sink, tracker=self.tracker, part_pool=part_pool, shard=self.shard, copier=copier,
-                report=self.report,
+                sink=self.sink, tracker=self.tracker, part_pool=part_pool,
+                buffers=BufferBudget(self.options.buffer_budget), shard=self.shard, copier=copier, report=self.report,
             )
             watch.on_stall = context.report_fatal
             if watch.error is not None:

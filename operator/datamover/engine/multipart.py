@@ -111,10 +111,11 @@ def copy_in_parts(ctx: RunContext, copy: ObjectCopy, info: ObjectInfo, write_par
 def stream_part(ctx: RunContext, copy: ObjectCopy, info: ObjectInfo, number: int, start: int, end: int) -> None:
     """Read one part's bytes from the source and upload them with their MD5."""
     assert copy.upload is not None
-    read = read_range(ctx, copy, info.key, start, end, info.etag)
-    assert read is not None  # no limit on ranged reads
-    body, digest, _ = read
-    etag = ctx.destination.upload_part(copy.upload, number, body, b64(digest))
+    with ctx.buffers.hold(end - start + 1, lambda: copy.checkpoint(ctx, "between_chunks", info.key)):
+        read = read_range(ctx, copy, info.key, start, end, info.etag)
+        assert read is not None  # no limit on ranged reads
+        body, digest, _ = read
+        etag = ctx.destination.upload_part(copy.upload, number, body, b64(digest))
     # No per-part ETag comparison: Content-MD5 already made the store reject a damaged part (BadDigest), and under
     # SSE-KMS a part's ETag is not its MD5. The whole object is checked by verify.
     copy.part_digests[number] = digest

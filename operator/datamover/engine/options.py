@@ -13,6 +13,8 @@ from datamover.engine.throttle import Throttle
 # Options are checked against S3's limits, the ones every store we support shares; the part size of each object is
 # then fitted to its destination's own limits (multipart.choose_part_size).
 LIMITS = S3_LIMITS
+# The smallest buffer budget: one part of the smallest size S3 allows.
+MIN_BUFFER_BUDGET = LIMITS.min_part_size
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,9 @@ class MigrationOptions:
     part_size: int = 16 * MiB  # grown automatically so no object needs more than 10,000 parts
     multipart_threshold: int = 16 * MiB  # objects larger than this use multipart (or UploadPartCopy)
     part_concurrency: int = 8  # parts in flight per worker, shared by all objects (one object may use them all)
+    # Bytes of whole-object and part buffers held at once per worker (engine.budget): the memory bound, whatever the
+    # concurrency settings. The worker derives it from its container's memory limit.
+    buffer_budget: int = 256 * MiB
     shard_index: int = 0  # this worker's index among the job's workers (its name in the shared listing ledger)
     shard_count: int = 1  # workers sharing the job's one listing (engine.shards)
     chunk_size: int = 1 * MiB  # download read size: abort is checked between chunks
@@ -54,6 +59,8 @@ class MigrationOptions:
             raise ValueError("concurrency and part_concurrency must be at least 1")
         if self.shard_count < 1 or not 0 <= self.shard_index < self.shard_count:
             raise ValueError(f"shard_index must be in [0, {self.shard_count}), not {self.shard_index}")
+        if self.buffer_budget < MIN_BUFFER_BUDGET:
+            raise ValueError(f"buffer_budget must be at least {MIN_BUFFER_BUDGET} bytes, not {self.buffer_budget}")
         if self.chunk_size < 4096:
             raise ValueError("chunk_size must be at least 4 KiB")
         if self.part_read_attempts < 1 or self.create_attempts < 1:

@@ -9,6 +9,13 @@ from datamover.engine.download import read_range
 
 def copy_single(ctx: RunContext, copy: ObjectCopy) -> bool:
     """GET then PUT; False (nothing written) if the object is now larger than the multipart threshold."""
+    # Held until the PUT is sent: the listed size, or the threshold if the object grew (it is then not read whole).
+    held = min(copy.source.size, ctx.options.multipart_threshold)
+    with ctx.buffers.hold(held, lambda: copy.checkpoint(ctx, "between_chunks", copy.source.key)):
+        return _copy_held(ctx, copy)
+
+
+def _copy_held(ctx: RunContext, copy: ObjectCopy) -> bool:
     read = read_range(ctx, copy, copy.source.key, None, None, None, limit=ctx.options.multipart_threshold)
     if read is None:
         return False

@@ -21,6 +21,7 @@ from kubernetes import client, watch
 
 from datamover.api import (
     ENV_INDEX,
+    ENV_MEMORY_LIMIT,
     ENV_NAME,
     ENV_NAMESPACE,
     ENV_POD,
@@ -41,7 +42,9 @@ from datamover.api import (
     worker_reports,
 )
 from datamover.backends import open_store
+from datamover.backends.base import MiB
 from datamover.engine import (
+    MIN_BUFFER_BUDGET,
     AbortSignal,
     MigrationOptions,
     MigrationResult,
@@ -87,6 +90,24 @@ def failure_reason(result: MigrationResult) -> str:
     if result.fatal_code or result.fatal_kind:
         return "StoreRejected"
     return "ObjectsFailed" if result.progress.objects_failed else "WorkerFailed"
+
+
+# What the worker needs besides its buffers: the interpreter, the store clients, a page of listing, the report.
+_BASELINE_MEMORY = 128 * MiB
+_MAX_BUFFER_BUDGET = 1024 * MiB
+
+
+def buffer_budget(env: Mapping[str, str]) -> int:
+    """The bytes of object and part buffers this worker may hold at once, from its container's memory limit.
+
+    Half of what the baseline leaves, because a read is briefly held twice while its chunks are joined; capped, as
+    a container without a limit is told the node's whole memory. Without the variable (run outside a pod), the
+    engine's default.
+    """
+    raw = env.get(ENV_MEMORY_LIMIT, "")
+    if not raw.isdigit():
+        return MigrationOptions.buffer_budget
+    return max(MIN_BUFFER_BUDGET, min(_MAX_BUFFER_BUDGET, (int(raw) - _BASELINE_MEMORY) // 2))
 
 
 def _abort_reason(obj: Mapping[str, Any]) -> str | None:
@@ -166,6 +187,7 @@ def run(env: Mapping[str, str] = os.environ) -> int:
         concurrency=spec.concurrency,
         part_concurrency=spec.part_concurrency,
         part_size=spec.part_size,
+        buffer_budget=buffer_budget(env),
         shard_index=index,
         shard_count=spec.parallelism,
         stall_timeout=float(spec.stall_timeout_seconds),
