@@ -32,7 +32,8 @@ class BufferBudget:
         self._held = 0
         self._peak = 0
         self._queue: collections.deque[object] = collections.deque()
-        self._room = threading.Condition()
+        # A plain lock under the condition (not the default RLock): every small object takes and gives it once.
+        self._room = threading.Condition(threading.Lock())
 
     @property
     def held(self) -> int:
@@ -53,19 +54,22 @@ class BufferBudget:
         finally:
             with self._room:
                 self._held -= size
-                self._room.notify_all()
+                if self._queue:
+                    self._room.notify_all()
 
     def _acquire(self, size: int, checkpoint: Callable[[], None]) -> None:
         turn = object()
         with self._room:
+            if not self._queue and (not self._held or self._held + size <= self.capacity):
+                self._take(size)  # the usual case: nobody waiting and room enough
+                return
             self._queue.append(turn)
         try:
             while True:
                 with self._room:
                     if self._queue[0] is turn and (not self._held or self._held + size <= self.capacity):
                         self._queue.popleft()
-                        self._held += size
-                        self._peak = max(self._peak, self._held)
+                        self._take(size)
                         self._room.notify_all()  # the next in line may fit too
                         return
                     self._room.wait(WAIT_SECONDS)
@@ -76,3 +80,7 @@ class BufferBudget:
                     self._queue.remove(turn)
                 self._room.notify_all()
             raise
+
+    def _take(self, size: int) -> None:
+        self._held += size
+        self._peak = max(self._peak, self._held)
