@@ -437,7 +437,7 @@ class MigrationSpec:
     remain_source: bool = True
     abort: bool = False
     parallelism: int = 1
-    concurrency: int = 16
+    concurrency: int = 32
     # Parts in flight per worker, shared by its objects (one large object may use them all).
     part_concurrency: int = 8
     part_size: int = 16 * 1024 * 1024

@@ -49,10 +49,10 @@ def test_small_part_size_is_refused_naming_the_field() -> None:
 
 
 def test_concurrency_and_part_concurrency_are_read_from_spec_with_their_defaults() -> None:
-    spec = MigrationSpec.from_spec({**SPEC, "concurrency": 32, "partConcurrency": 2})
-    assert (spec.concurrency, spec.part_concurrency) == (32, 2)
+    spec = MigrationSpec.from_spec({**SPEC, "concurrency": 64, "partConcurrency": 2})
+    assert (spec.concurrency, spec.part_concurrency) == (64, 2)
     defaults = MigrationSpec.from_spec(SPEC)
-    assert (defaults.concurrency, defaults.part_concurrency) == (16, 8)
+    assert (defaults.concurrency, defaults.part_concurrency) == (32, 8)
     with pytest.raises(SpecError, match=r"spec\.partConcurrency"):
         MigrationSpec.from_spec({**SPEC, "partConcurrency": 0})
 

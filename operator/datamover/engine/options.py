@@ -22,7 +22,7 @@ class MigrationOptions:
     """How to move: concurrency, part sizes, sharding and move-vs-copy."""
 
     remain_source: bool = True  # False means move: delete each source object once its copy is verified
-    concurrency: int = 16  # objects in flight per worker (the MigrationJob's default; see docs/performance.md)
+    concurrency: int = 32  # objects in flight per worker (the MigrationJob's default; see docs/performance.md)
     part_size: int = 16 * MiB  # grown automatically so no object needs more than 10,000 parts
     multipart_threshold: int = 16 * MiB  # objects larger than this use multipart (or UploadPartCopy)
     part_concurrency: int = 8  # parts in flight per worker, shared by all objects (one object may use them all)
