@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import base64
+import datetime
+import email.utils
 import hashlib
 import http.server
 import logging
+import random
 import socket
 import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
 
+import botocore.utils
 import pytest
 from botocore.awsrequest import AWSResponse
 
 from datamover.backends import open_store
 from datamover.backends.base import ErrorKind, EtagKind, ObjectAttributes, StoreError
-from datamover.backends.s3 import S3Config, S3Store, etag_kind
+from datamover.backends.s3 import S3Config, S3Store, _parse_timestamp, etag_kind
 from datamover.engine import AbortSignal, MigrationOptions, Outcome, migrate
 from tests.unit import RecordingSink, moto_s3, store
 
@@ -215,3 +219,16 @@ def test_whole_object_puts_go_out_without_waiting_for_nagle() -> None:
     ours = [nodelay for address, nodelay in _CONNECTED if address[1] == port]
     assert ours, "the PUT opened no connection to the server"
     assert all(ours)
+
+
+def test_answer_timestamps_are_read_as_botocore_reads_them() -> None:
+    seed = random.randrange(2**32)
+    chooser = random.Random(seed)
+    for _ in range(300):
+        moment = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(
+            seconds=chooser.randrange(2_000_000_000), microseconds=chooser.choice([0, 1000 * chooser.randrange(1000)]))
+        forms = [moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z",
+                 moment.strftime("%Y-%m-%dT%H:%M:%SZ"), email.utils.format_datetime(moment, usegmt=True),
+                 str(int(moment.timestamp())), moment.replace(tzinfo=None).isoformat()]
+        for form in forms:
+            assert _parse_timestamp(form) == botocore.utils.parse_timestamp(form), f"seed {seed}: {form}"

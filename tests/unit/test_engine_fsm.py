@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import random
 import re
 from pathlib import Path
 
@@ -99,3 +101,21 @@ def test_log_lines_are_key_value_and_quote_awkward_keys() -> None:
     assert kv(key="a b=c") == 'key="a b=c"'
     assert kv(key="ünï/cødé") == 'key="\\u00fcn\\u00ef/c\\u00f8d\\u00e9"'
     assert kv(key="x", error=None) == "key=x"
+    assert kv(key="") == 'key=""' and kv(key='say "hi"') == 'key="say \\"hi\\""' and kv(key="a\\b") == 'key="a\\\\b"'
+    assert kv(key="tab\there") == 'key="tab\\there"' and kv(key="x\x7f") == 'key="x\\u007f"'
+
+
+def test_every_log_value_reads_back_as_written() -> None:
+    """A reader splits a line on spaces and '=' and JSON-decodes quoted values: every value must come back."""
+    seed = random.randrange(2**32)
+    chooser = random.Random(seed)
+    alphabet = [chr(code) for code in range(0, 160)] + ["é", "日", "\u2028"]
+    for _ in range(5000):
+        text = "".join(chooser.choice(alphabet) for _ in range(chooser.randint(0, 8)))
+        line = kv(key=text)
+        assert line.startswith("key="), f"seed {seed}"
+        raw = line[len("key="):]
+        back = json.loads(raw) if raw.startswith('"') else raw
+        assert back == text, f"seed {seed}: {text!r} -> {line!r}"
+        if not raw.startswith('"'):
+            assert " " not in raw and "=" not in raw and raw.isascii() and raw.isprintable(), f"seed {seed}"

@@ -11,7 +11,9 @@ fails within the configured stall timeout instead of after every retry has timed
 from __future__ import annotations
 
 import contextlib
+import datetime
 import datetime as dt
+import email.utils
 import logging
 import re
 import threading
@@ -27,6 +29,7 @@ import botocore.config
 import botocore.exceptions
 import botocore.loaders
 import botocore.session
+import botocore.utils
 import urllib3.exceptions
 
 from datamover.backends.base import (
@@ -130,6 +133,22 @@ class S3Config:
         """
         cap = self.stall_timeout / 4
         return min(self.connect_timeout, cap), min(self.read_timeout, cap)
+
+
+def _parse_timestamp(value: str) -> datetime.datetime:
+    """A timestamp of an S3 answer, as botocore's parser would give it, for the two forms S3 uses.
+
+    botocore's own parser (dateutil) took a twentieth of a small object's CPU: every listed key carries one.
+    """
+    # Listings say 2026-12-05T02:33:12.000Z, headers say Sat, 05 Dec 2026 02:33:12 GMT.
+    iso = "T" in value
+    try:
+        parsed = datetime.datetime.fromisoformat(value) if iso else email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:  # anything else (epoch seconds, no zone): botocore's way
+        return botocore.utils.parse_timestamp(value)
+    return parsed
 
 
 def _strip_etag(etag: str | None) -> str:
@@ -318,6 +337,7 @@ class S3Store(ObjectStore, ServerSideCopy):
         # (a quarter of a second of CPU per store at start-up); the loader only caches what it read.
         core = botocore.session.get_session()
         core.register_component("data_loader", _LOADER)
+        core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
         return boto3.session.Session(
             botocore_session=core,
             aws_access_key_id=config.access_key_id,
