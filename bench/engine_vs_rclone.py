@@ -231,6 +231,8 @@ def _child_pipe(args: argparse.Namespace) -> None:
     import botocore.config
     from hot_path import _urllib3_copier
 
+    from datamover.engine import MigrationOptions  # the pipe runs as many objects at once as datamover does
+
     def client(side: str) -> Any:
         config = botocore.config.Config(region_name=REGION, max_pool_connections=64, s3={"addressing_style": "path"},
                                         request_checksum_calculation="when_required",
@@ -245,7 +247,7 @@ def _child_pipe(args: argparse.Namespace) -> None:
               for item in page.get("Contents", [])]
     if all(item["Size"] < 16 * MiB for item in listed):
         copy = _urllib3_copier()
-        with concurrent.futures.ThreadPoolExecutor(args.concurrency or 16) as pool:
+        with concurrent.futures.ThreadPoolExecutor(args.concurrency or MigrationOptions().concurrency) as pool:
             list(pool.map(copy, [item["Key"] for item in listed]))
         return
     part = 16 * MiB
@@ -330,17 +332,19 @@ def _empty(server: Any, bucket: str) -> None:
 
 
 def _tools(workload: Workload, args: argparse.Namespace) -> dict[str, Callable[..., tuple[float, float, int, float]]]:
-    matched = 16  # datamover's default objects in flight
+    from datamover.engine import MigrationOptions
+
+    matched = MigrationOptions().concurrency  # datamover's default objects in flight
     if workload.small:
         tools = {
             "datamover": _datamover(None, None),
-            "rclone (16)": _rclone(lambda w: [f"--transfers={matched}", f"--checkers={matched}"]),
+            f"rclone (matched, {matched})": _rclone(lambda w: [f"--transfers={matched}", f"--checkers={matched}"]),
             "rclone (64)": _rclone(lambda w: ["--transfers=64", "--checkers=64"]),
             "s5cmd": _s5cmd,
             "pipe": _pipe,
         }
         if args.sweep:
-            for concurrency in (4, 32, 64):
+            for concurrency in (8, 16, 64):
                 tools[f"datamover c={concurrency}"] = _datamover(concurrency, None)
         return tools
     big_flags = ["--s3-chunk-size=16M", "--s3-upload-cutoff=16M", "--s3-copy-cutoff=5G"]
@@ -377,7 +381,7 @@ def _table(rows: list[Row], loads: dict[str, tuple[float, float]]) -> list[str]:
     for name, group in by_workload.items():
         rates = {row.tool: row.median(lambda s: s.rate) for row in group}
         rclones = {tool: rate for tool, rate in rates.items() if tool.startswith("rclone")}
-        matched = next((rate for tool, rate in rclones.items() if "(16)" in tool or "matched" in tool or
+        matched = next((rate for tool, rate in rclones.items() if "matched" in tool or
                         tool == "rclone"), None)
         best = max(rclones.values()) if rclones else None
         for row in group:
