@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,13 @@ HOST_LOCK_TIMEOUT = 3600.0
 _host_lock_depth = 0
 
 
+def _host_lock_path() -> Path:
+    """Where the lock lives: one place per host, not per cache, so runs with different DATAMOVER_CACHEs (a clone's CI
+    beside a developer's run) still take turns."""
+    run_lock = Path("/run/lock")
+    return (run_lock if run_lock.is_dir() else Path(tempfile.gettempdir())) / "datamover-node.lock"
+
+
 @contextlib.contextmanager
 def host_lock(timeout: float = HOST_LOCK_TIMEOUT) -> Iterator[None]:
     """Hold the host-wide node lock (re-entrant within this process); wait up to `timeout` for another run."""
@@ -80,9 +88,7 @@ def host_lock(timeout: float = HOST_LOCK_TIMEOUT) -> Iterator[None]:
         finally:
             _host_lock_depth -= 1
         return
-    cache = Path(os.environ.get("DATAMOVER_CACHE", Path.home() / ".cache" / "datamover"))
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / "node.lock", "w") as lock:
+    with open(_host_lock_path(), "w") as lock:
         deadline = time.monotonic() + timeout
         while True:
             try:
