@@ -17,6 +17,7 @@ with a random key nobody checks (Azurite does not, and datamover never reads the
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import ipaddress
@@ -71,21 +72,31 @@ def loopback_certificate(directory: Path) -> tuple[Path, Path]:
     Self-signed rather than issued by a ground CA because Azurite, reading a copy's source from itself over HTTPS
     (Put Block From URL), trusts exactly the certificate it serves, and a leaf without its issuer fails that check.
     Clients trust the same file as their CA bundle.
+
+    Azurite 3.37 rebuilds that PEM from the certificate's DER, wrapping the base64 every 64 characters and then
+    adding a newline of its own: when the base64 length is a multiple of 64 the PEM gets an empty line, Node drops
+    it as a CA, and every Put Block From URL fails with "self-signed certificate" (CannotVerifyCopySource). An
+    ECDSA signature's length varies by a byte or two, so about one certificate in three hit it; one whose base64
+    length is not a multiple of 64 is drawn instead.
     """
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "datamover-ground-loopback")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    while True:
+        cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        if len(base64.b64encode(cert.public_bytes(serialization.Encoding.DER))) % 64:
+            break
     directory.mkdir(parents=True, exist_ok=True)
     cert_file, key_file = directory / "loopback.crt", directory / "loopback.key"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
