@@ -11,8 +11,8 @@ import socket
 from typing import Any
 
 import kopf
-import kubernetes
 
+from datamover import kubeapi
 from datamover.api import FINALIZER, HEARTBEAT_SECONDS, HEARTBEAT_TIMEOUT_SECONDS
 from datamover.controller import (
     handlers,  # importing it registers the handlers with kopf
@@ -96,7 +96,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--metrics-port must be a port number, or 0 for no metrics endpoint")
     handlers.CONTROLLER.max_concurrent_jobs = args.max_concurrent_jobs
     handlers.CONTROLLER.heartbeat_timeout = args.worker_heartbeat_timeout
-    kubernetes.config.load_config()  # type: ignore[no-untyped-call]  # KUBECONFIG, else in-cluster
+    try:
+        kubeapi.shared()  # KUBECONFIG, else ~/.kube/config, else in-cluster: said now rather than at kopf's login
+    except kubeapi.ConfigError as error:
+        parser.exit(2, f"datamover-operator: {error}\n")
     priority = args.priority
     if args.peering is not None and priority is None:
         # kopf pauses every peer that shares the highest priority; distinct random ones leave exactly one replica
