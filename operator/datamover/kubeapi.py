@@ -303,6 +303,20 @@ class Client:
     def server(self) -> str:
         return str(self._http.url)
 
+    def bearer_token(self) -> str | None:
+        """The bearer token requests carry now: the kubeconfig's, its token file's, or an exec plugin's or auth
+        provider's (pykube-ng runs those as it sends a request, so one request to /version fetches it)."""
+        user = self.config.user
+        if user.get("token"):
+            return str(user["token"])
+        if isinstance(self._http.session.auth, TokenFile):
+            return self._http.session.auth.token()
+        if "exec" not in user and "auth-provider" not in user:
+            return None
+        with contextlib.closing(self._http.get(version="", base="/version")) as response:  # its status is no matter
+            scheme, _, token = str(response.request.headers.get("Authorization", "")).partition(" ")
+        return token if scheme.lower() == "bearer" and token else None
+
     def request(self, method: str, resource: Resource, namespace: str | None, name: str = "", *,
                 subresource: str = "", params: Mapping[str, str] | None = None, body: Any = None,
                 content_type: str = "application/json", stream: bool = False,

@@ -35,6 +35,34 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 60
 
 
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's own connection, from the configuration our requests use (kubeapi.load_config).
+
+    Without it kopf would log in through pykube-ng by itself, which looks for a service account first, reads one
+    kubeconfig file only, and writes inline certificate data where anyone can read it. kopf calls this again after a
+    401, which picks up a rotated service account token.
+    """
+    client = kubeapi.shared()
+    cluster, user = client.config.cluster, client.config.user
+
+    def path(value: Any) -> str | None:  # pykube-ng's BytesOrFile: a file by now (kubeapi wrote inline data out)
+        return str(value.filename()) if value is not None else None
+
+    return kopf.ConnectionInfo(
+        server=client.server,
+        ca_path=path(cluster.get("certificate-authority")),
+        insecure=bool(cluster.get("insecure-skip-tls-verify")),
+        username=user.get("username"),
+        password=user.get("password"),
+        token=client.bearer_token(),
+        certificate_path=path(user.get("client-certificate")),
+        private_key_path=path(user.get("client-key")),
+        default_namespace=kubeapi.context_namespace(client.config),
+        trust_env=settings.networking.trust_env,
+    )
+
+
 class _QuietRoutine(logging.Filter):
     """kopf logs every handler run; the indexers and event handlers run on every watch event and say nothing."""
 
