@@ -256,3 +256,25 @@ def test_follow_of_an_object_deleted_while_its_watch_was_gone_ends() -> None:
 
     with serve(respond) as fake:
         assert [b["metadata"]["resourceVersion"] for b in client_for(fake.url).follow(JOB, "team-a", "copy")] == ["5"]
+
+
+# -- kopf's own connection --------------------------------------------------------------------------------------
+
+
+def test_kopf_logs_in_with_the_configuration_of_our_requests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kopf
+
+    from datamover.controller import main
+
+    (tmp_path / "token").write_text("rotated-1")
+    doc = kubeconfig("https://api.example:6443/", tokenFile="token")
+    doc["clusters"][0]["cluster"]["certificate-authority-data"] = base64.b64encode(b"CA PEM").decode()
+    monkeypatch.setenv("KUBECONFIG", str(write(tmp_path / "config", doc)))
+    kubeapi.shared.cache_clear()
+    try:
+        info = main.login(settings=kopf.OperatorSettings())
+    finally:
+        kubeapi.shared.cache_clear()
+    assert (info.server, info.token, info.default_namespace) == ("https://api.example:6443", "rotated-1", "team-a")
+    assert info.ca_path is not None and Path(str(info.ca_path)).read_bytes() == b"CA PEM"
+    assert info.certificate_path is None and info.private_key_path is None
