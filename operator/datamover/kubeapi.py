@@ -4,8 +4,9 @@ pykube-ng's HTTPClient does the HTTP: it builds each URL and applies the kubecon
 token, exec plugin or auth provider to every request. What is written here by hand, each for the reason given where
 it is: finding the configuration as kubectl and the kubernetes client do (KUBECONFIG's files merged, else
 ~/.kube/config, else the pod's service account), a service account token read again as the kubelet rotates it,
-certificate data in private temporary files, the error type, and the watch (pykube-ng's misses ERROR events, so a
-410 Gone went unnoticed). Our code sends and receives plain dicts, as the API server's JSON: no generated models.
+certificate data in private temporary files, a cluster's proxy-url, the error type, and the watch (pykube-ng's
+misses ERROR events, so a 410 Gone went unnoticed). Our code sends and receives plain dicts, as the API server's
+JSON: no generated models.
 
 The controller, the worker, the CLI and the facade use it; nothing below them may (.importlinter).
 """
@@ -294,6 +295,9 @@ class Client:
         self._http = pykube.HTTPClient(config, timeout=(CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS),
                                        http_adapter=adapter)
         self._http.session.headers["Accept"] = "application/json"
+        if config.cluster.get("proxy-url"):  # pykube-ng ignores it; kubectl and the kubernetes client apply it
+            proxy = str(config.cluster["proxy-url"])
+            self._http.session.proxies.update({"http": proxy, "https": proxy})
         user = config.user
         if user.get("tokenFile") and not user.get("token"):
             # pykube-ng leaves a request that already has an Authorization header as it is.

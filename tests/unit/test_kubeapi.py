@@ -168,6 +168,15 @@ def test_an_unreachable_server_is_a_connection_error_not_an_api_error() -> None:
         client_for(url).get(kubeapi.SECRETS, "team-a", "s")
 
 
+def test_a_kubeconfigs_proxy_url_carries_the_requests() -> None:
+    with serve(lambda _: Answer(body={"items": []})) as proxy:
+        doc = kubeconfig("http://api.invalid:6443", token="t")
+        doc["clusters"][0]["cluster"]["proxy-url"] = proxy.url
+        kubeapi.Client(pykube.KubeConfig(doc)).list(kubeapi.PODS, "team-a")
+    assert [(r.path, r.headers["host"]) for r in proxy.requests] == [("/api/v1/namespaces/team-a/pods",
+                                                                      "api.invalid:6443")]
+
+
 def test_patches_say_their_kind_and_reach_the_status_subresource() -> None:
     with serve(lambda r: Answer(body=r.body if isinstance(r.body, dict) else {})) as fake:
         client = client_for(fake.url)

@@ -59,6 +59,7 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
         certificate_path=path(user.get("client-certificate")),
         private_key_path=path(user.get("client-key")),
         default_namespace=kubeapi.context_namespace(client.config),
+        proxy_url=cluster.get("proxy-url"),
         trust_env=settings.networking.trust_env,
     )
 
