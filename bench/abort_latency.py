@@ -18,12 +18,11 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kubernetes import client, config
-
+from datamover import kubeapi
 from tests.ground.stack import Stack, local_stack
 
 MiB = 1024 * 1024
@@ -34,15 +33,12 @@ def _status(stack: Stack, name: str) -> dict[str, Any]:
     # The API client, not kubectl: a poll must cost milliseconds, or the poll itself is what gets measured.
     api = _API.get(stack.control_plane.server)
     if api is None:
-        api = client.CustomObjectsApi(config.new_client_from_config(  # type: ignore[no-untyped-call]
-            str(stack.control_plane.admin_kubeconfig)))
+        api = kubeapi.Client(kubeapi.load_config(str(stack.control_plane.admin_kubeconfig)))
         _API[stack.control_plane.server] = api
-    obj = cast(dict[str, Any], api.get_namespaced_custom_object(
-        "datamover.io", "v1alpha1", NAMESPACE, "migrationjobs", name))
-    return dict(obj.get("status") or {})
+    return dict(api.get(kubeapi.MIGRATION_JOBS, NAMESPACE, name).get("status") or {})
 
 
-_API: dict[str, client.CustomObjectsApi] = {}
+_API: dict[str, kubeapi.Client] = {}
 
 
 def _job(stack: Stack, name: str, src: str, dst: str) -> str:

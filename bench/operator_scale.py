@@ -24,8 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kubernetes import client, config
-
+from datamover import kubeapi
 from tests.ground.fleet import FINAL_PHASES, FleetWatch, Timeline, count_requests, create_all
 from tests.ground.stack import Stack, local_stack
 
@@ -55,7 +54,7 @@ def _operator_usage(stack: Stack) -> tuple[float, int]:
     return cpu, hwm
 
 
-def _restart_operator(stack: Stack, api: client.ApiClient, namespace: str, limit: int) -> None:
+def _restart_operator(stack: Stack, api: kubeapi.Client, namespace: str, limit: int) -> None:
     """`helm upgrade` to `limit` (a restart), and wait until it answers a job: its liveness endpoint is up before its
     watches are."""
     stack.operator.upgrade("--set", f"maxConcurrentJobs={limit}")
@@ -127,7 +126,7 @@ def _namespace(stack: Stack, namespace: str) -> None:
     stack.cloud_b.client().create_bucket(Bucket=namespace)
 
 
-def fleet_run(stack: Stack, api: client.ApiClient, namespace: str, jobs: int, limit: int) -> None:
+def fleet_run(stack: Stack, api: kubeapi.Client, namespace: str, jobs: int, limit: int) -> None:
     _namespace(stack, namespace)
     _restart_operator(stack, api, namespace, limit)
     cpu0, _ = _operator_usage(stack)
@@ -161,7 +160,7 @@ def fleet_run(stack: Stack, api: client.ApiClient, namespace: str, jobs: int, li
     print("  by kind: " + ", ".join(f"{k} {v}" for k, v in top))
 
 
-def queued_cost(stack: Stack, api: client.ApiClient, namespace: str, queued: int, window: float) -> None:
+def queued_cost(stack: Stack, api: kubeapi.Client, namespace: str, queued: int, window: float) -> None:
     """One job holds the only slot (its worker frozen with SIGSTOP: it reports nothing, so what the window counts is
     the queue's own cost); `queued` jobs wait. Requests in a quiet window, per queued job."""
     _namespace(stack, namespace)
@@ -213,7 +212,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=30.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="datamover-bench-") as tmp, local_stack(Path(tmp)) as stack:
-        api = config.new_client_from_config(str(stack.control_plane.admin_kubeconfig))  # type: ignore[no-untyped-call]
+        api = kubeapi.Client(kubeapi.load_config(str(stack.control_plane.admin_kubeconfig)))
         s3 = stack.cloud_a.client()
         s3.create_bucket(Bucket="fleet")
         for i in range(max([*args.jobs, args.queued])):

@@ -17,12 +17,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client, config
 
+from datamover import kubeapi
 from tests.ground import image
 from tests.ground.controlplane import ControlPlane
 from tests.ground.external import e2e_kubeconfig, s3_host
@@ -98,9 +98,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture(scope="session")
-def admin_api(control_plane: Any) -> client.ApiClient:
-    return cast(client.ApiClient, config.new_client_from_config(  # type: ignore[no-untyped-call]
-        str(control_plane.admin_kubeconfig)))
+def admin_api(control_plane: Any) -> kubeapi.Client:
+    return kubeapi.Client(kubeapi.load_config(str(control_plane.admin_kubeconfig)))
 
 
 @dataclass
@@ -109,14 +108,13 @@ class Cluster:
 
     namespace: str
     kubectl: Kubectl
-    api: client.ApiClient
+    api: kubeapi.Client
 
     def apply(self, manifest: dict[str, Any], *, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.kubectl("apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump(manifest), check=check)
 
     def get(self, name: str) -> dict[str, Any]:
-        return cast(dict[str, Any], client.CustomObjectsApi(self.api).get_namespaced_custom_object(
-            "datamover.io", "v1alpha1", self.namespace, "migrationjobs", name))
+        return self.api.get(kubeapi.MIGRATION_JOBS, self.namespace, name)
 
     def wait_phase(self, name: str, phases: set[str], timeout: float = 180) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -142,9 +140,8 @@ class Cluster:
                              f"{json.dumps(obj.get('status'), indent=1)[:3000]}")
 
     def events(self, name: str) -> list[str]:
-        items = client.CoreV1Api(self.api).list_namespaced_event(
-            self.namespace, field_selector=f"involvedObject.name={name}").items
-        return [f"{e.type} {e.reason}: {e.message}" for e in items]
+        items = self.api.list(kubeapi.EVENTS, self.namespace, field_selector=f"involvedObject.name={name}")["items"]
+        return [f"{e.get('type')} {e.get('reason')}: {e.get('message')}" for e in items]
 
     def wait_event(self, name: str, predicate: Callable[[str], bool], what: str, timeout: float = 30) -> str:
         """The first Event on `name` (as "<type> <reason>: <message>") that satisfies `predicate`, waiting for kopf
@@ -159,11 +156,11 @@ class Cluster:
                 raise AssertionError(f"MigrationJob {name}: no Event {what} after {timeout}s; Events: {events}")
             time.sleep(0.1)
 
-    def jobs(self) -> list[Any]:
-        return list(client.BatchV1Api(self.api).list_namespaced_job(self.namespace).items)
+    def jobs(self) -> list[dict[str, Any]]:
+        return list(self.api.list(kubeapi.JOBS, self.namespace)["items"])
 
-    def pods(self) -> list[Any]:
-        return list(client.CoreV1Api(self.api).list_namespaced_pod(self.namespace).items)
+    def pods(self) -> list[dict[str, Any]]:
+        return list(self.api.list(kubeapi.PODS, self.namespace)["items"])
 
 
 def secret(name: str, access_key: str, secret_key: str) -> dict[str, Any]:
@@ -172,7 +169,7 @@ def secret(name: str, access_key: str, secret_key: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def cluster(kubectl: Kubectl, admin_api: client.ApiClient, operator: OperatorRelease, cloud_a: Any,
+def cluster(kubectl: Kubectl, admin_api: kubeapi.Client, operator: OperatorRelease, cloud_a: Any,
             cloud_b: Any, request: pytest.FixtureRequest) -> Iterator[Cluster]:
     namespace = f"mj-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", namespace)
@@ -183,9 +180,10 @@ def cluster(kubectl: Kubectl, admin_api: client.ApiClient, operator: OperatorRel
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:  # the pods' own words, before their namespace goes
         for pod in view.pods()[-20:]:
-            name = pod.metadata.name
+            name = pod["metadata"]["name"]
             logs = kubectl("logs", "-n", namespace, name, "--all-containers", f"--tail={LOG_TAIL_LINES}", check=False)
-            print(f"---- pod {namespace}/{name} ({pod.status.phase}) ----\n{logs.stdout}{logs.stderr}")
+            phase = (pod.get("status") or {}).get("phase")
+            print(f"---- pod {namespace}/{name} ({phase}) ----\n{logs.stdout}{logs.stderr}")
     kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 

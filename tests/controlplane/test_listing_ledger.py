@@ -6,13 +6,12 @@ from __future__ import annotations
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, cast
 
 import pytest
 import yaml
-from kubernetes import client, config
 
-from datamover.api import GROUP, PLURAL, VERSION
+from datamover import kubeapi
+from datamover.api import GROUP, VERSION
 from datamover.controller import resources
 from datamover.engine import AbortSignal
 from datamover.engine.shards import KeyRange, SharedListing
@@ -30,7 +29,7 @@ def _never() -> bool:
 
 
 def test_workers_share_one_listing_through_status_with_their_own_role(
-    control_plane: ControlPlane, kubectl: Kubectl, admin_api: client.ApiClient, tmp_path: Path,
+    control_plane: ControlPlane, kubectl: Kubectl, admin_api: kubeapi.Client, tmp_path: Path,
 ) -> None:
     # The CRD only (as the chart installs it): the workers' Role and status patches are what is under test.
     kubectl("apply", "-f", str(CRD))
@@ -39,15 +38,14 @@ def test_workers_share_one_listing_through_status_with_their_own_role(
     kubectl("create", "namespace", namespace)
     location = {"bucket": "b", "endpoint": "http://127.0.0.1:9", "region": "us-east-1",
                 "credentialsSecretRef": {"name": "none"}}
-    admin = client.CustomObjectsApi(admin_api)
-    owner = cast(dict[str, Any], admin.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, {
+    owner = admin_api.create(kubeapi.MIGRATION_JOBS, namespace, {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "MigrationJob", "metadata": {"name": name},
-        "spec": {"source": location, "destination": {**location, "bucket": "c"}, "parallelism": 4}}))
+        "spec": {"source": location, "destination": {**location, "bucket": "c"}, "parallelism": 4}})
     for manifest in (resources.service_account(owner), resources.role(owner), resources.role_binding(owner)):
         kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest))
     kubeconfig = control_plane.service_account_kubeconfig(namespace, resources.child_name(name),
                                                           tmp_path / "worker.kubeconfig")
-    worker_api = client.CustomObjectsApi(config.new_client_from_config(str(kubeconfig)))  # type: ignore[no-untyped-call]
+    worker_api = kubeapi.Client(kubeapi.load_config(str(kubeconfig)))
 
     count, page, workers = 1200, 40, 4
     source = SyntheticStore("src", "", count, page_size=page)
@@ -72,10 +70,9 @@ def test_workers_share_one_listing_through_status_with_their_own_role(
         beat = 0
         while not stop_churn.is_set():
             beat += 1
-            worker_api.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, PLURAL, name, {"status": {"workers": {"0": {"state": "running",
-                                                                                       "beat": beat}}}},
-                _content_type="application/merge-patch+json")
+            worker_api.patch(kubeapi.MIGRATION_JOBS, namespace, name,
+                             {"status": {"workers": {"0": {"state": "running", "beat": beat}}}},
+                             content_type=kubeapi.MERGE_PATCH, subresource="status")
 
     churner = threading.Thread(target=churn)
     churner.start()
@@ -91,7 +88,7 @@ def test_workers_share_one_listing_through_status_with_their_own_role(
     every = sorted(key for part in keys for key in part)
     assert every == [f"k{i:08d}" for i in range(count)]  # each key claimed by exactly one worker
     assert source.requests["ListObjectsV2"] == count // page  # each page listed once
-    status = admin.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)["status"]
+    status = admin_api.get(kubeapi.MIGRATION_JOBS, namespace, name)["status"]
     assert status["listing"]["finished"] and status["listing"]["open"] == {}
     assert status["listing"]["pages"] == count // page and status["workers"]["0"]["beat"] > 0
     kubectl("delete", "namespace", namespace, "--wait=false", check=False)

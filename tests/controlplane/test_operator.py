@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
+from datamover import kubeapi
 from datamover.api import MigrationStatus, Phase
 from tests.controlplane.conftest import Cluster, migration_job
 from tests.ground.binaries import binary
@@ -287,7 +287,7 @@ def test_the_webhook_hears_of_the_end_and_a_bad_webhook_url_fails_the_job_naming
     assert "spec.notify.webhook.urlSecretRef" in failed["status"]["message"]
     message = failed["status"]["message"]
     assert f"{cluster.namespace}/badhook" in message and "not-a-url" not in message
-    assert all(j.metadata.labels.get("datamover.io/migrationjob") != "badhook" for j in cluster.jobs())
+    assert all(j["metadata"]["labels"].get("datamover.io/migrationjob") != "badhook" for j in cluster.jobs())
 
 
 def test_deleting_a_running_job_aborts_it_first(cluster: Cluster, cloud_a: Any, cloud_b: Any) -> None:
@@ -300,7 +300,7 @@ def test_deleting_a_running_job_aborts_it_first(cluster: Cluster, cloud_a: Any, 
     assert "datamover.io/cleanup" in cluster.get("gone")["metadata"]["finalizers"]
     cluster.kubectl("delete", "mj", "gone", "-n", cluster.namespace, "--timeout=90s")
     deadline = time.monotonic() + 60
-    while any(p.metadata.labels.get("datamover.io/migrationjob") == "gone" for p in cluster.pods()):
+    while any(p["metadata"].get("labels", {}).get("datamover.io/migrationjob") == "gone" for p in cluster.pods()):
         assert time.monotonic() < deadline, "worker pods outlived their MigrationJob"
         time.sleep(0.5)
     assert open_uploads(cloud_b, dst) == []
@@ -355,13 +355,13 @@ def _signal_worker(cluster: Cluster, node: Node, pod: str, sig: str = "SIGKILL")
     ContainerCreating): wait for the container's ID rather than read the pod once."""
     deadline = time.monotonic() + 30
     while True:
-        pod_status = client.CoreV1Api(cluster.api).read_namespaced_pod(pod, cluster.namespace).status
-        statuses = (pod_status.container_statuses if pod_status is not None else None) or []
-        if statuses and statuses[0].container_id:
+        pod_status = cluster.api.get(kubeapi.PODS, cluster.namespace, pod).get("status") or {}
+        statuses = pod_status.get("containerStatuses") or []
+        if statuses and statuses[0].get("containerID"):
             break
         assert time.monotonic() < deadline, f"pod {pod} has no running container after 30 s: {statuses}"
         time.sleep(0.2)
-    node.signal_container(statuses[0].container_id, sig)
+    node.signal_container(statuses[0]["containerID"], sig)
 
 
 @pytest.mark.node_runtime
@@ -380,7 +380,7 @@ def test_worker_killed_mid_multipart_is_retried_and_the_job_still_succeeds(
     assert check.returncode == 0, check.stdout + check.stderr
     assert open_uploads(cloud_b, dst) == []
     job = cluster.jobs()[0]
-    assert job.status.failed == 1 and job.status.succeeded == 1
+    assert job["status"].get("failed") == 1 and job["status"].get("succeeded") == 1
 
 
 @pytest.mark.node_runtime
@@ -614,13 +614,11 @@ def test_worker_token_reaches_only_its_own_migrationjob(cluster: Cluster, contro
 
 
 def test_operator_runs_without_cluster_admin(operator: OperatorRelease, cluster: Cluster) -> None:
-    auth = client.AuthorizationV1Api(cluster.api)
-    review = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
-        user="system:serviceaccount:datamover-system:datamover-operator",
-        resource_attributes=client.V1ResourceAttributes(verb="delete", resource="secrets",
-                                                        namespace=cluster.namespace)))
-    verdict = auth.create_subject_access_review(review).status
-    assert verdict is not None and not verdict.allowed
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": {
+        "user": "system:serviceaccount:datamover-system:datamover-operator",
+        "resourceAttributes": {"verb": "delete", "resource": "secrets", "namespace": cluster.namespace}}}
+    verdict = cluster.api.create(kubeapi.SUBJECT_ACCESS_REVIEWS, None, review).get("status")
+    assert verdict is not None and not verdict.get("allowed")
     # Its pod holds its ServiceAccount's token and nothing stronger: no host access, no other volume with secrets.
     spec = operator.pod()["spec"]
     assert spec["serviceAccountName"] == OPERATOR_ACCOUNT

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
 
+from datamover import kubeapi
 from tests.controlplane.conftest import Cluster, migration_job
 from tests.ground.binaries import binary
 from tests.ground.checker import held_uploads
@@ -118,8 +118,8 @@ def no_standalone_operator(operator: OperatorRelease) -> Iterator[None]:
 
 
 def _reporters(cluster: Cluster) -> set[str]:
-    events = client.CoreV1Api(cluster.api).list_namespaced_event(cluster.namespace).items
-    return {e.reporting_instance for e in events if e.reporting_instance}
+    events = cluster.api.list(kubeapi.EVENTS, cluster.namespace)["items"]
+    return {e["reportingInstance"] for e in events if e.get("reportingInstance")}
 
 
 def test_replicas_hand_over_without_duplicates_lost_aborts_or_stale_writes(
@@ -158,13 +158,11 @@ def test_replicas_hand_over_without_duplicates_lost_aborts_or_stale_writes(
             assert "replica-high" in _reporters(cluster), "the replica of higher priority never acted"
             # It dies with no chance to clean up; the abort and the new job come while no replica acts yet.
             high.kill()
-            objects = client.CustomObjectsApi(cluster.api)
             try:
-                objects.patch_namespaced_custom_object("datamover.io", "v1alpha1", cluster.namespace,
-                                                       "migrationjobs", names[-1], {"spec": {"abort": True}})
-            except client.ApiException as error:
+                cluster.api.patch(kubeapi.MIGRATION_JOBS, cluster.namespace, names[-1], {"spec": {"abort": True}})
+            except kubeapi.ApiError as error:
                 # Too late is an answer too (on a fast node the last job can end first): the API server refuses.
-                if error.status != 422 or "already ended" not in str(error.body):
+                if error.status != 422 or "already ended" not in error.body:
                     raise
             create_all(cluster.api, cluster.namespace, [manifest(JOBS)], fleet)
             final = fleet.wait([*names, _name(JOBS)], lambda t: t.phase in FINAL_PHASES, "finished", timeout=900)
@@ -172,7 +170,7 @@ def test_replicas_hand_over_without_duplicates_lost_aborts_or_stale_writes(
 
     assert max_holding <= LIMIT, f"{max_holding} jobs held a slot at once with a limit of {LIMIT}"
     assert not regressions, f"phases went backwards (a replica wrote from stale memory): {regressions}"
-    jobs = [j.metadata.labels.get("datamover.io/migrationjob") for j in cluster.jobs()]
+    jobs = [j["metadata"]["labels"].get("datamover.io/migrationjob") for j in cluster.jobs()]
     assert len(jobs) == len(set(jobs)), f"a MigrationJob got more than one batch Job: {sorted(jobs)}"
     wrong = []
     for i in range(JOBS + 1):

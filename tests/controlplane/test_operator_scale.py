@@ -14,8 +14,7 @@ import random
 import threading
 from typing import Any
 
-from kubernetes import client
-
+from datamover import kubeapi
 from tests.controlplane.conftest import Cluster, migration_job
 from tests.ground.checker import held_uploads
 from tests.ground.fleet import FINAL_PHASES, FleetWatch, create_all
@@ -73,15 +72,12 @@ def test_hundreds_of_jobs_queue_run_abort_and_survive_an_operator_restart(
         manifest["spec"]["destination"]["prefix"] = f"{_name(i)}/"
     queued_aborts = [_name(i) for i in range(JOBS - QUEUED_ABORTS, JOBS)]
     random_aborts = sorted(rng.sample([_name(i) for i in range(JOBS - QUEUED_ABORTS)], RANDOM_ABORTS))
-    objects = client.CustomObjectsApi(cluster.api)
-
     def abort(name: str) -> None:
         try:
-            objects.patch_namespaced_custom_object("datamover.io", "v1alpha1", cluster.namespace, "migrationjobs",
-                                                   name, {"spec": {"abort": True}})
-        except client.ApiException as error:
+            cluster.api.patch(kubeapi.MIGRATION_JOBS, cluster.namespace, name, {"spec": {"abort": True}})
+        except kubeapi.ApiError as error:
             # Too late is an answer too: the API server refuses abort on a job that has ended.
-            if error.status != 422 or "already ended" not in str(error.body):
+            if error.status != 422 or "already ended" not in error.body:
                 raise
 
     with FleetWatch(cluster.api, cluster.namespace) as fleet:
@@ -128,7 +124,7 @@ def test_hundreds_of_jobs_queue_run_abort_and_survive_an_operator_restart(
     assert len(queued) >= JOBS - 5 * LIMIT, f"only {len(queued)} of {JOBS} jobs were ever shown as Queued"
     assert max_holding <= LIMIT, f"{max_holding} jobs held a slot at once with a limit of {LIMIT}"
 
-    jobs = {j.metadata.labels.get("datamover.io/migrationjob"): j for j in cluster.jobs()}
+    jobs = {j["metadata"]["labels"].get("datamover.io/migrationjob"): j for j in cluster.jobs()}
     assert len(jobs) == len(cluster.jobs()), "more than one batch Job for a MigrationJob"
     aborted = set(queued_aborts) | set(random_aborts)
     wrong: list[str] = []

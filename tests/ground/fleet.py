@@ -17,9 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
 
-from kubernetes import client, watch
+from datamover import kubeapi
 
-GROUP, VERSION, PLURAL = "datamover.io", "v1alpha1", "migrationjobs"
 FINAL_PHASES = frozenset({"succeeded", "failed", "aborted", "cancelled"})
 # Phases only move forward: pending, then running, then aborting, then a final one (any step may be skipped).
 PHASE_RANK = {"pending": 0, "running": 1, "aborting": 2, **dict.fromkeys(FINAL_PHASES, 3)}
@@ -48,8 +47,8 @@ class Timeline:
 class FleetWatch:
     """Follows every MigrationJob of one namespace from a watch stream; thread-safe readers."""
 
-    def __init__(self, api: client.ApiClient, namespace: str) -> None:
-        self._api = client.CustomObjectsApi(api)
+    def __init__(self, api: kubeapi.Client, namespace: str) -> None:
+        self._api = api
         self.namespace = namespace
         self.timelines: dict[str, Timeline] = {}
         self.max_holding = 0
@@ -77,9 +76,8 @@ class FleetWatch:
         resource_version = ""
         while not self._stop.is_set():
             try:
-                stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
-                    self._api.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
-                    resource_version=resource_version or None, timeout_seconds=5, allow_watch_bookmarks=True)
+                stream = self._api.watch(kubeapi.MIGRATION_JOBS, self.namespace,
+                                         resource_version=resource_version or None, timeout_seconds=5, bookmarks=True)
                 for event in stream:
                     obj = event["object"]
                     resource_version = obj.get("metadata", {}).get("resourceVersion", resource_version)
@@ -87,7 +85,7 @@ class FleetWatch:
                         self._seen(obj, time.monotonic())
                     if self._stop.is_set():
                         break
-            except client.ApiException as error:
+            except kubeapi.ApiError as error:
                 if error.status == 410:  # our resource version is too old: start from now
                     resource_version = ""
                     continue
@@ -147,13 +145,12 @@ class FleetWatch:
             time.sleep(0.2)
 
 
-def create_all(api: client.ApiClient, namespace: str, manifests: list[dict[str, Any]],
+def create_all(api: kubeapi.Client, namespace: str, manifests: list[dict[str, Any]],
                fleet: FleetWatch, threads: int = 8) -> None:
     """Create the MigrationJobs in order, several requests in flight (as a script or ApplicationSet would)."""
-    objects = client.CustomObjectsApi(api)
 
     def create(manifest: dict[str, Any]) -> None:
-        objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+        api.create(kubeapi.MIGRATION_JOBS, namespace, manifest)
         fleet.created(manifest["metadata"]["name"], time.monotonic())
 
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:

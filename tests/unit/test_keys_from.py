@@ -15,6 +15,7 @@ from datamover.cli.main import retry_job
 from datamover.engine import AbortSignal, MigrationOptions, Outcome, migrate
 from datamover.engine.keys import KeysFormat, inventory_keys, manifest_keys, read_keys, report_keys
 from datamover.engine.report import ReportWriter, read_report
+from tests.fakekube import Answer, Request, client_of, serve
 from tests.unit import RecordingSink, moto_s3, store
 
 
@@ -118,19 +119,21 @@ def test_retry_copies_the_spec_and_points_keys_from_at_the_report() -> None:
 
 
 class FakeApi:
-    """The MigrationJob API as `retry` uses it: one job to get, the names taken, creations recorded."""
+    """The MigrationJob API as `retry` uses it (behind tests/fakekube.py): one job to get, the names taken, creations
+    recorded."""
 
     def __init__(self, body: dict[str, Any], taken: list[str]) -> None:
         self.body, self.taken, self.created = body, taken, []  # type: dict[str, Any], list[str], list[Any]
 
-    def get_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
-        return self.body
-
-    def list_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
-        return {"items": [{"metadata": {"name": name}} for name in self.taken]}
-
-    def create_namespaced_custom_object(self, *args: Any) -> None:
-        self.created.append(args[-1])
+    def respond(self, request: Request) -> Answer:
+        jobs = "/apis/datamover.io/v1alpha1/namespaces/ns/migrationjobs"
+        if (request.method, request.path) == ("GET", f"{jobs}/photos"):
+            return Answer(body=self.body)
+        if (request.method, request.path) == ("GET", jobs):
+            return Answer(body={"items": [{"metadata": {"name": name}} for name in self.taken]})
+        assert (request.method, request.path) == ("POST", jobs)
+        self.created.append(request.body)
+        return Answer(201, request.body)
 
 
 def test_retry_takes_the_first_free_name_and_waits_for_the_job_to_end() -> None:
@@ -142,9 +145,11 @@ def test_retry_takes_the_first_free_name_and_waits_for_the_job_to_end() -> None:
             "status": {"phase": "failed"}}
     api = FakeApi(body, ["photos", "photos-retry-1", "photos-retry-3"])
     out = io.StringIO()
-    assert retry(api, "ns", "photos", actions=["failed"], out=out) == 0  # type: ignore[arg-type]
+    with serve(api.respond) as server:
+        assert retry(client_of(server), "ns", "photos", actions=["failed"], out=out) == 0
     assert [job["metadata"]["name"] for job in api.created] == ["photos-retry-2"]
     assert "photos-retry-2 created" in out.getvalue()
     running = FakeApi({**body, "status": {"phase": "running"}}, ["photos"])
-    assert retry(running, "ns", "photos", actions=["failed"], out=out) == 1  # type: ignore[arg-type]
+    with serve(running.respond) as server:
+        assert retry(client_of(server), "ns", "photos", actions=["failed"], out=out) == 1
     assert not running.created

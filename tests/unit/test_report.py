@@ -18,6 +18,7 @@ from datamover.engine import AbortSignal, MigrationOptions, ObjectFilter, Outcom
 from datamover.engine.context import ObjectCopy
 from datamover.engine.fsm import ObjectState
 from datamover.engine.report import ReportWriter, failed_keys, read_report
+from tests.fakekube import Answer, Request, client_of, serve
 from tests.unit import RecordingSink, moto_s3, store
 
 OPTIONS = MigrationOptions(progress_interval=0, concurrency=4)
@@ -177,16 +178,21 @@ def test_the_cli_prints_each_workers_summary_and_the_failed_keys() -> None:
 
 
 class FakeApi:
-    """The MigrationJob API as the CLI and the worker use it: one job to get, status patches recorded."""
+    """The MigrationJob API as the CLI and the worker use it (behind tests/fakekube.py): one job to get, status
+    patches recorded."""
 
     def __init__(self, body: dict[str, Any]) -> None:
         self.body, self.patches = body, []  # type: list[Any]
 
-    def get_namespaced_custom_object(self, *args: Any) -> dict[str, Any]:
-        return self.body
-
-    def patch_namespaced_custom_object_status(self, *args: Any, **_: Any) -> None:
-        self.patches.append(args[-1])
+    def respond(self, request: Request) -> Answer:
+        job = "/apis/datamover.io/v1alpha1/namespaces/ns/migrationjobs/photos"
+        if request.method == "GET":
+            assert request.path == job
+            return Answer(body=self.body)
+        assert (request.method, request.path, request.headers["content-type"]) == (
+            "PATCH", f"{job}/status", "application/merge-patch+json")
+        self.patches.append(request.body)
+        return Answer(body=self.body)
 
 
 JOB: dict[str, Any] = {
@@ -204,22 +210,23 @@ def test_the_worker_names_the_report_in_status_and_the_cli_reads_it_back(
 
     store("dst")  # the bucket the report goes to by default
     api = FakeApi(JOB)
-    writer = worker._open_report(api, JOB, MigrationSpec.from_spec(JOB["spec"]), 2,  # type: ignore[arg-type]
-                                 {"DATAMOVER_POD": "photos-2-x7k2q"})
-    assert writer is not None
-    assert api.patches == [{"status": {"report": {"type": "s3", "bucket": "dst",
-                                                  "prefix": "datamover-reports/ns/photos/u-1/"}}}]
-    assert writer.location.startswith("datamover-reports/ns/photos/u-1/worker-0002/")
-    assert writer.location.endswith("-x7k2q/")
-    copy = _copy("k1", ObjectState.FAILED)
-    copy.error, copy.error_code = "refused k1", "AccessDenied"
-    writer.record(copy, True, 0.0, 1.0)
-    writer.record(_copy("k2"), True, 0.0, 1.0)
-    writer.close()
+    with serve(api.respond) as server:
+        writer = worker._open_report(client_of(server), JOB, MigrationSpec.from_spec(JOB["spec"]), 2,
+                                     {"DATAMOVER_POD": "photos-2-x7k2q"})
+        assert writer is not None
+        assert api.patches == [{"status": {"report": {"type": "s3", "bucket": "dst",
+                                                      "prefix": "datamover-reports/ns/photos/u-1/"}}}]
+        assert writer.location.startswith("datamover-reports/ns/photos/u-1/worker-0002/")
+        assert writer.location.endswith("-x7k2q/")
+        copy = _copy("k1", ObjectState.FAILED)
+        copy.error, copy.error_code = "refused k1", "AccessDenied"
+        writer.record(copy, True, 0.0, 1.0)
+        writer.record(_copy("k2"), True, 0.0, 1.0)
+        writer.close()
 
-    monkeypatch.setattr(cli, "_secret", lambda namespace, name: {})  # the ambient (moto's) credentials
-    out = io.StringIO()
-    assert cli.report(api, "ns", "photos", limit=10, out=out) == 0  # type: ignore[arg-type]
+        monkeypatch.setattr(cli, "_secret", lambda api, namespace, name: {})  # the ambient (moto's) credentials
+        out = io.StringIO()
+        assert cli.report(client_of(server), "ns", "photos", limit=10, out=out) == 0
     text = out.getvalue()
     assert "prefix datamover-reports/ns/photos/u-1/" in text
     assert "worker 2   1 copied, 1 failed" in text and "k1  AccessDenied: refused k1" in text

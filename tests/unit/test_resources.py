@@ -80,23 +80,26 @@ def test_the_report_and_keys_from_stores_get_their_own_credentials() -> None:
 
 
 def test_a_missing_report_secret_is_named_before_any_worker_starts(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kubernetes.client.exceptions import ApiException
-
     from datamover.controller import handlers
+    from tests.fakekube import Answer, Request, client_of, serve, status
 
-    def read_secret(namespace: str, name: str) -> dict[str, str]:
-        if name == "audit":
-            raise ApiException(status=404)
-        return {"accessKeyId": "k", "secretAccessKey": "s"}
+    def respond(request: Request) -> Answer:
+        if request.path == "/api/v1/namespaces/team-a/secrets/audit":
+            return status(404, "NotFound", 'secrets "audit" not found')
+        return Answer(body={"kind": "Secret", "data": {"accessKeyId": "aw==", "secretAccessKey": "cw=="}})
 
-    monkeypatch.setattr(handlers, "_read_secret", read_secret)
     spec = MigrationSpec.from_spec({
         "source": {"bucket": "a", "credentialsSecretRef": {"name": "src"}}, "destination": {"bucket": "b"},
         "report": {"location": {"bucket": "audit", "credentialsSecretRef": {"name": "audit"}}},
     })
-    problem = handlers._reference_error("team-a", spec)
+    with serve(respond) as fake:
+        client = client_of(fake)
+        monkeypatch.setattr(handlers, "_api", lambda: client)
+        problem = handlers._reference_error("team-a", spec)
     assert problem is not None and problem.reason == "SecretNotFound"
     assert "spec.report.location.credentialsSecretRef: Secret team-a/audit not found" in problem.message
+    assert [r.path for r in fake.requests] == ["/api/v1/namespaces/team-a/secrets/src",
+                                               "/api/v1/namespaces/team-a/secrets/audit"]
 
 
 def test_worker_identity_annotates_the_service_account_and_labels_the_pods_without_touching_ours() -> None:

@@ -11,20 +11,15 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, TextIO, cast
+from typing import Any, TextIO
 
-import kubernetes
-from kubernetes import client, watch
-from kubernetes.client.exceptions import ApiException
-
+from datamover import kubeapi
 from datamover.api import (
     GROUP,
     KIND,
-    PLURAL,
     VERSION,
     Location,
     MigrationSpec,
@@ -41,7 +36,6 @@ from datamover.engine.report import ACTIONS, FAILED, failed_keys, read_report
 from datamover.locations import store_config
 
 BAR_WIDTH = 30
-MERGE_PATCH = "application/merge-patch+json"
 
 
 def bar(done: int, total: int, width: int = BAR_WIDTH) -> str:
@@ -110,42 +104,22 @@ def render(body: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _api(args: argparse.Namespace) -> tuple[client.CustomObjectsApi, str]:
-    """The API client and namespace for the kubeconfig and context kubectl would use."""
-    try:
-        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=args.kubeconfig, context=args.context)
-        _, current = kubernetes.config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
-            config_file=args.kubeconfig)
-        context_namespace = (current or {}).get("context", {}).get("namespace")
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
-        context_namespace = None
-    return client.CustomObjectsApi(), args.namespace or context_namespace or "default"
+def _api(args: argparse.Namespace) -> tuple[kubeapi.Client, str]:
+    """The API client and namespace for the kubeconfig and context kubectl would use (else the pod's own)."""
+    config = kubeapi.load_config(args.kubeconfig, args.context)
+    return kubeapi.Client(config), args.namespace or kubeapi.context_namespace(config) or "default"
 
 
-def _get(api: client.CustomObjectsApi, namespace: str, name: str) -> Mapping[str, Any]:
-    return cast(Mapping[str, Any], api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+def _get(api: kubeapi.Client, namespace: str, name: str) -> Mapping[str, Any]:
+    return api.get(kubeapi.MIGRATION_JOBS, namespace, name)
 
 
-def _updates(api: client.CustomObjectsApi, namespace: str, name: str) -> Iterator[Mapping[str, Any]]:
+def _updates(api: kubeapi.Client, namespace: str, name: str) -> Iterator[Mapping[str, Any]]:
     """The MigrationJob now, then each change of it, until it is gone."""
-    body = _get(api, namespace, name)
-    yield body
-    version = body["metadata"]["resourceVersion"]
-    while True:
-        stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
-            api.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
-            field_selector=f"metadata.name={name}", resource_version=version, timeout_seconds=60)
-        for event in stream:
-            if event["type"] == "DELETED":
-                return
-            body = event["object"]
-            version = body["metadata"]["resourceVersion"]
-            yield body
+    return api.follow(kubeapi.MIGRATION_JOBS, namespace, name)
 
 
-def status(api: client.CustomObjectsApi, namespace: str, name: str, *, follow: bool, out: TextIO) -> int:
+def status(api: kubeapi.Client, namespace: str, name: str, *, follow: bool, out: TextIO) -> int:
     if not follow:
         out.write(render(_get(api, namespace, name)) + "\n")
         return 0
@@ -162,10 +136,9 @@ def status(api: client.CustomObjectsApi, namespace: str, name: str, *, follow: b
     return 1
 
 
-def abort(api: client.CustomObjectsApi, namespace: str, name: str, *, wait: float | None, out: TextIO) -> int:
+def abort(api: kubeapi.Client, namespace: str, name: str, *, wait: float | None, out: TextIO) -> int:
     """Set spec.abort; with `wait`, wait up to that many seconds for a final phase and print it."""
-    api.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, {"spec": {"abort": True}},
-                                       _content_type=MERGE_PATCH)
+    api.patch(kubeapi.MIGRATION_JOBS, namespace, name, {"spec": {"abort": True}}, content_type=kubeapi.MERGE_PATCH)
     out.write(f"migrationjob.datamover.io/{name} abort requested\n")
     if wait is None:
         return 0
@@ -205,15 +178,15 @@ def render_report(name: str, location: str, lines: Sequence[Mapping[str, Any]], 
     return "\n".join(out)
 
 
-def _secret(namespace: str, name: str | None) -> dict[str, str]:
+def _secret(api: kubeapi.Client, namespace: str, name: str | None) -> dict[str, str]:
     """A Secret's keys, decoded; empty for no Secret (the ambient credentials then)."""
     if name is None:
         return {}
-    secret = client.CoreV1Api().read_namespaced_secret(name, namespace)
-    return {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}
+    secret = api.get(kubeapi.SECRETS, namespace, name)
+    return {key: base64.b64decode(value).decode() for key, value in (secret.get("data") or {}).items()}
 
 
-def report(api: client.CustomObjectsApi, namespace: str, name: str, *, limit: int, out: TextIO) -> int:
+def report(api: kubeapi.Client, namespace: str, name: str, *, limit: int, out: TextIO) -> int:
     body = _get(api, namespace, name)
     spec = MigrationSpec.from_spec(body["spec"])
     location = spec.report_location(namespace, name, body["metadata"]["uid"])
@@ -221,7 +194,7 @@ def report(api: client.CustomObjectsApi, namespace: str, name: str, *, limit: in
         print(f"Error: {name} has no spec.report", file=sys.stderr)
         return 1
     owner = spec.report.location or spec.destination
-    store = open_store(store_config(location, _secret(namespace, owner.secret_name)))
+    store = open_store(store_config(location, _secret(api, namespace, owner.secret_name)))
     lines = list(read_report(store, location.prefix))
     out.write(render_report(name, f"{location.describe()}, prefix {location.prefix}", lines, limit=limit) + "\n")
     return 0
@@ -265,7 +238,7 @@ def retry_job(body: Mapping[str, Any], name: str, actions: Sequence[str]) -> dic
             "spec": new_spec}
 
 
-def retry(api: client.CustomObjectsApi, namespace: str, name: str, *, actions: Sequence[str], out: TextIO) -> int:
+def retry(api: kubeapi.Client, namespace: str, name: str, *, actions: Sequence[str], out: TextIO) -> int:
     """Create NAME-retry-<n> (the first n not taken) from NAME's report; refused while NAME still runs."""
     body = _get(api, namespace, name)
     current = MigrationStatus.of(body)
@@ -273,7 +246,7 @@ def retry(api: client.CustomObjectsApi, namespace: str, name: str, *, actions: S
         print(f"Error: {name} has not ended (phase {current.phase.value if current.phase else 'none'}): its report "
               f"is not final yet", file=sys.stderr)
         return 1
-    listed = cast(Mapping[str, Any], api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL))
+    listed = api.list(kubeapi.MIGRATION_JOBS, namespace)
     taken = {item["metadata"]["name"] for item in listed["items"]}
     number = next(n for n in range(1, len(taken) + 2) if f"{name}-retry-{n}" not in taken)
     try:
@@ -281,7 +254,7 @@ def retry(api: client.CustomObjectsApi, namespace: str, name: str, *, actions: S
     except ValueError as error:
         print(f"Error: {error}", file=sys.stderr)
         return 1
-    api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, job)
+    api.create(kubeapi.MIGRATION_JOBS, namespace, job)
     out.write(f"migrationjob.datamover.io/{job['metadata']['name']} created (keys of {name}'s report with action "
               f"{', '.join(actions)})\n")
     return 0
@@ -316,7 +289,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     again.add_argument("--action", dest="actions", action="append", choices=ACTIONS,
                        help="retry the keys whose last report line has this action (repeatable; default: failed)")
     args = parser.parse_args(argv)
-    api, namespace = _api(args)
+    try:
+        api, namespace = _api(args)
+    except kubeapi.ConfigError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
     try:
         if args.command == "status":
             return status(api, namespace, args.name, follow=args.watch, out=out)
@@ -325,17 +302,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
         if args.command == "retry":
             return retry(api, namespace, args.name, actions=args.actions or [FAILED], out=out)
         return abort(api, namespace, args.name, wait=args.wait, out=out)
-    except ApiException as error:
+    except kubeapi.ApiError as error:
         if error.status == 404:
             print(f"Error: migrationjob.datamover.io {args.name!r} not found in namespace {namespace!r}",
                   file=sys.stderr)
             return 1
         if error.status == 422:  # refused by the CRD's rules, e.g. the job has already ended
-            try:
-                why = json.loads(error.body or "{}").get("message", error.body)
-            except (TypeError, ValueError):
-                why = error.body
-            print(f"Error: the API server refused it: {why}", file=sys.stderr)
+            print(f"Error: the API server refused it: {error.message}", file=sys.stderr)
             return 1
         raise
     except KeyboardInterrupt:

@@ -4,7 +4,7 @@ There is no thread or task per job, so hundreds of jobs cost what their events c
 MigrationJobs, their Jobs and their worker pods in memory, filled from watch streams before any handler runs (so a
 restarted operator sees every Job it created before it decides anything). Each event of one of them puts the owning
 MigrationJob's key on one work queue; a fixed set of reconcilers takes keys off it, observes from the indices (no
-API read) and carries out the decision in a small thread pool (the kubernetes client blocks). Time is a trigger only
+API read) and carries out the decision in a small thread pool (the API client blocks). Time is a trigger only
 where time itself is the cause: the abort grace period and a slow resync are delayed re-queues, not sleeping threads.
 
 Jobs over `--max-concurrent-jobs` stay `pending` with a `Queued` condition that says their place, and start in
@@ -24,12 +24,11 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import kopf
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
+from datamover import kubeapi
 from datamover.api import (
     FINALIZER,
     GROUP,
@@ -71,12 +70,11 @@ from datamover.controller.decisions import (
 from datamover.controller.peering import PEERING_GROUP, PEERING_VERSION, PeeringObject, is_active
 from datamover.controller.workqueue import WorkQueue
 from datamover.engine import close_leftovers
+from datamover.kubeapi import JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH, ApiError
 from datamover.locations import store_config
 
 log = logging.getLogger("datamover.operator")
 
-MERGE_PATCH = "application/merge-patch+json"
-JSON_PATCH = "application/json-patch+json"
 WORKER_SETTINGS = resources.WorkerSettings.from_env()
 # Reconcilers working at once; each holds a thread of the pool only while it talks to the API server.
 RECONCILERS = 8
@@ -99,20 +97,18 @@ DEFAULT_MAX_CONCURRENT_JOBS = 20
 Key = tuple[str, str]  # (namespace, name) of a MigrationJob
 
 
-@functools.cache
-def _api_client() -> client.ApiClient:
-    """One client (one connection pool) for every reconciler: `client.CoreV1Api()` alone would build a new pool, and
-    so a new TLS connection, for every request."""
-    return client.ApiClient()
+def _api() -> kubeapi.Client:
+    """The operator's one client (one connection pool, so one TLS connection per thread at most, not per request)."""
+    return kubeapi.shared()
 
 
-def _not_found(error: ApiException) -> bool:
-    return bool(error.status == 404)
+def _not_found(error: ApiError) -> bool:
+    return error.status == 404
 
 
 def _read_secret(namespace: str, name: str) -> dict[str, str]:
-    secret = client.CoreV1Api(_api_client()).read_namespaced_secret(name, namespace)
-    return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+    secret = _api().get(kubeapi.SECRETS, namespace, name)
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
 
 
 def _reference_error(namespace: str, spec: MigrationSpec) -> MissingReference | None:
@@ -122,7 +118,7 @@ def _reference_error(namespace: str, spec: MigrationSpec) -> MissingReference | 
             continue
         try:
             data = _read_secret(namespace, location.secret_name)
-        except ApiException as error:
+        except ApiError as error:
             if _not_found(error):
                 return MissingReference("SecretNotFound", f"spec.{side}.credentialsSecretRef: Secret "
                                                           f"{namespace}/{location.secret_name} not found")
@@ -153,7 +149,7 @@ def _webhook_url(namespace: str, spec: MigrationSpec) -> tuple[str, MissingRefer
     field_name = "spec.notify.webhook.urlSecretRef"
     try:
         url = _read_secret(namespace, str(name)).get(key, "")
-    except ApiException as error:
+    except ApiError as error:
         if _not_found(error):
             return "", MissingReference("SecretNotFound", f"{field_name}: Secret {namespace}/{name} not found")
         raise
@@ -191,7 +187,7 @@ def _notify(body: Mapping[str, Any]) -> None:
                              "lastError": error, "time": now_rfc3339()},
             "conditions": conditions,
         })
-    except ApiException as failure:
+    except ApiError as failure:
         if not _not_found(failure):
             raise
     if not delivered:
@@ -204,20 +200,15 @@ _NOTIFIER = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="notify"
 
 def _create(manifest: dict[str, Any]) -> None:
     """Create one owned object; an existing one (an earlier attempt, or a restart) is fine."""
-    namespace, kind = manifest["metadata"]["namespace"], manifest["kind"]
     try:
-        if kind == "ServiceAccount":
-            client.CoreV1Api(_api_client()).create_namespaced_service_account(namespace, manifest)  # type: ignore[arg-type]
-        elif kind == "Role":
-            client.RbacAuthorizationV1Api(_api_client()).create_namespaced_role(namespace, manifest)  # type: ignore[arg-type]
-        elif kind == "RoleBinding":
-            client.RbacAuthorizationV1Api(_api_client()).create_namespaced_role_binding(
-                namespace, manifest)  # type: ignore[arg-type]
-        else:
-            client.BatchV1Api(_api_client()).create_namespaced_job(namespace, manifest)  # type: ignore[arg-type]
-    except ApiException as error:
+        _api().create(_CHILD_KINDS[manifest["kind"]], manifest["metadata"]["namespace"], manifest)
+    except ApiError as error:
         if error.status != 409:
             raise
+
+
+_CHILD_KINDS = {"ServiceAccount": kubeapi.SERVICE_ACCOUNTS, "Role": kubeapi.ROLES, "RoleBinding": kubeapi.ROLE_BINDINGS,
+                "Job": kubeapi.JOBS}
 
 
 def _start_workers(body: Mapping[str, Any], spec: MigrationSpec) -> None:
@@ -238,9 +229,9 @@ _CHILD_CREATOR = concurrent.futures.ThreadPoolExecutor(6, thread_name_prefix="ch
 def _stop_workers(namespace: str, name: str, pods: list[str], *, suspended: bool, kill: bool) -> None:
     if not suspended:
         try:
-            client.BatchV1Api(_api_client()).patch_namespaced_job(resources.child_name(name), namespace,
-                                                                  {"spec": {"suspend": True}})
-        except ApiException as error:
+            _api().patch(kubeapi.JOBS, namespace, resources.child_name(name), {"spec": {"suspend": True}},
+                         content_type=STRATEGIC_MERGE_PATCH)
+        except ApiError as error:
             if not _not_found(error):
                 raise
     if kill:
@@ -250,20 +241,18 @@ def _stop_workers(namespace: str, name: str, pods: list[str], *, suspended: bool
 def _delete_job(namespace: str, name: str) -> None:
     """Remove a suspended job's Job (its pods are gone already); a resume creates a new one."""
     try:
-        client.BatchV1Api(_api_client()).delete_namespaced_job(resources.child_name(name), namespace,
-                                                               propagation_policy="Background")
-    except ApiException as error:
+        _api().delete(kubeapi.JOBS, namespace, resources.child_name(name), propagation_policy="Background")
+    except ApiError as error:
         if not _not_found(error):
             raise
 
 
 def _delete_pods(namespace: str, pods: Iterable[str]) -> None:
     """Delete worker pods at once (no grace: they are past it, or frozen and would not act on SIGTERM)."""
-    core = client.CoreV1Api(_api_client())
     for pod in pods:
         try:
-            core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
-        except ApiException as error:
+            _api().delete(kubeapi.PODS, namespace, pod, grace_period_seconds=0)
+        except ApiError as error:
             if not _not_found(error):
                 raise
 
@@ -335,10 +324,8 @@ def _conditions(current: MigrationStatus, phase: Phase, reason: str, message: st
 
 
 def _patch_status(namespace: str, name: str, status: Mapping[str, Any]) -> Mapping[str, Any]:
-    result = client.CustomObjectsApi(_api_client()).patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE_PATCH
-    )
-    return cast(Mapping[str, Any], result)
+    return _api().patch(kubeapi.MIGRATION_JOBS, namespace, name, {"status": status}, content_type=MERGE_PATCH,
+                        subresource="status")
 
 
 def _event(body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
@@ -358,8 +345,8 @@ def _event(body: Mapping[str, Any], *, type: str, reason: str, message: str) -> 
         "source": {"component": MANAGER},
         "reportingComponent": MANAGER,
         "reportingInstance": os.environ.get("POD_ID") or MANAGER,
-        "firstTimestamp": now,
-        "lastTimestamp": now,
+        "firstTimestamp": now.isoformat(),  # RFC 3339, as the kubernetes client wrote a datetime
+        "lastTimestamp": now.isoformat(),
         "count": 1,
     }
     _EVENT_POSTER.submit(_post_event, event)
@@ -367,9 +354,8 @@ def _event(body: Mapping[str, Any], *, type: str, reason: str, message: str) -> 
 
 def _post_event(event: dict[str, Any]) -> None:
     try:
-        client.CoreV1Api(_api_client()).create_namespaced_event(event["metadata"]["namespace"],
-                                                                 event)  # type: ignore[arg-type]
-    except ApiException as error:
+        _api().create(kubeapi.EVENTS, event["metadata"]["namespace"], event)
+    except ApiError as error:
         # An Event is a courtesy: failing to post one must not stop or slow the reconcile that decided it.
         log.warning("event=event-post-failed job=%s/%s reason=%s status=%s", event["metadata"]["namespace"],
                     event["involvedObject"]["name"], event["reason"], error.status)
@@ -522,12 +508,11 @@ def _hold_finalizer(body: Mapping[str, Any]) -> bool:
     meta = body["metadata"]
     finalizers = [*(meta.get("finalizers") or []), FINALIZER]
     try:
-        client.CustomObjectsApi(_api_client()).patch_namespaced_custom_object(
-            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"],
-            [{"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
-             {"op": "add", "path": "/metadata/finalizers", "value": finalizers}],
-            _content_type=JSON_PATCH)
-    except ApiException as error:
+        _api().patch(kubeapi.MIGRATION_JOBS, meta["namespace"], meta["name"],
+                     [{"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
+                      {"op": "add", "path": "/metadata/finalizers", "value": finalizers}],
+                     content_type=JSON_PATCH)
+    except ApiError as error:
         if error.status in (404, 409, 422):
             return False
         raise
@@ -536,9 +521,8 @@ def _hold_finalizer(body: Mapping[str, Any]) -> bool:
 
 def _read_migrationjob(key: Key) -> Mapping[str, Any] | None:
     try:
-        return cast(Mapping[str, Any], client.CustomObjectsApi(_api_client()).get_namespaced_custom_object(
-            GROUP, VERSION, key[0], PLURAL, key[1]))
-    except ApiException as error:
+        return _api().get(kubeapi.MIGRATION_JOBS, key[0], key[1])
+    except ApiError as error:
         if _not_found(error):
             return None
         raise
@@ -697,7 +681,7 @@ class Controller:
                 await self._step(loop, key)
             except asyncio.CancelledError:
                 raise
-            except ApiException as error:
+            except ApiError as error:
                 log.warning("event=reconcile-error job=%s/%s status=%s reason=%s", *key, error.status, error.reason)
                 metrics.RECONCILE_ERRORS.labels("api").inc()
                 self.queue.add_after(key, 2.0)
@@ -790,7 +774,7 @@ class Controller:
         while True:
             try:
                 active = await loop.run_in_executor(self.pool, self._peering_says_active)
-            except ApiException as error:
+            except ApiError as error:
                 log.warning("event=peering-read-failed status=%s reason=%s", error.status, error.reason)
             else:
                 if active != self.active:
@@ -808,20 +792,17 @@ class Controller:
             await asyncio.sleep(PEERING_LOOK_SECONDS)
 
     def _peering_says_active(self) -> bool:
-        api = client.CustomObjectsApi(_api_client())
         now = dt.datetime.now(dt.UTC)
         for peering in self.peering:
+            resource = kubeapi.Resource(f"{PEERING_GROUP}/{PEERING_VERSION}", peering.plural,
+                                        namespaced=peering.namespace is not None)
             try:
-                if peering.namespace is None:
-                    body = api.get_cluster_custom_object(PEERING_GROUP, PEERING_VERSION, peering.plural, peering.name)
-                else:
-                    body = api.get_namespaced_custom_object(PEERING_GROUP, PEERING_VERSION, peering.namespace,
-                                                            peering.plural, peering.name)
-            except ApiException as error:
+                body = _api().get(resource, peering.namespace, peering.name)
+            except ApiError as error:
                 if _not_found(error):
                     return False  # kopf pauses too while a mandatory peering object is missing
                 raise
-            if not is_active(cast(Mapping[str, Any], body).get("status") or {}, self.identity, self.priority, now):
+            if not is_active(body.get("status") or {}, self.identity, self.priority, now):
                 return False
         return True
 

@@ -11,8 +11,8 @@ import socket
 from typing import Any
 
 import kopf
-import kubernetes
 
+from datamover import kubeapi
 from datamover.api import FINALIZER, HEARTBEAT_SECONDS, HEARTBEAT_TIMEOUT_SECONDS
 from datamover.controller import (
     handlers,  # importing it registers the handlers with kopf
@@ -33,6 +33,35 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
+
+
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's own connection, from the configuration our requests use (kubeapi.load_config).
+
+    Without it kopf would log in through pykube-ng by itself, which looks for a service account first, reads one
+    kubeconfig file only, and writes inline certificate data where anyone can read it. kopf calls this again after a
+    401, which picks up a rotated service account token.
+    """
+    client = kubeapi.shared()
+    cluster, user = client.config.cluster, client.config.user
+
+    def path(value: Any) -> str | None:  # pykube-ng's BytesOrFile: a file by now (kubeapi wrote inline data out)
+        return str(value.filename()) if value is not None else None
+
+    return kopf.ConnectionInfo(
+        server=client.server,
+        ca_path=path(cluster.get("certificate-authority")),
+        insecure=bool(cluster.get("insecure-skip-tls-verify")),
+        username=user.get("username"),
+        password=user.get("password"),
+        token=client.bearer_token(),
+        certificate_path=path(user.get("client-certificate")),
+        private_key_path=path(user.get("client-key")),
+        default_namespace=kubeapi.context_namespace(client.config),
+        proxy_url=cluster.get("proxy-url"),
+        trust_env=settings.networking.trust_env,
+    )
 
 
 class _QuietRoutine(logging.Filter):
@@ -96,7 +125,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--metrics-port must be a port number, or 0 for no metrics endpoint")
     handlers.CONTROLLER.max_concurrent_jobs = args.max_concurrent_jobs
     handlers.CONTROLLER.heartbeat_timeout = args.worker_heartbeat_timeout
-    kubernetes.config.load_config()  # type: ignore[no-untyped-call]  # KUBECONFIG, else in-cluster
+    try:
+        kubeapi.shared()  # KUBECONFIG, else ~/.kube/config, else in-cluster: said now rather than at kopf's login
+    except kubeapi.ConfigError as error:
+        parser.exit(2, f"datamover-operator: {error}\n")
     priority = args.priority
     if args.peering is not None and priority is None:
         # kopf pauses every peer that shares the highest priority; distinct random ones leave exactly one replica

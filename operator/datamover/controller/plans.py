@@ -3,7 +3,7 @@ history limits, and keep the plan's status (recent runs, next due time) current.
 
 Registered in the same operator as handlers.py (main.py imports both) and built the same way: kopf indices hold the
 plans and their runs, every event of either puts the plan's key on a work queue, and a reconciler decides with the
-pure plans.decide() and carries it out in a thread (the kubernetes client blocks). Time is the trigger only for the
+pure plans.decide() and carries it out in a thread (the API client blocks). Time is the trigger only for the
 next due run: a delayed re-queue at that instant, not a sleeping task per plan. A run's name holds its due minute,
 so a restarted operator that decides the same run again meets a conflict, not a duplicate.
 """
@@ -19,10 +19,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from datamover import plans
+from datamover import kubeapi, plans
 from datamover.api import GROUP, PLURAL, VERSION, SpecError
 from datamover.controller import handlers
 from datamover.controller.workqueue import WorkQueue
@@ -38,8 +36,11 @@ WAKE_MARGIN_SECONDS = 0.2
 Key = tuple[str, str]  # (namespace, name) of a MigrationPlan
 
 
-def _api() -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(handlers._api_client())  # the operator's one connection pool
+PLANS = kubeapi.Resource(f"{GROUP}/{VERSION}", plans.PLAN_PLURAL)
+
+
+def _api() -> kubeapi.Client:
+    return handlers._api()  # the operator's one connection pool
 
 
 def _parse_time(value: Any) -> dt.datetime | None:
@@ -79,8 +80,8 @@ def reconcile(plan: Mapping[str, Any], run_bodies: list[Mapping[str, Any]], now:
 
 def _create_run(manifest: dict[str, Any]) -> None:
     try:
-        _api().create_namespaced_custom_object(GROUP, VERSION, manifest["metadata"]["namespace"], PLURAL, manifest)
-    except ApiException as error:
+        _api().create(kubeapi.MIGRATION_JOBS, manifest["metadata"]["namespace"], manifest)
+    except kubeapi.ApiError as error:
         if error.status != 409:  # made already (a restart, or an earlier step): the name is the idempotency key
             raise
 
@@ -88,9 +89,8 @@ def _create_run(manifest: dict[str, Any]) -> None:
 def _delete_run(namespace: str, name: str) -> None:
     """Delete a run; its finalizer aborts it cleanly first if it is still going."""
     try:
-        _api().delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                               propagation_policy="Background")
-    except ApiException as error:
+        _api().delete(kubeapi.MIGRATION_JOBS, namespace, name, propagation_policy="Background")
+    except kubeapi.ApiError as error:
         if error.status != 404:
             raise
 
@@ -102,10 +102,9 @@ def _write_status(plan: Mapping[str, Any], status: dict[str, Any]) -> None:
         return
     meta = plan["metadata"]
     try:
-        _api().patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], plans.PLAN_PLURAL,
-                                                     meta["name"], {"status": patch},
-                                                     _content_type=handlers.MERGE_PATCH)
-    except ApiException as error:
+        _api().patch(PLANS, meta["namespace"], meta["name"], {"status": patch}, content_type=kubeapi.MERGE_PATCH,
+                     subresource="status")
+    except kubeapi.ApiError as error:
         if error.status != 404:
             raise
 
@@ -141,7 +140,7 @@ class PlanController:
                 await self._step(loop, key)
             except asyncio.CancelledError:
                 raise
-            except ApiException as error:
+            except kubeapi.ApiError as error:
                 log.warning("event=plan-reconcile-error plan=%s/%s status=%s reason=%s", *key, error.status,
                             error.reason)
                 self.queue.add_after(key, 2.0)

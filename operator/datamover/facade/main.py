@@ -7,9 +7,9 @@ import logging
 import os
 import ssl
 
-import kubernetes
 from aiohttp import web
 
+from datamover import kubeapi
 from datamover.facade.server import Settings, application
 
 
@@ -41,7 +41,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.abort_wait_seconds < 0:
         parser.error("--abort-wait-seconds must be 0 or more")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
-    kubernetes.config.load_config()  # type: ignore[no-untyped-call]  # KUBECONFIG, else in-cluster
+    try:
+        kubeapi.shared()  # KUBECONFIG, else ~/.kube/config, else in-cluster
+    except kubeapi.ConfigError as error:
+        parser.exit(2, f"datamover-api: {error}\n")
     context = None
     if args.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -4,14 +4,13 @@ server whether that caller may do the same thing to the CRs, then does it with t
 The CRs are the only state: a request reads or writes MigrationPlans, MigrationJobs and Secrets and answers from what
 the API server returned. Authentication is a TokenReview of the bearer token, authorization a SubjectAccessReview
 for that user on the tenant's namespace, per resource and verb the route touches, so the facade never grants more
-than RBAC does. The kubernetes client blocks, so API calls run in threads.
+than RBAC does. The API client blocks, so API calls run in threads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import json
 import logging
 import re
@@ -20,16 +19,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 from aiohttp import web
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
+from datamover import kubeapi
 from datamover.api import GROUP, PLURAL, VERSION, MigrationStatus
 from datamover.facade import gelato, openapi
+from datamover.kubeapi import MIGRATION_JOBS, ApiError
 from datamover.plans import PLAN_PLURAL, run_manifest
 
 log = logging.getLogger("datamover.api")
 
-MERGE_PATCH = "application/merge-patch+json"
+PLANS_API = kubeapi.Resource(f"{GROUP}/{VERSION}", PLAN_PLURAL)
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # How often a waiting abort looks at its job again.
 ABORT_LOOK_SECONDS = 0.5
@@ -59,22 +58,12 @@ class HTTPError(Exception):
         self.status, self.message = status, message
 
 
-@functools.cache
-def _api_client() -> client.ApiClient:
-    return client.ApiClient()
-
-
-def _custom() -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(_api_client())
+def _api() -> kubeapi.Client:
+    return kubeapi.shared()  # one connection pool for every request
 
 
 async def _call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(function, *args, **kwargs)
-
-
-def _plain(model: Any) -> dict[str, Any]:
-    """A typed client model (V1ConfigMap, ...) as the API server's JSON, which gelato's functions take."""
-    return cast(dict[str, Any], _api_client().sanitize_for_serialization(model))  # type: ignore[no-untyped-call]
 
 
 def _answer(body: Mapping[str, Any], status: int = 200) -> web.Response:
@@ -86,24 +75,29 @@ async def authenticate(request: web.Request) -> Caller:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise HTTPError(401, "Authorization: a Kubernetes bearer token is required (Authorization: Bearer <token>)")
-    review = client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token.strip()))
-    result = await _call(client.AuthenticationV1Api(_api_client()).create_token_review, review)
-    status = result.status
-    if not status or not status.authenticated or not status.user:
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token.strip()}}
+    result = await _call(_api().create, kubeapi.TOKEN_REVIEWS, None, review)
+    status = result.get("status") or {}
+    user = status.get("user") or {}
+    if not status.get("authenticated") or not user:
         raise HTTPError(401, "Authorization: the bearer token was not accepted by the Kubernetes API server")
-    user = status.user
-    return Caller(str(user.username), str(user.uid or ""), tuple(user.groups or ()), dict(user.extra or {}))
+    return Caller(str(user.get("username")), str(user.get("uid") or ""), tuple(user.get("groups") or ()),
+                  dict(user.get("extra") or {}))
 
 
 async def authorize(caller: Caller, namespace: str, *checks: tuple[str, str, str]) -> None:
     """403 unless RBAC lets `caller` do each (verb, api group, resource) in `namespace`."""
     for verb, group, resource in checks:
-        review = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
-            user=caller.username, uid=caller.uid or None, groups=list(caller.groups), extra=dict(caller.extra) or None,
-            resource_attributes=client.V1ResourceAttributes(namespace=namespace, verb=verb, group=group,
-                                                            resource=resource)))
-        result = await _call(client.AuthorizationV1Api(_api_client()).create_subject_access_review, review)
-        if not result.status.allowed:
+        spec: dict[str, Any] = {"user": caller.username, "groups": list(caller.groups),
+                                "resourceAttributes": {"namespace": namespace, "verb": verb, "group": group,
+                                                       "resource": resource}}
+        if caller.uid:
+            spec["uid"] = caller.uid
+        if caller.extra:
+            spec["extra"] = dict(caller.extra)
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
+        result = await _call(_api().create, kubeapi.SUBJECT_ACCESS_REVIEWS, None, review)
+        if not (result.get("status") or {}).get("allowed"):
             raise HTTPError(403, f"user {caller.username!r} may not {verb} {resource} in namespace {namespace!r}")
 
 
@@ -136,11 +130,10 @@ class Facade:
         await authorize(caller, namespace, *checks)
         return namespace, caller
 
-    async def _get(self, namespace: str, plural: str, name: str, what: str) -> dict[str, Any]:
+    async def _get(self, namespace: str, resource: kubeapi.Resource, name: str, what: str) -> dict[str, Any]:
         try:
-            return cast(dict[str, Any], await _call(_custom().get_namespaced_custom_object, GROUP, VERSION, namespace,
-                                                    plural, name))
-        except ApiException as error:
+            return cast(dict[str, Any], await _call(_api().get, resource, namespace, name))
+        except ApiError as error:
             if error.status == 404:
                 raise HTTPError(404, f"{what} {name!r} not found") from None
             raise
@@ -148,12 +141,11 @@ class Facade:
     async def _policy(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The policy ConfigMap `name`, or None if there is none (another ConfigMap of that name is none either)."""
         try:
-            found = await _call(client.CoreV1Api(_api_client()).read_namespaced_config_map, name, namespace)
-        except ApiException as error:
+            config_map = cast(dict[str, Any], await _call(_api().get, kubeapi.CONFIG_MAPS, namespace, name))
+        except ApiError as error:
             if error.status == 404:
                 return None
             raise
-        config_map = _plain(found)
         return config_map if gelato.is_policy(config_map) else None
 
     async def _plan_names(self, namespace: str, caller: Caller) -> dict[str, str]:
@@ -162,7 +154,7 @@ class Facade:
             await authorize(caller, namespace, _check("list", PLANS))
         except HTTPError:
             return {}
-        listed = await _call(_custom().list_namespaced_custom_object, GROUP, VERSION, namespace, PLAN_PLURAL)
+        listed = await _call(_api().list, PLANS_API, namespace)
         return {p["metadata"]["name"]: gelato.plan_view(p, "")["name"] for p in listed.get("items") or []}
 
     # -- plans ---------------------------------------------------------------------------------------------------
@@ -182,38 +174,35 @@ class Facade:
             new = gelato.new_plan(body, namespace, policy)
         except gelato.BadRequest as error:
             raise HTTPError(400, str(error)) from None
-        plan = await _call(_custom().create_namespaced_custom_object, GROUP, VERSION, namespace, PLAN_PLURAL,
-                           new.plan)
-        core = client.CoreV1Api(_api_client())
+        plan = await _call(_api().create, PLANS_API, namespace, new.plan)
         try:
             for secret in new.secrets:
-                await _call(core.create_namespaced_secret, namespace, gelato.owned_by(secret, plan))
-        except ApiException:
+                await _call(_api().create, kubeapi.SECRETS, namespace, gelato.owned_by(secret, plan))
+        except ApiError:
             # Nothing half-created: the plan goes, and with it (garbage collection) any Secret already made.
-            await _call(_custom().delete_namespaced_custom_object, GROUP, VERSION, namespace, PLAN_PLURAL,
-                        plan["metadata"]["name"], propagation_policy="Foreground")
+            await _call(_api().delete, PLANS_API, namespace, plan["metadata"]["name"],
+                        propagation_policy="Foreground")
             raise
         log.info("event=plan-created namespace=%s plan=%s", namespace, plan["metadata"]["name"])
         return _answer({"plan": gelato.plan_view(plan, request.match_info["tenantId"])})
 
     async def list_plans(self, request: web.Request) -> web.Response:
         namespace, _ = await self._enter(request, _check("list", PLANS))
-        listed = await _call(_custom().list_namespaced_custom_object, GROUP, VERSION, namespace, PLAN_PLURAL)
+        listed = await _call(_api().list, PLANS_API, namespace)
         tenant = request.match_info["tenantId"]
         return _answer({"plans": [gelato.plan_view(p, tenant) for p in listed.get("items") or []]})
 
     async def get_plan(self, request: web.Request) -> web.Response:
         namespace, _ = await self._enter(request, _check("get", PLANS))
-        plan = await self._get(namespace, PLAN_PLURAL, request.match_info["planId"], "plan")
+        plan = await self._get(namespace, PLANS_API, request.match_info["planId"], "plan")
         return _answer({"plan": gelato.plan_view(plan, request.match_info["tenantId"])})
 
     async def delete_plan(self, request: web.Request) -> web.Response:
         namespace, _ = await self._enter(request, _check("delete", PLANS))
         name = request.match_info["planId"]
         try:
-            await _call(_custom().delete_namespaced_custom_object, GROUP, VERSION, namespace, PLAN_PLURAL, name,
-                        propagation_policy="Background")
-        except ApiException as error:
+            await _call(_api().delete, PLANS_API, namespace, name, propagation_policy="Background")
+        except ApiError as error:
             if error.status == 404:
                 raise HTTPError(404, f"plan {name!r} not found") from None
             raise
@@ -221,9 +210,8 @@ class Facade:
 
     async def run_plan(self, request: web.Request) -> web.Response:
         namespace, _ = await self._enter(request, _check("get", PLANS), _check("create", JOBS))
-        plan = await self._get(namespace, PLAN_PLURAL, request.match_info["planId"], "plan")
-        job = await _call(_custom().create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
-                          run_manifest(plan, None, None))
+        plan = await self._get(namespace, PLANS_API, request.match_info["planId"], "plan")
+        job = await _call(_api().create, MIGRATION_JOBS, namespace, run_manifest(plan, None, None))
         log.info("event=plan-run namespace=%s plan=%s job=%s", namespace, plan["metadata"]["name"],
                  job["metadata"]["name"])
         return _answer({"jobId": job["metadata"]["name"]})
@@ -240,16 +228,15 @@ class Facade:
             config_map = gelato.new_policy(body, namespace)
         except gelato.BadRequest as error:
             raise HTTPError(400, str(error)) from None
-        made = await _call(client.CoreV1Api(_api_client()).create_namespaced_config_map, namespace, config_map)
-        created = _plain(made)
+        created = await _call(_api().create, kubeapi.CONFIG_MAPS, namespace, config_map)
         log.info("event=policy-created namespace=%s policy=%s", namespace, created["metadata"]["name"])
         return _answer({"policy": gelato.policy_view(created, request.match_info["tenantId"])})
 
     async def list_policies(self, request: web.Request) -> web.Response:
         namespace, _ = await self._enter(request, _check("list", POLICIES))
-        listed = await _call(client.CoreV1Api(_api_client()).list_namespaced_config_map, namespace,
+        listed = await _call(_api().list, kubeapi.CONFIG_MAPS, namespace,
                              label_selector=f"{gelato.LABEL_POLICY}={gelato.POLICY}")
-        items = _plain(listed).get("items") or []
+        items = listed.get("items") or []
         tenant = request.match_info["tenantId"]
         return _answer({"policies": [gelato.policy_view(p, tenant) for p in items]})
 
@@ -266,14 +253,13 @@ class Facade:
         name = request.match_info["policyId"]
         if await self._policy(namespace, name) is None:
             raise HTTPError(404, f"policy {name!r} not found")
-        users = await _call(_custom().list_namespaced_custom_object, GROUP, VERSION, namespace, PLAN_PLURAL,
-                            label_selector=f"{gelato.LABEL_POLICY}={name}")
+        users = await _call(_api().list, PLANS_API, namespace, label_selector=f"{gelato.LABEL_POLICY}={name}")
         if users.get("items"):
             plans = ", ".join(sorted(p["metadata"]["name"] for p in users["items"]))
             raise HTTPError(409, f"policy {name!r} is used by plan(s) {plans}")
         try:
-            await _call(client.CoreV1Api(_api_client()).delete_namespaced_config_map, name, namespace)
-        except ApiException as error:
+            await _call(_api().delete, kubeapi.CONFIG_MAPS, namespace, name)
+        except ApiError as error:
             if error.status == 404:
                 raise HTTPError(404, f"policy {name!r} not found") from None
             raise
@@ -283,13 +269,13 @@ class Facade:
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         namespace, caller = await self._enter(request, _check("list", JOBS))
-        listed = await _call(_custom().list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
+        listed = await _call(_api().list, MIGRATION_JOBS, namespace)
         names = await self._plan_names(namespace, caller)
         return _answer({"jobs": [gelato.job_view(j, names) for j in listed.get("items") or []]})
 
     async def get_job(self, request: web.Request) -> web.Response:
         namespace, caller = await self._enter(request, _check("get", JOBS))
-        job = await self._get(namespace, PLURAL, request.match_info["jobId"], "job")
+        job = await self._get(namespace, MIGRATION_JOBS, request.match_info["jobId"], "job")
         return _answer({"job": gelato.job_view(job, await self._plan_names(namespace, caller))})
 
     async def abort_job(self, request: web.Request) -> web.Response:
@@ -297,21 +283,21 @@ class Facade:
         the operator reaches it, or with the phase at the end of the bounded wait."""
         namespace, _ = await self._enter(request, _check("get", JOBS), _check("patch", JOBS))
         name = request.match_info["jobId"]
-        job = await self._get(namespace, PLURAL, name, "job")
+        job = await self._get(namespace, MIGRATION_JOBS, name, "job")
         phase = MigrationStatus.of(job).phase
         if phase is not None and phase.terminal:
             raise HTTPError(409, f"job {name!r} has already ended: {phase.value}")
         try:
-            await _call(_custom().patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
-                        {"spec": {"abort": True}}, _content_type=MERGE_PATCH)
-        except ApiException as error:
+            await _call(_api().patch, MIGRATION_JOBS, namespace, name, {"spec": {"abort": True}},
+                        content_type=kubeapi.MERGE_PATCH)
+        except ApiError as error:
             if error.status == 422:  # it ended between the read and the patch (the CRD refuses abort then)
-                ended = MigrationStatus.of(await self._get(namespace, PLURAL, name, "job")).phase
+                ended = MigrationStatus.of(await self._get(namespace, MIGRATION_JOBS, name, "job")).phase
                 raise HTTPError(409, f"job {name!r} has already ended: {ended}") from None
             raise
         deadline = time.monotonic() + self.settings.abort_wait_seconds
         while True:
-            status = MigrationStatus.of(await self._get(namespace, PLURAL, name, "job"))
+            status = MigrationStatus.of(await self._get(namespace, MIGRATION_JOBS, name, "job"))
             if status.final or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(ABORT_LOOK_SECONDS)
@@ -333,14 +319,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except HTTPError as error:
         return _answer({"code": error.status, "message": error.message}, error.status)
-    except ApiException as error:
+    except ApiError as error:
         # The API server's 422 (its schema refused a value, naming the field) is a bad request to a Gelato client.
         status = 400 if error.status == 422 else error.status if error.status in (400, 403, 404, 409) else 502
-        try:
-            message = json.loads(error.body or "{}").get("message") or error.reason
-        except ValueError:
-            message = error.reason
-        return _answer({"code": status, "message": str(message)}, status)
+        return _answer({"code": status, "message": error.message or error.reason}, status)
     except web.HTTPException as error:
         return _answer({"code": error.status, "message": error.reason}, error.status)
 

@@ -13,22 +13,18 @@ import time
 from collections.abc import Mapping
 from typing import Any, cast
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
-from datamover.api import GROUP, PLURAL, VERSION
+from datamover import kubeapi
+from datamover.kubeapi import JSON_PATCH, MERGE_PATCH, ApiError
 
 log = logging.getLogger("datamover.worker")
 
-JSON_PATCH = "application/json-patch+json"
-MERGE_PATCH = "application/merge-patch+json"
 ATTEMPTS = 10  # tries of one request through API-server errors (not conflicts: those are the caller's to resolve)
 
 
 class StatusLedgerStore:
     """engine.LedgerStore in status.listing: `version` counts the ledger's writes."""
 
-    def __init__(self, api: client.CustomObjectsApi, namespace: str, name: str) -> None:
+    def __init__(self, api: kubeapi.Client, namespace: str, name: str) -> None:
         self._api, self._namespace, self._name = api, namespace, name
         self._resource_version = ""  # of the object at the last load, for the first write's precondition
 
@@ -36,12 +32,12 @@ class StatusLedgerStore:
         for attempt in range(ATTEMPTS):
             try:
                 return call()
-            except ApiException as error:
+            except ApiError as error:
                 if error.status in (409, 422) or attempt + 1 == ATTEMPTS:
                     raise
                 log.warning("event=ledger-request-failed job=%s/%s what=%s status=%s attempt=%d", self._namespace,
                             self._name, what, error.status, attempt)
-            except Exception as error:  # the API server unreachable (urllib3 errors)
+            except Exception as error:  # the API server unreachable (requests' errors)
                 if attempt + 1 == ATTEMPTS:
                     raise
                 log.warning("event=ledger-request-failed job=%s/%s what=%s error=%r attempt=%d", self._namespace,
@@ -50,8 +46,8 @@ class StatusLedgerStore:
         raise AssertionError("unreachable")
 
     def load(self) -> tuple[dict[str, Any] | None, str | None]:
-        body = cast(Mapping[str, Any], self._retrying("get", lambda: self._api.get_namespaced_custom_object(
-            GROUP, VERSION, self._namespace, PLURAL, self._name)))
+        body = cast(Mapping[str, Any], self._retrying("get", lambda: self._api.get(
+            kubeapi.MIGRATION_JOBS, self._namespace, self._name)))
         self._resource_version = str(body.get("metadata", {}).get("resourceVersion", ""))
         listing = (body.get("status") or {}).get("listing")
         if not listing:
@@ -72,9 +68,10 @@ class StatusLedgerStore:
                     {"op": "replace", "path": "/status/listing", "value": {**document, "version": written}}]
             content_type = JSON_PATCH
         try:
-            self._retrying("patch", lambda: self._api.patch_namespaced_custom_object_status(
-                GROUP, VERSION, self._namespace, PLURAL, self._name, body, _content_type=content_type))
-        except ApiException as error:
+            self._retrying("patch", lambda: self._api.patch(
+                kubeapi.MIGRATION_JOBS, self._namespace, self._name, body, content_type=content_type,
+                subresource="status"))
+        except ApiError as error:
             if error.status == 409:
                 return None  # the object's resourceVersion moved under the first write
             # A failed JSON-patch test is a bare 422 "Invalid" that does not say which operation failed: it was a

@@ -14,11 +14,9 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any, cast
+from typing import Any
 
-import kubernetes
-from kubernetes import client, watch
-
+from datamover import kubeapi
 from datamover.api import (
     ENV_INDEX,
     ENV_MEMORY_LIMIT,
@@ -26,10 +24,7 @@ from datamover.api import (
     ENV_NAMESPACE,
     ENV_POD,
     EXIT_PERMANENT_FAILURE,
-    GROUP,
     HEARTBEAT_SECONDS,
-    PLURAL,
-    VERSION,
     Location,
     MigrationSpec,
     Mode,
@@ -60,7 +55,7 @@ from datamover.engine.keys import read_keys
 from datamover.engine.report import ReportWriter
 from datamover.locations import store_config
 from datamover.worker.ledger import StatusLedgerStore
-from datamover.worker.reporting import MERGE_PATCH, StatusReporter
+from datamover.worker.reporting import StatusReporter
 
 log = logging.getLogger("datamover.worker")
 
@@ -135,16 +130,16 @@ def _follow_throttle(obj: Mapping[str, Any], throttle: Throttle, namespace: str,
         log.info("event=throttle job=%s/%s bytes_per_second=%s requests_per_second=%s", namespace, name, *limits)
 
 
-def _watch_spec(api: client.CustomObjectsApi, namespace: str, name: str, abort: AbortSignal,
+def _watch_spec(api: kubeapi.Client, namespace: str, name: str, abort: AbortSignal,
                 throttle: Throttle) -> None:
     """Follow this one MigrationJob (the Role allows nothing wider): spec.throttle as it changes, until abort is
     requested."""
     while not abort.requested:
         try:
-            for event in watch.Watch().stream(  # type: ignore[no-untyped-call]
-                api.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
-                field_selector=f"metadata.name={name}", timeout_seconds=60,
-            ):
+            # No resourceVersion: each watch starts with the object as it is (an ADDED event), so nothing said while
+            # the last one was down is missed.
+            for event in api.watch(kubeapi.MIGRATION_JOBS, namespace, field_selector=f"metadata.name={name}",
+                                   timeout_seconds=60):
                 reason = "MigrationJob deleted" if event["type"] == "DELETED" else _abort_reason(event["object"])
                 if reason:
                     abort.request(reason)
@@ -163,9 +158,8 @@ def _heartbeat(reporter: StatusReporter) -> None:
 
 def run(env: Mapping[str, str] = os.environ) -> int:
     namespace, name, index = env[ENV_NAMESPACE], env[ENV_NAME], int(env.get(ENV_INDEX, "0"))
-    kubernetes.config.load_config()  # type: ignore[no-untyped-call]  # KUBECONFIG, else in-cluster
-    api = client.CustomObjectsApi()
-    body = cast(Mapping[str, Any], api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+    api = kubeapi.shared()  # KUBECONFIG, else ~/.kube/config, else in-cluster
+    body = api.get(kubeapi.MIGRATION_JOBS, namespace, name)
     spec = MigrationSpec.from_spec(body["spec"])
 
     previous = worker_reports(body).get(index)
@@ -254,7 +248,7 @@ def _keys(spec: MigrationSpec, env: Mapping[str, str]) -> Iterator[str] | None:
     return read_keys(store, spec.keys_from.format, spec.keys_from.key, spec.keys_from.actions)
 
 
-def _open_report(api: client.CustomObjectsApi, body: Mapping[str, Any], spec: MigrationSpec, index: int,
+def _open_report(api: kubeapi.Client, body: Mapping[str, Any], spec: MigrationSpec, index: int,
                  env: Mapping[str, str]) -> ReportWriter | None:
     """The writer of this worker's part of spec.report (None without one), after naming its place in status."""
     meta = body["metadata"]
@@ -265,9 +259,9 @@ def _open_report(api: client.CustomObjectsApi, body: Mapping[str, Any], spec: Mi
     store = open_store(store_config(location, _credentials(side, location, env)))
     # Every worker writes the same value; a failed patch only hides the place from status (the worker's log says it).
     try:
-        api.patch_namespaced_custom_object_status(GROUP, VERSION, meta["namespace"], PLURAL, meta["name"],
-                                                  {"status": {"report": report_status(location)}},
-                                                  _content_type=MERGE_PATCH)
+        api.patch(kubeapi.MIGRATION_JOBS, meta["namespace"], meta["name"],
+                  {"status": {"report": report_status(location)}}, content_type=kubeapi.MERGE_PATCH,
+                  subresource="status")
     except Exception as error:
         log.warning("event=report-status-failed job=%s/%s error=%r", meta["namespace"], meta["name"], error)
     # A run name that sorts by start time: a restarted worker's lines come after (and win over) its predecessor's.

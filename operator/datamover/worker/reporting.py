@@ -16,17 +16,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
-from datamover.api import (
-    GROUP,
-    HEARTBEAT_SECONDS,
-    PLURAL,
-    VERSION,
-    WorkerReport,
-    now_rfc3339,
-)
+from datamover import kubeapi
+from datamover.api import HEARTBEAT_SECONDS, WorkerReport, now_rfc3339
 from datamover.engine import OpenUpload, Plan, Progress, UploadIntent, WorkerState
 
 log = logging.getLogger("datamover.worker")
@@ -36,7 +27,6 @@ THROTTLE_SECONDS = 2.0
 # progress bar expect, while a real change shows within a few reports.
 RATE_WINDOW_SECONDS = 10.0
 REQUIRED_PATCH_ATTEMPTS = 10
-MERGE_PATCH = "application/merge-patch+json"
 
 
 @dataclass
@@ -71,7 +61,7 @@ class IntentNotRecorded(RuntimeError):
 class StatusReporter:
     """The engine's ProgressSink for one worker; thread-safe (engine threads call it concurrently)."""
 
-    def __init__(self, api: client.CustomObjectsApi, namespace: str, name: str, index: int, pod: str,
+    def __init__(self, api: kubeapi.Client, namespace: str, name: str, index: int, pod: str,
                  still_open: Iterable[OpenUpload] = (), still_intended: Iterable[UploadIntent] = ()) -> None:
         self._api, self._namespace, self._name, self._index, self._pod = api, namespace, name, index, pod
         self._lock = threading.Lock()
@@ -183,16 +173,15 @@ class StatusReporter:
         attempts = REQUIRED_PATCH_ATTEMPTS if required else 1
         for attempt in range(attempts):
             try:
-                self._api.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, self._namespace, PLURAL, self._name, patch, _content_type=MERGE_PATCH
-                )
+                self._api.patch(kubeapi.MIGRATION_JOBS, self._namespace, self._name, patch,
+                                content_type=kubeapi.MERGE_PATCH, subresource="status")
                 self._sent_at = time.monotonic()
                 return True
-            except Exception as error:  # ApiException, or the API server unreachable (urllib3 errors)
-                status = error.status if isinstance(error, ApiException) else type(error).__name__
+            except Exception as error:  # ApiError, or the API server unreachable (requests' errors)
+                status = error.status if isinstance(error, kubeapi.ApiError) else type(error).__name__
                 log.warning("event=status-patch-failed job=%s/%s index=%d status=%s attempt=%d", self._namespace,
                             self._name, self._index, status, attempt)
-                if isinstance(error, ApiException) and error.status == 404:
+                if isinstance(error, kubeapi.ApiError) and error.status == 404:
                     return False
                 if attempt + 1 < attempts:
                     time.sleep(min(0.2 * 2**attempt, 2.0))
