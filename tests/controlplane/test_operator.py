@@ -387,14 +387,23 @@ def test_worker_killed_mid_multipart_is_retried_and_the_job_still_succeeds(
 def test_frozen_worker_is_killed_after_the_grace_period_and_its_uploads_aborted_by_the_janitor(
         cluster: Cluster, node: Node, cloud_a: Any, cloud_b: Any) -> None:
     src, dst = new_bucket(cloud_a), new_bucket(cloud_b)
-    contents = fill(cloud_a, src, small=5, large=4)
+    contents = fill(cloud_a, src, small=5, large=6)
     cluster.apply(migration_job("frozen", cloud_a, src, cloud_b, dst, concurrency=1, partSize="5Mi",
                                 abortGracePeriodSeconds=3))
-    mid = cluster.wait("frozen", lambda o: bool((o.get("status") or {}).get("workers", {}).get("0", {})
-                                                 .get("openUploads")), "an open multipart upload")
-    _signal_worker(cluster, node, mid["status"]["workers"]["0"]["pod"], "SIGSTOP")  # it can no longer clean up
-    recorded = {u["uploadId"] for u in cluster.get("frozen")["status"]["workers"]["0"]["openUploads"]}
-    assert {upload_id for _, upload_id in open_uploads(cloud_b, dst)} >= recorded
+    # The freeze must catch the worker holding an upload open: between the status read that shows one and the
+    # SIGSTOP, the worker may complete that object and report none. Then it is let go and frozen again at its next
+    # upload (one object in flight, six multipart objects).
+    for _ in range(5):
+        mid = cluster.wait("frozen", lambda o: bool((o.get("status") or {}).get("workers", {}).get("0", {})
+                                                     .get("openUploads")), "an open multipart upload")
+        pod = mid["status"]["workers"]["0"]["pod"]
+        _signal_worker(cluster, node, pod, "SIGSTOP")  # it can no longer clean up
+        recorded = {u["uploadId"] for u in cluster.get("frozen")["status"]["workers"]["0"]["openUploads"]}
+        if recorded and {upload_id for _, upload_id in open_uploads(cloud_b, dst)} >= recorded:
+            break
+        _signal_worker(cluster, node, pod, "SIGCONT")
+    else:
+        raise AssertionError("five freezes of the worker never caught an upload it had reported open")
 
     cluster.kubectl("patch", "mj", "frozen", "-n", cluster.namespace, "--type", "merge",
                     "-p", '{"spec":{"abort":true}}')
