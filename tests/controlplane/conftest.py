@@ -29,7 +29,7 @@ from tests.ground.external import e2e_kubeconfig, s3_host
 from tests.ground.node import Node, start_node
 from tests.ground.plugin_s3 import cloud_server
 from tests.ground.s3 import S3Server
-from tests.ground.stack import KubeCluster, OperatorRelease, ground_values
+from tests.ground.stack import OPERATOR_SELECTOR, KubeCluster, OperatorRelease, ground_values
 
 Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
 LOG_TAIL_LINES = 100  # per pod, in a failed test's report: enough for a traceback
@@ -215,6 +215,27 @@ def plans_namespace(kubectl: Kubectl) -> Iterator[str]:
     kubectl("create", "namespace", name)
     yield name
     kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture
+def sole_local_operator(kubectl: Kubectl) -> Iterator[None]:
+    """Every chart-installed operator on the cluster (the session's serves all namespaces) steps aside while a test's
+    own operator serves its namespace: two operators would race to act on the same objects (a plan's run is made by
+    whichever sees it due first), and such a test judges its own operator by its log. Scaled back after."""
+    listed = json.loads(kubectl("get", "deployments", "-A", "-l", OPERATOR_SELECTOR, "-o", "json").stdout)["items"]
+    running = [(d["metadata"]["namespace"], d["metadata"]["name"], d["spec"].get("replicas", 1)) for d in listed
+               if d["spec"].get("replicas", 1)]
+    for namespace, name, _ in running:
+        kubectl("scale", "-n", namespace, f"deployment/{name}", "--replicas=0")
+    for namespace, _, _ in running:
+        kubectl("wait", "-n", namespace, "--for=delete", "pod", "-l", OPERATOR_SELECTOR, "--timeout=120s")
+    try:
+        yield
+    finally:
+        for namespace, name, replicas in running:
+            kubectl("scale", "-n", namespace, f"deployment/{name}", f"--replicas={replicas}")
+        for namespace, name, _ in running:
+            kubectl("rollout", "status", "-n", namespace, f"deployment/{name}", "--timeout=300s", timeout=320)
 
 
 def local_process(control_plane: Any, module: str, *args: str, output: int | None = subprocess.PIPE) -> (

@@ -64,7 +64,7 @@ def start_operator(control_plane: ControlPlane, namespace: str) -> subprocess.Po
 
 
 def test_a_due_schedule_makes_one_run_owned_by_the_plan(control_plane: ControlPlane, kubectl: Kubectl,
-                                                        namespace: str) -> None:
+                                                        namespace: str, sole_local_operator: None) -> None:
     operator = start_operator(control_plane, namespace)
     try:
         kubectl("apply", "-f", "-", input=json.dumps(plan("every-minute", namespace, schedule="* * * * *")))
@@ -109,7 +109,7 @@ def test_the_documented_example_plan_is_accepted(kubectl: Kubectl, namespace: st
 
 
 def test_a_run_still_going_when_the_next_is_due_follows_the_policy(control_plane: ControlPlane, kubectl: Kubectl,
-                                                                  namespace: str) -> None:
+                                                                  namespace: str, sole_local_operator: None) -> None:
     """Forbid keeps the running run and skips the new one; Replace deletes the running run and starts the new one."""
     operator = start_operator(control_plane, namespace)
     try:
