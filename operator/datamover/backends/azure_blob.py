@@ -376,7 +376,10 @@ class AzureBlobStore(ObjectStore, ServerSideCopy):
             return StoreError(ErrorKind.PRECONDITION, message, code or "412")
         if code in _PERMANENT_CODES or isinstance(error, ClientAuthenticationError) or status == 403:
             return StoreError(ErrorKind.PERMANENT, message, code or "403")
-        if isinstance(error, ResourceNotFoundError) or status == 404:
+        # The SDK raises ResourceNotFoundError for a not-found error code whatever the status, and the service
+        # answers CannotVerifyCopySource with a 500 when it could not read a copy's source in time: not a missing
+        # object, a fault to retry.
+        if status == 404 or (isinstance(error, ResourceNotFoundError) and status is None):
             return StoreError(ErrorKind.NOT_FOUND, message, code or "404")
         if isinstance(error, ServiceRequestError | ServiceResponseError) or (status and status >= 500) or status in (
                 408, 429):
