@@ -106,6 +106,17 @@ class StoreConformance:
             store.put(store.prefix + "k", b"what was sent", ObjectAttributes(), md5_b64(b"what was hashed"))
         assert store.stat(store.prefix + "k") is None
 
+    def test_a_part_that_does_not_match_its_md5_is_refused(self, make_store: StoreFactory) -> None:
+        store = make_store()
+        key = store.prefix + "k"
+        upload = store.create_upload(key, ObjectAttributes())
+        try:
+            with pytest.raises(StoreError):
+                store.upload_part(upload, 1, b"what was sent", md5_b64(b"what was hashed"))
+        finally:
+            store.abort_upload(upload)
+        assert store.stat(key) is None
+
     def test_ranges_read_exactly_their_bytes_and_tell_the_whole_size(self, make_store: StoreFactory) -> None:
         store = make_store()
         body = os.urandom(10_000)

@@ -12,6 +12,7 @@ import random
 import socket
 import sys
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from datamover.backends import open_store
-from datamover.backends.base import ErrorKind, EtagKind, ObjectAttributes, StoreError
+from datamover.backends.base import ErrorKind, EtagKind, ObjectAttributes, OpenUpload, StoreError
 from datamover.backends.s3 import S3Config, S3Store, _parse_timestamp, etag_kind
 from datamover.engine import AbortSignal, MigrationOptions, Outcome, migrate
 from tests.unit import RecordingSink, moto_s3, store
@@ -219,6 +220,47 @@ def test_whole_object_puts_go_out_without_waiting_for_nagle() -> None:
     ours = [nodelay for address, nodelay in _CONNECTED if address[1] == port]
     assert ours, "the PUT opened no connection to the server"
     assert all(ours)
+
+
+def test_bodies_over_plain_http_are_proven_by_their_signed_content_md5_not_a_payload_hash() -> None:
+    """A PUT and an UploadPart over plain HTTP: Content-MD5 is among the signed headers (a body other than the one
+    hashed is refused by the store, the MinIO tier shows it) and the payload is not hashed again for the signature."""
+    seen: list[tuple[str, dict[str, str]]] = []
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.path, {name.lower(): value for name, value in self.headers.items()}))
+            self.send_response(200)
+            self.send_header("ETag", '"' + hashlib.md5(body).hexdigest() + '"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        target = open_store(S3Config(bucket="b", endpoint=f"http://127.0.0.1:{server.server_address[1]}",
+                                     access_key_id="AKIAX", secret_access_key=SECRET, addressing_style="path"))
+        body = b"y" * 5000
+        md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
+        target.put("dir/k", body, ObjectAttributes(), md5)
+        etag = target.upload_part(OpenUpload("b", "dir/k 2", "up/1+x"), 7, body, md5)
+    finally:
+        server.shutdown()
+    assert etag == hashlib.md5(body).hexdigest()
+    (put_path, put_headers), (part_path, part_headers) = seen
+    assert put_path == "/b/dir/k"
+    part_url = urllib.parse.urlsplit(part_path)
+    assert part_url.path == "/b/dir/k%202"
+    assert urllib.parse.parse_qs(part_url.query) == {"partNumber": ["7"], "uploadId": ["up/1+x"]}
+    for headers in (put_headers, part_headers):
+        assert headers["content-md5"] == md5
+        assert headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+        signed = headers["authorization"].split("SignedHeaders=", 1)[1].split(",", 1)[0].split(";")
+        assert {"content-md5", "host", "x-amz-content-sha256", "x-amz-date"} <= set(signed)
 
 
 def test_answer_timestamps_are_read_as_botocore_reads_them() -> None:

@@ -28,6 +28,10 @@ class TestS3OnMoto(StoreConformance):
     def test_a_body_that_does_not_match_its_md5_is_refused(self, make_store: StoreFactory) -> None:
         super().test_a_body_that_does_not_match_its_md5_is_refused(make_store)
 
+    @pytest.mark.xfail(strict=True, reason="moto does not check Content-MD5")
+    def test_a_part_that_does_not_match_its_md5_is_refused(self, make_store: StoreFactory) -> None:
+        super().test_a_part_that_does_not_match_its_md5_is_refused(make_store)
+
     @pytest.mark.xfail(strict=True, reason="moto ignores CopySourceIfMatch")
     def test_a_server_side_copy_pinned_to_another_version_fails_as_a_precondition(
         self, make_store: StoreFactory,

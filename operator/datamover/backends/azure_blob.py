@@ -509,8 +509,9 @@ class AzureBlobStore(ObjectStore, ServerSideCopy):
     def upload_part(self, upload: OpenUpload, part_number: int, body: bytes, content_md5: str) -> str:
         block_id = _block_id(upload.upload_id, part_number)
         with self._errors(f"PutBlock {part_number}", upload.key):
-            # validate_content sends the body's Content-MD5, which the service checks.
-            self.container.get_blob_client(upload.key).stage_block(block_id, body, validate_content=True)
+            # The service checks the body against the Content-MD5 the engine computed while reading it (the SDK's
+            # validate_content would hash the body again and check only our send, not what was read).
+            self.container.get_blob_client(upload.key).stage_block(block_id, body, headers={"Content-MD5": content_md5})
         return block_id
 
     def complete_upload(self, upload: OpenUpload, parts: Sequence[tuple[int, str]]) -> str:

