@@ -12,11 +12,13 @@ Every tool is a fresh process per run, as a user would start it, and its time is
 start-up included). Runs are interleaved: each round runs every tool once, in an order rotated per round, into a fresh
 destination bucket; figures are medians over rounds. Per tool: rate, CPU (user + system of the process tree) per
 object, peak RSS (VmHWM, sampled), and requests per object by kind as both MinIO servers count them (their Prometheus
-metrics, opened to the bench only). s5cmd cannot copy between two endpoints: its figure is download to a local
-directory, then upload (two processes, times added). `pipe` is the least a Python copier can do: list, then GET and
-PUT each object on urllib3 with botocore's signer (no verification, no state), and for large objects ranged GETs
-into UploadPart. The server-side workload copies within one server (datamover's CopyObject path, rclone's and
-s5cmd's server-side copy) and is compared with streaming the same objects between the two servers.
+metrics, opened to the bench only), and the two servers' own CPU per object (both MinIO processes: on one machine they
+share its CPUs with the client, so their cost bounds what any client can reach, printed as a ceiling). s5cmd cannot
+copy between two endpoints: its figure is download to a local directory, then upload (two processes, times added).
+`pipe` is the least a Python copier can do: list, then GET and PUT each object on urllib3 with botocore's signer (no
+verification, no state), and for large objects ranged GETs into UploadPart. The server-side workload copies within one
+server (datamover's CopyObject path, rclone's and s5cmd's server-side copy) and is compared with streaming the same
+objects between the two servers.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import os
 import re
 import resource
 import secrets
+import shlex
 import statistics
 import subprocess
 import sys
@@ -83,6 +86,7 @@ class Sample:
     rss_mib: int
     requests: dict[str, float]
     engine_seconds: float | None = None
+    server_cpu_ms_per_object: float = 0.0
 
 
 @dataclass
@@ -289,6 +293,15 @@ def _servers(workdir: Path) -> Iterator[tuple[Any, Any]]:
         yield a, b
 
 
+def _servers_cpu_seconds(servers: tuple[Any, ...]) -> float:
+    """User + system CPU the MinIO processes have used so far (fields 14 and 15 of /proc/<pid>/stat, in ticks)."""
+    ticks = 0
+    for server in servers:
+        fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _requests(servers: tuple[Any, ...]) -> dict[str, float]:
     import urllib.request
 
@@ -374,7 +387,8 @@ def _tools(workload: Workload, args: argparse.Namespace) -> dict[str, Callable[.
 
 def _table(rows: list[Row], loads: dict[str, tuple[float, float]]) -> list[str]:
     lines = ["| workload | tool | median rate | vs rclone (matched / best) | vs s5cmd | vs pipe | CPU ms per object "
-             "| peak RSS | requests per object |", "|---|---|---|---|---|---|---|---|---|"]
+             "| servers' CPU ms per object | peak RSS | requests per object |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     by_workload: dict[str, list[Row]] = {}
     for row in rows:
         by_workload.setdefault(row.workload.name, []).append(row)
@@ -396,13 +410,14 @@ def _table(rows: list[Row], loads: dict[str, tuple[float, float]]) -> list[str]:
                 f"{rate / rates['s5cmd']:.2f}x" if "s5cmd" in rates else "—",
                 f"{rate / rates['pipe']:.2f}x" if "pipe" in rates else "—",
                 f"{row.median(lambda s: s.cpu_ms_per_object):.2f}",
+                f"{row.median(lambda s: s.server_cpu_ms_per_object):.2f}",
                 f"{max(s.rss_mib for s in row.samples)} MiB",
                 ", ".join(f"{api} {value:.2f}" for api, value in sorted(requests.items())) or "—",
             ]
             lines.append("| " + " | ".join(cells) + " |")
         load = loads.get(name)
         if load:
-            lines.append(f"| | *load average before / after* | {load[0]:.1f} / {load[1]:.1f} | | | | | | |")
+            lines.append(f"| | *load average before / after* | {load[0]:.1f} / {load[1]:.1f} | | | | | | | |")
     return lines
 
 
@@ -522,17 +537,20 @@ def main() -> None:
                     destination.client().create_bucket(Bucket=bucket)
                     counted = (a, b)
                     start_counts = _requests(counted)
+                    start_cpu = _servers_cpu_seconds(counted)
                     seconds, cpu, rss, engine_seconds = tools[tool](workload, a, destination, bucket)
+                    server_cpu = _servers_cpu_seconds(counted) - start_cpu
                     end_counts = _requests(counted)
                     requests = {api: end_counts[api] - start_counts.get(api, 0.0) for api in end_counts
                                 if end_counts[api] - start_counts.get(api, 0.0) > 0}
                     sample = Sample(workload.rate(seconds), cpu * 1000 / workload.objects, rss, requests,
-                                    engine_seconds or None)
+                                    engine_seconds or None, server_cpu * 1000 / workload.objects)
                     workload_rows[tool].samples.append(sample)
                     _empty(destination, bucket)
                     extra = f" (migrate() {workload.rate(engine_seconds):,.1f})" if engine_seconds else ""
                     print(f"  {workload.name:<26} round {round_ + 1} {tool:<18} {sample.rate:9,.1f} {workload.unit}"
-                          f"{extra}  CPU {sample.cpu_ms_per_object:7.2f} ms/object  RSS {rss} MiB", flush=True)
+                          f"{extra}  CPU {sample.cpu_ms_per_object:7.2f} ms/object  servers' CPU "
+                          f"{sample.server_cpu_ms_per_object:7.2f} ms/object  RSS {rss} MiB", flush=True)
             loads[workload.name] = (before, os.getloadavg()[0])
             rows.extend(workload_rows.values())
         latencies = _abort_latency(a, b, abort_mib * MiB, args.rounds) if abort_mib else []
@@ -552,10 +570,18 @@ def main() -> None:
         notes.append(f"Abort of a {abort_mib} MiB object mid-download (request → migrate() returned, every upload "
                      f"aborted): median {statistics.median(stop) * 1000:.0f} ms, max {max(stop) * 1000:.0f} ms; last "
                      f"chunk read at most {max(chunk) * 1000:.0f} ms after the request.")
+    for row in rows:
+        if row.tool == "datamover" and row.workload.small:
+            # The servers' CPU per object is the least any client leaves them; a client costing nothing would still
+            # wait for it, on the CPUs the servers share with it here.
+            floor = min(r.median(lambda s: s.server_cpu_ms_per_object) for r in rows if r.workload == row.workload)
+            ceiling = (os.cpu_count() or 1) * 1000 / floor
+            notes.append(f"{row.workload.name}: the servers alone use at least {floor:.2f} ms of CPU per object, so no "
+                         f"client reaches more than {ceiling:,.0f} objects/s on these {os.cpu_count()} CPUs.")
     load = os.getloadavg()
     notes.append(f"{args.rounds} rounds, medians; {os.cpu_count()} CPUs; load average at the end "
                  f"{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; command: `.venv/bin/python bench/engine_vs_rclone.py"
-                 f"{' --quick' if args.quick else ''}`.")
+                 f"{''.join(' ' + shlex.quote(arg) for arg in sys.argv[1:])}`.")
     print()
     print("\n".join(table))
     print()
