@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import email.utils
 import hashlib
@@ -189,42 +190,10 @@ def _record_connect(event: str, args: tuple[Any, ...]) -> None:
             _CONNECTED.append((address, sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
 
 
-def test_whole_object_puts_go_out_without_waiting_for_nagle() -> None:
-    """The direct PUT sends headers and body in two writes: with Nagle's algorithm on, a small body waits for the
-    server's delayed ACK (about 40 ms per object, measured: 4 KiB objects moved at half the rate)."""
-
-    class Answer(http.server.BaseHTTPRequestHandler):
-        def do_PUT(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(200)
-            self.send_header("ETag", '"' + hashlib.md5(b"x" * 4096).hexdigest() + '"')
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = server.server_address[1]
-    sys.addaudithook(_record_connect)
-    try:
-        target = open_store(S3Config(bucket="b", endpoint=f"http://127.0.0.1:{port}", access_key_id="AKIAX",
-                                     secret_access_key=SECRET, addressing_style="path"))
-        _WATCHING.set()
-        body = b"x" * 4096
-        target.put("k", body, ObjectAttributes(), base64.b64encode(hashlib.md5(body).digest()).decode())
-    finally:
-        _WATCHING.clear()
-        server.shutdown()
-    ours = [nodelay for address, nodelay in _CONNECTED if address[1] == port]
-    assert ours, "the PUT opened no connection to the server"
-    assert all(ours)
-
-
-def test_bodies_over_plain_http_are_proven_by_their_signed_content_md5_not_a_payload_hash() -> None:
-    """A PUT and an UploadPart over plain HTTP: Content-MD5 is among the signed headers (a body other than the one
-    hashed is refused by the store, the MinIO tier shows it) and the payload is not hashed again for the signature."""
+@contextlib.contextmanager
+def _store_answering_puts() -> Iterator[tuple[S3Store, list[tuple[str, dict[str, str]]]]]:
+    """An S3 store on a loopback server that takes every PUT (answering the body's MD5 as its ETag), and the path and
+    headers (lower-cased names) of each PUT it took."""
     seen: list[tuple[str, dict[str, str]]] = []
 
     class Answer(http.server.BaseHTTPRequestHandler):
@@ -242,14 +211,37 @@ def test_bodies_over_plain_http_are_proven_by_their_signed_content_md5_not_a_pay
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        target = open_store(S3Config(bucket="b", endpoint=f"http://127.0.0.1:{server.server_address[1]}",
-                                     access_key_id="AKIAX", secret_access_key=SECRET, addressing_style="path"))
+        yield S3Store(S3Config(bucket="b", endpoint=f"http://127.0.0.1:{server.server_address[1]}",
+                               access_key_id="AKIAX", secret_access_key=SECRET, addressing_style="path")), seen
+    finally:
+        server.shutdown()
+
+
+def test_whole_object_puts_go_out_without_waiting_for_nagle() -> None:
+    """The direct PUT sends headers and body in two writes: with Nagle's algorithm on, a small body waits for the
+    server's delayed ACK (about 40 ms per object, measured: 4 KiB objects moved at half the rate)."""
+    sys.addaudithook(_record_connect)
+    with _store_answering_puts() as (target, _):
+        port = int(urllib.parse.urlsplit(target.direct.url("k")).port or 0)
+        _WATCHING.set()
+        try:
+            body = b"x" * 4096
+            target.put("k", body, ObjectAttributes(), base64.b64encode(hashlib.md5(body).digest()).decode())
+        finally:
+            _WATCHING.clear()
+    ours = [nodelay for address, nodelay in _CONNECTED if address[1] == port]
+    assert ours, "the PUT opened no connection to the server"
+    assert all(ours)
+
+
+def test_bodies_over_plain_http_are_proven_by_their_signed_content_md5_not_a_payload_hash() -> None:
+    """A PUT and an UploadPart over plain HTTP: Content-MD5 is among the signed headers (a body other than the one
+    hashed is refused by the store, the MinIO tier shows it) and the payload is not hashed again for the signature."""
+    with _store_answering_puts() as (target, seen):
         body = b"y" * 5000
         md5 = base64.b64encode(hashlib.md5(body).digest()).decode()
         target.put("dir/k", body, ObjectAttributes(), md5)
         etag = target.upload_part(OpenUpload("b", "dir/k 2", "up/1+x"), 7, body, md5)
-    finally:
-        server.shutdown()
     assert etag == hashlib.md5(body).hexdigest()
     (put_path, put_headers), (part_path, part_headers) = seen
     assert put_path == "/b/dir/k"
