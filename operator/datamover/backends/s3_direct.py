@@ -1,4 +1,4 @@
-"""The S3 backend's hot path: whole-object GET and PUT sent with botocore's signer and HTTP session, not its client.
+"""The S3 backend's hot path: GETs, PUTs and part uploads sent with botocore's signer and HTTP session, not its client.
 
 Why not the boto3 client here: per small object, its per-call machinery (parameter validation, serialization, the
 endpoint rule set, response parsing into a dict, the event chain) costs about three times the CPU of the request
@@ -7,8 +7,10 @@ docs/performance.md keeps them). What is kept from botocore is what is hard to g
 (`S3SigV4Auth`), credentials with their refresh, TLS verification, proxies and the connection pool
 (`URLLib3Session`), and the request URL, which the client itself resolves once (S3Store asks it for a probe key). Each
 attempt is announced through the client's own `before-send` event, so the liveness hooks, moto and the tests' fault
-injection see these requests exactly as they see the client's. Everything else of the backend (listing, HEAD,
-multipart uploads, copies) stays on the boto3 client: those requests are few per byte.
+injection see these requests exactly as they see the client's. Parts go this way too: a part is bytes per request
+like a whole object, and the client would sign a SHA-256 of each over plain HTTP (`_ContentMD5Auth`). Everything else
+of the backend (listing, HEAD, creating, completing and aborting uploads, copies) stays on the boto3 client: those
+requests are few per byte.
 
 Retries follow botocore's standard mode (transient codes and connection errors, jittered exponential backoff,
 `max_attempts` in total); what is left after them is raised as the client would raise it (`ClientError` or a
