@@ -1,16 +1,16 @@
-"""The S3 backend's hot path: GETs, PUTs and part uploads sent with botocore's signer and HTTP session, not its client.
+"""The S3 backend's hot path: GETs, PUTs and part uploads signed and sent without the boto3 client's per-call machinery.
 
 Why not the boto3 client here: per small object, its per-call machinery (parameter validation, serialization, the
 endpoint rule set, response parsing into a dict, the event chain) costs about three times the CPU of the request
 itself, and on a small-object migration the client's CPU is the bottleneck (bench/hot_path.py prints the figures;
-docs/performance.md keeps them). What is kept from botocore is what is hard to get right: SigV4 signing
-(`S3SigV4Auth`), credentials with their refresh, TLS verification, proxies and the connection pool
-(`URLLib3Session`), and the request URL, which the client itself resolves once (S3Store asks it for a probe key). Each
-attempt is announced through the client's own `before-send` event, so the liveness hooks, moto and the tests' fault
-injection see these requests exactly as they see the client's. Parts go this way too: a part is bytes per request
-like a whole object, and the client would sign a SHA-256 of each over plain HTTP (`_ContentMD5Auth`). Everything else
-of the backend (listing, HEAD, creating, completing and aborting uploads, copies) stays on the boto3 client: those
-requests are few per byte.
+docs/performance.md keeps them). What is kept from botocore is what is hard to get right: credentials with their
+refresh, TLS verification, proxies and the connection pool (`URLLib3Session`), and the request URL, which the client
+itself resolves once (S3Store asks it for a probe key). The SigV4 signature is `sigv4.Signer`'s, checked against
+botocore's signer header for header. Each attempt is announced through the client's own `before-send` event, so the
+liveness hooks, moto and the tests' fault injection see these requests exactly as they see the client's. Parts go
+this way too: a part is bytes per request like a whole object, and the client would sign a SHA-256 of each over plain
+HTTP. Everything else of the backend (listing, HEAD, creating, completing and aborting uploads, copies) stays on the
+boto3 client: those requests are few per byte.
 
 Retries follow botocore's standard mode (transient codes and connection errors, jittered exponential backoff,
 `max_attempts` in total); what is left after them is raised as the client would raise it (`ClientError` or a
@@ -27,13 +27,14 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import botocore.auth
 import botocore.awsrequest
 import botocore.credentials
 import botocore.exceptions
 import botocore.hooks
 import botocore.httpsession
 import botocore.utils
+
+from datamover.backends import sigv4
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -54,19 +55,6 @@ _CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 
 
-class _ContentMD5Auth(botocore.auth.S3SigV4Auth):
-    """SigV4 that leaves a payload unsigned when the request asks so, over plain HTTP as over TLS.
-
-    botocore signs a SHA-256 of every payload sent without TLS. Our bodies carry Content-MD5, which is one of the
-    signed headers: the store rejects any body but the one whose MD5 we signed (MD5 has no known second-preimage
-    attack), so the SHA-256 would prove nothing more, and it costs 0.7 s of CPU per GiB uploaded (bench). Only
-    botocore's choice is overridden here; the signing itself stays botocore's.
-    """
-
-    def _should_sha256_sign_payload(self, request: botocore.awsrequest.AWSRequest) -> bool:
-        return bool(request.context.get("payload_signing_enabled", True))
-
-
 class DirectS3:
     """Signed GET and PUT of whole objects, byte ranges and parts in one bucket, on the URL the client resolves."""
 
@@ -81,6 +69,8 @@ class DirectS3:
         self._max_attempts = max_attempts
         self._attempt_ended = attempt_ended
         self._base = base_url  # the bucket's URL, ending in "/", as the client resolves it
+        self._signer = sigv4.Signer(sigv4.host_of(base_url), self._region)
+        self._origin_length = len(base_url) - len(urllib.parse.urlsplit(base_url).path)  # scheme://host:port
         self._session = botocore.httpsession.URLLib3Session(
             # (connect, read), as botocore's own endpoint passes it; the stubs only know a single number.
             verify=verify, proxies=botocore.utils.get_environ_proxies(self._base), timeout=timeout,  # type: ignore[arg-type]
@@ -119,17 +109,21 @@ class DirectS3:
 
     def _attempt(self, operation: str, method: str, url: str, headers: Mapping[str, str], body: bytes | None,
                  stream: bool) -> botocore.awsrequest.AWSResponse:
-        request = botocore.awsrequest.AWSRequest(method=method, url=url, headers=dict(headers), data=body,
-                                                 stream_output=stream)
         if self._credentials is None:
             raise botocore.exceptions.NoCredentialsError()
-        if body and "Content-MD5" in headers:
-            # The store checks the body against its signed Content-MD5: a signed SHA-256 of the payload as well would
-            # cost CPU and prove nothing more (what the AWS SDKs do over TLS; _ContentMD5Auth over plain HTTP too).
-            request.context["payload_signing_enabled"] = False
         frozen = self._credentials.get_frozen_credentials()
-        _ContentMD5Auth(frozen, "s3", self._region).add_auth(request)
-        prepared = request.prepare()
+        if not frozen.access_key or not frozen.secret_key:
+            raise botocore.exceptions.NoCredentialsError()
+        path, _, query = url[self._origin_length:].partition("?")
+        # A body with a Content-MD5 goes with an unsigned payload: the store checks the body against the MD5, which is
+        # signed, so a signed SHA-256 of the payload as well would cost CPU and prove nothing more (what the AWS SDKs
+        # do over TLS; here over plain HTTP too, where botocore would sign the payload: 0.7 s of CPU per GiB).
+        signed = self._signer.sign(
+            sigv4.Credentials(frozen.access_key, frozen.secret_key, frozen.token), method, path, query, headers,
+            sigv4.payload_hash(body, "Content-MD5" in headers),
+        )
+        prepared = botocore.awsrequest.AWSRequest(method=method, url=url, headers=signed, data=body,
+                                                  stream_output=stream).prepare()
         answered = False
         try:
             # The client's own hook point: liveness (and its interrupt), moto and tests' fault injection answer here.
